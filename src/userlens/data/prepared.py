@@ -1,0 +1,95 @@
+"""Read access to a prepared directory: memory-mapped timeline and sample arrays."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from userlens.data.prepare import SCHEMA_VERSION
+from userlens.data.tables import SPLITS
+from userlens.errors import InputError
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The samples of one split; every array has one entry per sample."""
+
+    user: np.ndarray  # int32 user index
+    item: np.ndarray  # int32 target item index
+    label: np.ndarray  # int8 0/1
+    time: np.ndarray  # int64 epoch ms
+    cutoff: np.ndarray  # int64: history = timeline[offsets[user] : cutoff]
+    context: dict[str, np.ndarray]  # context feature name → int32 indices
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+class PreparedData:
+    """A prepared directory (see :mod:`userlens.data.prepare` for the layout).
+
+    Arrays are memory-mapped, so opening a 20M-behavior directory costs no RAM
+    until batches touch it.
+
+    Example:
+        >>> data = PreparedData("data/taobao")  # doctest: +SKIP
+        >>> data.samples("train").label.mean()  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.is_file():
+            raise InputError(f"{self.path}: not a prepared directory (no meta.json). Fix: run `userlens prepare` first.")
+        self.meta: dict = json.loads(meta_file.read_text())
+        if self.meta.get("schema_version") != SCHEMA_VERSION:
+            raise InputError(
+                f"{self.path}: prepared with schema version {self.meta.get('schema_version')}, this userlens "
+                f"reads {SCHEMA_VERSION}. Fix: run `userlens prepare` again."
+            )
+
+    def _load(self, rel: str) -> np.ndarray:
+        return np.load(self.path / rel, mmap_mode="r")
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        return np.asarray(self._load("timeline/offsets.npy"))
+
+    @cached_property
+    def timeline(self) -> dict[str, np.ndarray]:
+        """field (``item``, ``category``, ``behavior``, ``time``) → memory-mapped per-behavior array."""
+        return {f: self._load(f"timeline/{f}.npy") for f in ("item", "category", "behavior", "time")}
+
+    @cached_property
+    def item_category(self) -> np.ndarray:
+        return np.asarray(self._load("items/category.npy"))
+
+    @property
+    def vocab_sizes(self) -> dict[str, int]:
+        return dict(self.meta["vocab_sizes"])
+
+    @property
+    def context_columns(self) -> list[str]:
+        return list(self.meta.get("context_columns", []))
+
+    def samples(self, split: str) -> Samples:
+        if split not in SPLITS:
+            raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
+        d = f"samples/{split}"
+        return Samples(
+            user=self._load(f"{d}/user.npy"),
+            item=self._load(f"{d}/item.npy"),
+            label=self._load(f"{d}/label.npy"),
+            time=self._load(f"{d}/time.npy"),
+            cutoff=self._load(f"{d}/cutoff.npy"),
+            context={c: self._load(f"{d}/ctx_{c}.npy") for c in self.context_columns},
+        )
+
+    def vocab(self, name: str) -> pl.DataFrame:
+        """raw ↔ index table of ``user``, ``item``, ``category``, ``behavior`` or ``ctx_<name>``."""
+        return pl.read_parquet(self.path / "vocab" / f"{name}.parquet")

@@ -1,0 +1,299 @@
+"""Reading and validating the three canonical input tables (DESIGN §2).
+
+Every table goes through :func:`validate` whatever its source (a user's CSV /
+Parquet or a dataset adapter), so the same defects get the same messages.
+File-level defects (missing file, empty file, missing column) always stop.
+Row-level defects (null ids, unparsable or absurd timestamps, labels outside
+{0, 1}, duplicate ``event_id``, truncated lines) stop by default; with
+``on_bad_rows="skip"`` they are removed, counted per (file, column, problem)
+in a :class:`SkipReport`, printed and recorded in ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from userlens.errors import InputError
+
+TableKind = Literal["behaviors", "impressions", "items"]
+BadRowPolicy = Literal["error", "skip"]
+
+LINE = "__line"  # 1-based line (CSV) or row (Parquet) number in the source file
+
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "behaviors": ("user_id", "item_id", "timestamp"),
+    "impressions": ("user_id", "item_id", "timestamp", "label"),
+    "items": ("item_id",),
+}
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "behaviors": ("behavior", "event_id", "category"),
+    "impressions": ("split", "category"),
+    "items": ("category", "title", "text"),
+}
+SPLITS = ("train", "valid", "test")
+
+#: Timestamps outside this window are "absurd" (an epoch in the wrong unit, a 1900 default date ...).
+DEFAULT_MIN_TIME = datetime(1990, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class SkipReport:
+    """What was skipped, by ``"file: column: problem"``; printed and saved in meta.json."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    first_line: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, key: str, n: int, first: int) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+        self.first_line.setdefault(key, first)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "skipped_rows": self.total,
+            "by_problem": [
+                {"problem": k, "rows": v, "first_line": self.first_line[k]} for k, v in self.counts.items()
+            ],
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class RawTable:
+    """A table as read from ``source`` with a ``__line`` column, not yet validated."""
+
+    frame: pl.DataFrame
+    source: str
+    line_label: str = "line"  # "line" for text files, "row" for Parquet
+
+
+def _closest(name: str, options: Sequence[str]) -> str:
+    hit = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {hit[0]!r}?)" if hit else ""
+
+
+def read_table(path: str | Path, rename: dict[str, str] | None = None) -> RawTable:
+    """Read a CSV / TSV / Parquet file as-is (CSV values stay text; parsing happens in :func:`validate`).
+
+    Raises:
+        InputError: the file is missing, empty, or of an unknown extension.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found. Fix: check the path.")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: the file is empty (0 bytes). Fix: point to a file with a header and rows.")
+    suffix = p.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        frame = pl.read_parquet(p)
+        label, first = "row", 1
+    elif suffix in (".csv", ".tsv", ".txt", ".dat"):
+        sep = "\t" if suffix in (".tsv", ".dat") else ","
+        try:
+            frame = pl.read_csv(p, separator=sep, infer_schema=False)
+        except pl.exceptions.NoDataError:
+            raise InputError(f"{p}: the file is empty. Fix: point to a file with a header and rows.") from None
+        label, first = "line", 2  # line 1 is the header
+    else:
+        raise InputError(f"{p}: unknown file type {suffix!r}. Fix: use .csv, .tsv or .parquet.")
+    if rename:
+        frame = frame.rename({k: v for k, v in rename.items() if k in frame.columns})
+    frame = frame.with_row_index(LINE, offset=first).with_columns(pl.col(LINE).cast(pl.Int64))
+    return RawTable(frame, str(p), label)
+
+
+def _check_columns(t: RawTable, kind: TableKind, extra: Sequence[str]) -> None:
+    cols = [c for c in t.frame.columns if c != LINE]
+    for need in REQUIRED[kind] + tuple(extra):
+        if need not in cols:
+            raise InputError(
+                f"{t.source}: missing required column {need!r}{_closest(need, cols)}; "
+                f"found {cols}. Fix: rename the column or map it with the adapter's rename option."
+            )
+
+
+class _RowChecker:
+    """Collects row defects of one table; raises on the first kind found (policy 'error') or drops them."""
+
+    def __init__(self, t: RawTable, policy: BadRowPolicy, report: SkipReport) -> None:
+        self.t, self.policy, self.report = t, policy, report
+        self.bad = pl.Series("bad", [False] * t.frame.height, dtype=pl.Boolean)
+
+    def flag(self, mask: pl.Series, column: str, problem: str, fix: str) -> None:
+        mask = mask.fill_null(False) & ~self.bad
+        n = int(mask.sum())
+        if n == 0:
+            return
+        lines = self.t.frame[LINE].filter(mask)
+        first = int(lines[0])
+        col_values = self.t.frame[column].filter(mask) if column in self.t.frame.columns else None
+        shown = "" if col_values is None else f" (value {col_values[0]!r})"
+        key = f"{self.t.source}: column {column!r}: {problem}"
+        if self.policy == "error":
+            raise InputError(
+                f"{self.t.source}:{self.t.line_label} {first}: column {column!r}: {problem}{shown}; "
+                f"{n} row(s) affected. Fix: {fix}, or pass --on-bad-rows skip to skip and count such rows."
+            )
+        self.report.add(key, n, first)
+        self.bad = self.bad | mask
+
+
+def _maybe_int_ids(s: pl.Series) -> pl.Series:
+    """Text ids that are exactly canonical integers become Int64 (faster vocabularies).
+
+    Only when every value round-trips ("007" stays text), so no id is ever reinterpreted.
+    """
+    as_int = s.cast(pl.Int64, strict=False)
+    if as_int.null_count() != s.null_count():
+        return s
+    if bool((as_int.cast(pl.Utf8) == s).fill_null(True).all()):
+        return as_int
+    return s
+
+
+def _parse_timestamp(col: pl.Series, unit: Literal["auto", "s", "ms"]) -> pl.Series:
+    """Epoch seconds / milliseconds (integers) or ISO-8601 text → int64 epoch **milliseconds** (null = unparsable)."""
+    if col.dtype.is_temporal():
+        return col.cast(pl.Datetime("ms")).dt.epoch("ms")
+    if col.dtype.is_float():
+        as_int = col.round(0).cast(pl.Int64, strict=False)
+    elif col.dtype.is_integer():
+        as_int = col.cast(pl.Int64)
+    else:
+        text = col.cast(pl.Utf8).str.strip_chars()
+        as_int = text.cast(pl.Int64, strict=False)
+        as_float = text.cast(pl.Float64, strict=False)
+        as_int = as_int.fill_null(as_float.round(0).cast(pl.Int64, strict=False))
+        iso = text.str.to_datetime(strict=False, time_zone="UTC", time_unit="ms").dt.epoch("ms")
+        # Numbers decide the unit; ISO strings are already milliseconds.
+        numeric_ms = _to_ms(as_int, unit)
+        return numeric_ms.fill_null(iso)
+    return _to_ms(as_int, unit)
+
+
+def _to_ms(v: pl.Series, unit: Literal["auto", "s", "ms"]) -> pl.Series:
+    if unit == "auto":
+        med = v.drop_nulls().abs().median()
+        # 1e11 s is the year 5138; 1e11 ms is 1973. Decide once per file, never per row.
+        unit = "ms" if med is not None and float(med) > 1e11 else "s"
+    return v * 1000 if unit == "s" else v
+
+
+def validate(
+    t: RawTable,
+    kind: TableKind,
+    *,
+    policy: BadRowPolicy = "error",
+    report: SkipReport | None = None,
+    context_columns: Sequence[str] = (),
+    timestamp_unit: Literal["auto", "s", "ms"] = "auto",
+    min_time: datetime = DEFAULT_MIN_TIME,
+    max_time: datetime | None = None,
+) -> pl.DataFrame:
+    """Check and normalise one table.
+
+    Returns a frame with ``user_id``/``item_id`` as given (string or integer),
+    ``timestamp`` as int64 epoch milliseconds, ``label`` as int8, ``LINE``, and the
+    optional columns that were present. Rows with defects are removed only
+    under ``policy="skip"`` and counted in ``report``.
+
+    Raises:
+        InputError: naming file, line, column and the fix.
+    """
+    report = report if report is not None else SkipReport()
+    if t.frame.height == 0:
+        raise InputError(f"{t.source}: the file has a header but no rows. Fix: point to a file with data.")
+    _check_columns(t, kind, context_columns)
+    chk = _RowChecker(t, policy, report)
+    f = t.frame
+    keep = [LINE, *REQUIRED[kind], *(c for c in OPTIONAL[kind] if c in f.columns), *context_columns]
+    keep = list(dict.fromkeys(keep))
+    out: dict[str, pl.Series] = {c: f[c] for c in keep}
+
+    for c in ("user_id", "item_id"):
+        if c in out:
+            s = out[c]
+            empty = s.is_null() | (s.cast(pl.Utf8).str.strip_chars() == "") if s.dtype == pl.Utf8 else s.is_null()
+            chk.flag(empty, c, "empty id (null or blank; a truncated line?)", f"give every row a {c}")
+            if s.dtype == pl.Utf8:
+                out[c] = _maybe_int_ids(s.str.strip_chars())
+
+    if "timestamp" in out:
+        raw = out["timestamp"]
+        missing = raw.is_null() | ((raw.cast(pl.Utf8).str.strip_chars() == "") if raw.dtype == pl.Utf8 else False)
+        chk.flag(missing, "timestamp", "empty timestamp (a truncated line?)", "give every row a timestamp")
+        ts = _parse_timestamp(raw, timestamp_unit)
+        chk.flag(
+            ts.is_null() & ~missing,
+            "timestamp",
+            "cannot parse the timestamp",
+            "use integer epoch seconds or milliseconds, or ISO-8601 text like 2017-11-25T10:00:00",
+        )
+        hi = max_time or datetime.now(timezone.utc).replace(microsecond=0)
+        lo_ms, hi_ms = int(min_time.timestamp() * 1000), int(hi.timestamp() * 1000) + 86_400_000
+        chk.flag(
+            (ts < lo_ms) | (ts > hi_ms),
+            "timestamp",
+            f"absurd timestamp (before {min_time.date()} or in the future)",
+            "check the unit (--timestamp-unit s|ms) and the source clock",
+        )
+        out["timestamp"] = ts
+
+    if "label" in out:
+        raw = out["label"]
+        lab = raw.cast(pl.Utf8).str.strip_chars().cast(pl.Float64, strict=False)
+        chk.flag(~lab.is_in([0.0, 1.0]) | lab.is_null(), "label", "label is not 0 or 1", "encode labels as 0/1")
+        out["label"] = lab.cast(pl.Int8, strict=False)
+
+    if "split" in out:
+        s = out["split"].cast(pl.Utf8).str.strip_chars().str.to_lowercase()
+        chk.flag(
+            ~s.is_in(list(SPLITS)) | s.is_null(),
+            "split",
+            f"split is not one of {SPLITS}",
+            "use train/valid/test or drop the column to split by time",
+        )
+        out["split"] = s
+
+    if kind == "behaviors" and "event_id" in out:
+        eid = out["event_id"]
+        chk.flag(eid.is_null(), "event_id", "empty event_id", "give every row an event_id or drop the column")
+        chk.flag(eid.is_duplicated() & ~eid.is_first_distinct(), "event_id", "duplicate event_id",
+                 "make event ids unique (re-ingested rows?)")
+
+    if kind == "items":
+        iid = out["item_id"]
+        chk.flag(iid.is_duplicated() & ~iid.is_first_distinct(), "item_id", "duplicate item_id in the item table",
+                 "keep one row per item")
+
+    for c in context_columns:
+        out[c] = out[c].cast(pl.Utf8).fill_null("")
+
+    frame = pl.DataFrame(out)
+    if chk.bad.any():
+        frame = frame.filter(~chk.bad)
+    if frame.height == 0:
+        raise InputError(f"{t.source}: every row was skipped as defective; nothing left to prepare. Fix the file.")
+    return frame
+
+
+def unify_id_types(*frames: pl.DataFrame | None, column: str) -> list[pl.DataFrame | None]:
+    """Make ``column`` the same dtype in all frames (``None`` entries pass through).
+
+    Integers stay integers; any text makes all text, so "7" in a CSV and 7 in a Parquet file still match.
+    """
+    present = [f for f in frames if f is not None and column in f.columns]
+    target = pl.Int64 if all(f[column].dtype.is_integer() for f in present) else pl.Utf8
+    return [f.with_columns(pl.col(column).cast(target)) if f is not None and column in f.columns else f
+            for f in frames]

@@ -1,0 +1,15 @@
+"""Error types. Every message says what was received, what was expected, and how to fix it."""
+
+from __future__ import annotations
+
+
+class UserlensError(Exception):
+    """Base class: the CLI prints these as a one-line cause and exits non-zero."""
+
+
+class InputError(UserlensError, ValueError):
+    """Bad input data (a file, a row, a column) or a bad option value."""
+
+
+class ConfigError(UserlensError, ValueError):
+    """An invalid or unknown configuration key or value."""

@@ -1,0 +1,1 @@
+"""Training, checkpoints and evaluation: everything a model must not know about."""

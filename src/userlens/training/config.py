@@ -1,0 +1,158 @@
+"""Typed, flat run configuration: validated before anything runs, unknown keys rejected.
+
+A run is ``model`` (a registered name) + its model config + a :class:`TrainConfig`.
+``--set key=value`` and config files (JSON or TOML) address keys by their plain
+name; each key lives in exactly one of the two configs, so a value has one source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from userlens.errors import ConfigError
+from userlens.models.registry import get_model
+
+
+@dataclass
+class TrainConfig:
+    """Training loop settings (the model's own settings live in its config class)."""
+
+    epochs: int = 10
+    batch_size: int = 1024
+    eval_batch_size: int = 8192
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 2  # early stopping: epochs without a better validation AUC
+    seed: int = 2024
+    short_len: int = 50  # most recent behaviors gathered per sample
+    limit_batches: int | None = None  # debug: train on this many batches per epoch
+    fast_dev_run: bool = False  # debug: one batch of train and valid, one epoch
+    threads: int | None = None  # torch intra-op threads (None = torch's default)
+    prefetch: int = 2  # batches prepared ahead in a background thread
+    compile: bool = True  # torch.compile the elementwise hot spots (Dice): ~2x faster DIN on CPU
+
+    def check(self) -> None:
+        positive = ("epochs", "batch_size", "eval_batch_size", "short_len")
+        for k in positive:
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.patience < 0 or self.weight_decay < 0 or self.prefetch < 0:
+            raise ConfigError("patience, weight_decay and prefetch must be >= 0")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+
+
+@dataclass
+class RunConfig:
+    model: str
+    model_config: Any
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "model_config": dataclasses.asdict(self.model_config),
+                "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> RunConfig:
+        return resolve_config(d["model"], {**d.get("model_config", {}), **d.get("train", {})})
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Turn a CLI string / JSON value into the field's declared type, or raise a ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(_coerce(v.strip() if isinstance(v, str) else v, args[0], key) for v in items if v != "")
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} expects {getattr(tp, '__name__', tp)}, got {value!r}") from None
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults of ``model`` and :class:`TrainConfig`, updated by ``overrides`` (flat keys); validated.
+
+    Raises:
+        ConfigError: unknown key (with the closest known one), or a value of the wrong type.
+    """
+    entry = get_model(model)
+    mfields, tfields = _fields(entry.config_cls), _fields(TrainConfig)
+    clash = set(mfields) & set(tfields)
+    if clash:  # a key must have exactly one home
+        raise ConfigError(f"model {model!r} config redefines training keys {sorted(clash)}")
+    m_kw, t_kw = {}, {}
+    for key, value in (overrides or {}).items():
+        if key in mfields:
+            m_kw[key] = _coerce(value, mfields[key], key)
+        elif key in tfields:
+            t_kw[key] = _coerce(value, tfields[key], key)
+        else:
+            known = sorted(mfields) + sorted(tfields)
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r} for model {model!r}.{hint} Known keys: {', '.join(known)}")
+    cfg = RunConfig(model, entry.config_cls(**m_kw), TrainConfig(**t_kw))
+    cfg.train.check()
+    return cfg
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    """``["lr=0.01", "mlp=200,80"]`` → dict; a pair without ``=`` is an error."""
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--set expects key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Flat keys from a JSON or TOML file (``model`` may be among them)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    text = p.read_text()
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{p}: cannot parse config ({e}). Fix: use flat JSON or TOML key = value pairs.") from None
+    if not isinstance(data, dict) or any(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"{p}: config must be flat key = value pairs (no sections)")
+    return data
