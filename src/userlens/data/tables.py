@@ -83,6 +83,19 @@ def _closest(name: str, options: Sequence[str]) -> str:
     return f" (did you mean {hit[0]!r}?)" if hit else ""
 
 
+def _first_ragged_line(p: Path, sep: str) -> int | str:
+    """1-based line of the first record whose field count differs from the header's (error path only)."""
+    import csv
+
+    with open(p, newline="") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        width = len(next(reader, []))
+        for row in reader:
+            if row and len(row) != width:
+                return reader.line_num
+    return "?"
+
+
 def read_table(path: str | Path, rename: dict[str, str] | None = None) -> RawTable:
     """Read a CSV / TSV / Parquet file as-is (CSV values stay text; parsing happens in :func:`validate`).
 
@@ -104,6 +117,10 @@ def read_table(path: str | Path, rename: dict[str, str] | None = None) -> RawTab
             frame = pl.read_csv(p, separator=sep, infer_schema=False)
         except pl.exceptions.NoDataError:
             raise InputError(f"{p}: the file is empty. Fix: point to a file with a header and rows.") from None
+        except pl.exceptions.ComputeError as exc:  # e.g. a line with more fields than the header
+            raise InputError(f"{p}:line {_first_ragged_line(p, sep)}: cannot read the file as CSV "
+                             f"({str(exc).splitlines()[0]}). Fix: make every line have the header's fields "
+                             f"(quote values that contain {sep!r}).") from None
         label, first = "line", 2  # line 1 is the header
     else:
         raise InputError(f"{p}: unknown file type {suffix!r}. Fix: use .csv, .tsv or .parquet.")
@@ -227,7 +244,8 @@ def validate(
             empty = s.is_null() | (s.cast(pl.Utf8).str.strip_chars() == "") if s.dtype == pl.Utf8 else s.is_null()
             chk.flag(empty, c, "empty id (null or blank; a truncated line?)", f"give every row a {c}")
             if s.dtype == pl.Utf8:
-                out[c] = _maybe_int_ids(s.str.strip_chars())
+                # Blank ids are flagged above (and dropped under "skip"); as null they cannot keep the rest text.
+                out[c] = _maybe_int_ids(s.str.strip_chars().replace("", None))
 
     if "timestamp" in out:
         raw = out["timestamp"]

@@ -29,7 +29,7 @@ class FitResult:
     best_epoch: int
     best_valid: dict[str, float]
     epochs_run: int
-    train_samples_per_s: float  # steady-state: samples / training seconds (validation excluded)
+    train_samples_per_s: float  # steady state: epochs after the first (warm-up, compile), validation excluded
 
 
 def seed_everything(seed: int) -> None:
@@ -97,7 +97,8 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
     epochs = 1 if t.fast_dev_run else t.epochs
     (out / METRICS).write_text("")
     best_state, best_epoch, best_valid, bad = None, -1, {"auc": float("-inf")}, 0
-    train_seconds, train_samples, epochs_run = 0.0, 0, 0
+    timings: list[tuple[int, float]] = []  # (samples, seconds) per epoch
+    epochs_run = 0
     with _progress(show_progress) as bar:
         for epoch in range(epochs):
             model.train()
@@ -114,10 +115,12 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.update(task, completed=step + 1, rate=f"{rate:,.0f} samples/s", loss=f"{loss_sum / seen:.4f}")
             secs = time.perf_counter() - t0
-            train_seconds, train_samples, epochs_run = train_seconds + secs, train_samples + seen, epoch + 1
+            timings.append((seen, secs))
+            epochs_run = epoch + 1
             probs, labels, users = predict(model, valid_loader)
             valid = evaluate_predictions(labels, probs, users) if len(labels) else {}
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_seconds": round(secs, 3),
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_samples": seen,
+                   "train_seconds": round(secs, 3),
                    "train_samples_per_s": round(seen / max(secs, 1e-9), 1),
                    **{f"valid_{k}": v for k, v in valid.items()}}
             with open(out / METRICS, "a") as fh:
@@ -133,4 +136,6 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
                 if bad > t.patience:
                     break
     save_run(out, model, cfg, spec, data.path, state=best_state)
-    return FitResult(best_epoch, best_valid, epochs_run, train_samples / max(train_seconds, 1e-9))
+    steady = timings[1:] or timings
+    rate = sum(n for n, _ in steady) / max(sum(s for _, s in steady), 1e-9)
+    return FitResult(best_epoch, best_valid, epochs_run, rate)

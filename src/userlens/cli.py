@@ -1,0 +1,154 @@
+"""The ``userlens`` command line (DESIGN §6). Every command wraps an importable function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+from rich.console import Console
+
+from userlens.errors import UserlensError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Lifelong user-interest modeling: prepare logs, train CTR models, evaluate.")
+err = Console(stderr=True)
+
+
+def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Call fn; a UserlensError becomes a one-line cause and exit code 1 (no traceback)."""
+    try:
+        return fn(*args, **kwargs)
+    except UserlensError as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def prepare(
+    out: Annotated[Path, typer.Option(help="prepared directory to write")],
+    behaviors: Annotated[Optional[Path], typer.Option(help="behaviors table (CSV/Parquet)")] = None,
+    impressions: Annotated[Optional[Path], typer.Option(help="impressions table with labels")] = None,
+    items: Annotated[Optional[Path], typer.Option(help="items table (category, title ...)")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="dataset adapter: movielens|amazon|taobao|lastfm")] = None,
+    source: Annotated[Optional[Path], typer.Option(help="dataset folder for --format")] = None,
+    on_bad_rows: Annotated[str, typer.Option(help="error (stop) or skip (skip, count, report)")] = "error",
+    timestamp_unit: Annotated[str, typer.Option(help="auto|s|ms for integer timestamps")] = "auto",
+    context: Annotated[Optional[list[str]], typer.Option(help="impression column to use as a context feature (repeatable)")] = None,
+    min_user_behaviors: Annotated[int, typer.Option(help="drop users with fewer behaviors (counted)")] = 1,
+    valid_fraction: Annotated[float, typer.Option(help="time split: share of validation")] = 0.1,
+    test_fraction: Annotated[float, typer.Option(help="time split: share of test")] = 0.1,
+    split: Annotated[str, typer.Option(help="behaviors-only samples: leave-last-out|time")] = "leave-last-out",
+    min_history: Annotated[int, typer.Option(help="behaviors-only samples: behaviors needed before a positive")] = 4,
+    negatives: Annotated[int, typer.Option(help="behaviors-only samples: sampled negatives per positive")] = 1,
+    seed: Annotated[int, typer.Option(help="negative-sampling seed")] = 2024,
+) -> None:
+    """Validate raw logs and write a prepared directory (vocabularies, timeline, samples, meta.json)."""
+    from userlens.data.prepare import PrepareOptions
+    from userlens.data.prepare import prepare as do_prepare
+    from userlens.data.prepare import sources_from_files
+    from userlens.errors import InputError
+
+    def go() -> dict:
+        if format:
+            from userlens.data.adapters import load_adapter
+
+            if source is None or behaviors is not None:
+                raise InputError("--format needs --source DIR and no --behaviors. Fix: use one or the other.")
+            sources = load_adapter(format, source)
+        elif behaviors is not None:
+            sources = sources_from_files(behaviors, impressions, items)
+        else:
+            raise InputError("give --behaviors FILE (with optional --impressions/--items) or --format NAME --source DIR")
+        opts = PrepareOptions(
+            on_bad_rows=on_bad_rows, timestamp_unit=timestamp_unit, context_columns=tuple(context or ()),  # type: ignore[arg-type]
+            min_user_behaviors=min_user_behaviors, valid_fraction=valid_fraction, test_fraction=test_fraction,
+            split=split, min_history=min_history, negatives=negatives, seed=seed,  # type: ignore[arg-type]
+        )
+        return do_prepare(sources, out, opts, log=lambda s: err.print(s, highlight=False))
+
+    meta = _run(go)
+    c, s = meta["counts"], meta["samples"]
+    err.print(f"prepared {out}: {c['behaviors']:,} behaviors of {c['users']:,} users (max history "
+              f"{c['max_history']:,}); samples train {s['train']['samples']:,} / valid {s['valid']['samples']:,} / "
+              f"test {s['test']['samples']:,}; {meta['prepare_seconds']} s", highlight=False)
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="prepared directory")],
+    model: Annotated[Optional[str], typer.Option(help="registered model name (see `userlens models`)")] = None,
+    out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/latest"),
+    config: Annotated[Optional[Path], typer.Option(help="flat JSON/TOML config file")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="key=value override (repeatable)")] = None,
+    limit_batches: Annotated[Optional[int], typer.Option(help="debug: batches per epoch")] = None,
+    fast_dev_run: Annotated[bool, typer.Option(help="debug: one train and one valid batch")] = False,
+    progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
+) -> None:
+    """Train a model; writes config.json, model.safetensors and metrics.jsonl to --out."""
+    from userlens.data.prepared import PreparedData
+    from userlens.errors import ConfigError
+    from userlens.training.config import load_config_file, parse_sets, resolve_config
+    from userlens.training.trainer import fit
+
+    def go() -> None:
+        overrides = load_config_file(config) if config else {}
+        name = model or overrides.pop("model", None)
+        overrides.pop("model", None)
+        if not name:
+            raise ConfigError("no model given. Fix: pass --model NAME (see `userlens models`).")
+        overrides.update(parse_sets(set_ or []))
+        if limit_batches is not None:
+            overrides["limit_batches"] = limit_batches
+        if fast_dev_run:
+            overrides["fast_dev_run"] = True
+        cfg = resolve_config(name, overrides)  # validated before any data is touched
+        data = PreparedData(data_dir)
+        err.print(f"config: {json.dumps(cfg.to_json())}", highlight=False)
+        res = fit(data, cfg, out, show_progress=progress, log=lambda s: err.print(s, highlight=False))
+        err.print(f"best epoch {res.best_epoch}: valid {json.dumps(res.best_valid)}; "
+                  f"{res.train_samples_per_s:,.0f} train samples/s; run saved to {out}", highlight=False)
+
+    _run(go)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="run directory written by `userlens train`")],
+    data: Annotated[Optional[Path], typer.Option(help="prepared directory (default: the one trained on)")] = None,
+    split: Annotated[str, typer.Option(help="train|valid|test")] = "test",
+    predictions: Annotated[Optional[Path], typer.Option(help="write per-sample predictions (.parquet/.csv)")] = None,
+) -> None:
+    """Print JSON metrics (auc, gauc, logloss, n) of a trained run on a split."""
+    from userlens.training.evaluate import evaluate_run
+
+    result = _run(evaluate_run, run_dir, data, split, predictions)
+    typer.echo(json.dumps(result))
+
+
+@app.command()
+def models() -> None:
+    """List the registered models, one line each."""
+    from userlens.models import list_models
+
+    for e in list_models():
+        typer.echo(f"{e.name:<12} {e.summary}")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="working folder")] = Path("runs/demo"),
+         epochs: Annotated[int, typer.Option(help="training epochs per model")] = 4) -> None:
+    """Generate a log with a planted interest, prepare it, train avgpool and din, compare on test."""
+    from userlens.demo import run_demo
+
+    _run(run_demo, out, epochs=epochs)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(prog_name="userlens")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from userlens.layers import MLP, Dice, make_activation
+from userlens.layers.activation import compile_hot_layers
+
+
+def test_dice_matches_paper_formula_in_training() -> None:
+    torch.manual_seed(0)
+    d = Dice(3)
+    with torch.no_grad():
+        d.alpha.copy_(torch.tensor([0.1, -0.5, 2.0]))
+    x = torch.randn(50, 3) * 3 + 1
+    p = torch.sigmoid((x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-8))
+    expected = p * x + (1 - p) * d.alpha * x
+    torch.testing.assert_close(d.train()(x), expected)
+    torch.testing.assert_close(d.running_mean, 0.1 * x.mean(0))
+
+
+def test_dice_eval_uses_running_stats_and_batch_of_one_trains() -> None:
+    d = Dice(2)
+    x = torch.tensor([[1.0, -2.0]])
+    out_train = d.train()(x)  # one row: running statistics, no crash
+    out_eval = d.eval()(x)
+    torch.testing.assert_close(out_train, out_eval)
+
+
+def test_compiled_dice_equals_eager() -> None:
+    torch.manual_seed(0)
+    eager = Dice(8)
+    compiled = Dice(8)
+    compiled.load_state_dict(eager.state_dict())
+    assert compile_hot_layers(torch.nn.Sequential(compiled)) == 1
+    for n in (64, 17):  # dynamic shapes
+        x = torch.randn(n, 8, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_(True)
+        torch.testing.assert_close(compiled(x2), eager(x), rtol=1e-5, atol=1e-6)
+        eager(x).sum().backward()
+        compiled(x2).sum().backward()
+        torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(compiled.running_mean, eager.running_mean)
+
+
+def test_mlp_shapes_and_unknown_activation() -> None:
+    m = MLP(5, (4, 3), "prelu", dropout=0.1, out_dim=1)
+    assert m(torch.zeros(2, 5)).shape == (2, 1) and m.out_dim == 1
+    with pytest.raises(ValueError, match="unknown activation 'gelu2'; known"):
+        make_activation("gelu2", 3)

@@ -1,0 +1,130 @@
+"""The contract every registered model must honour (STYLE §12)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from userlens.batch import Batch, History
+from userlens.models import build_model, get_model, list_models
+from userlens.training.checkpoint import load_run, save_run
+from userlens.training.config import resolve_config
+
+from .conftest import SPEC, random_batch
+
+MODELS = [e.name for e in list_models()]
+
+
+def _build(name: str, seed: int = 0, **overrides):  # type: ignore[no-untyped-def]
+    torch.manual_seed(seed)
+    cfg = get_model(name).config_cls()
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    if "use_user" in fields:
+        overrides.setdefault("use_user", True)  # exercise the user table too
+    return build_model(name, SPEC, dataclasses.replace(cfg, **overrides))
+
+
+def _repad(batch: Batch, seed: int) -> Batch:
+    """Same batch with garbage written into every padded position."""
+    g = torch.Generator().manual_seed(seed)
+    mask = batch.history.mask()
+    vals = {k: torch.where(mask, v, torch.randint(2, 9, v.shape, generator=g)) for k, v in batch.history.values.items()}
+    return Batch(batch.target, History(vals, batch.history.lengths), batch.label, batch.context)
+
+
+def test_registry_lists_foundation_models() -> None:
+    assert {"avgpool", "din"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_output_shape_and_logits(name: str, batch: Batch) -> None:
+    model = _build(name).eval()
+    out = model(batch)
+    assert out.shape == (len(batch),)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batch_of_one(name: str) -> None:
+    model = _build(name)
+    full = random_batch(batch=5, seed=3)
+    model.eval()
+    expected = model(full)
+    for i in range(5):
+        one = random_batch(batch=5, seed=3)
+        one = Batch({k: v[i : i + 1] for k, v in one.target.items()},
+                    History({k: v[i : i + 1] for k, v in one.history.values.items()}, one.history.lengths[i : i + 1]),
+                    one.label[i : i + 1], {k: v[i : i + 1] for k, v in one.context.items()})
+        torch.testing.assert_close(model(one), expected[i : i + 1], rtol=1e-5, atol=1e-6)
+    model.train()
+    assert model(one).shape == (1,)  # a training batch of one must not crash (Dice/BatchNorm statistics)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_padding_invariance(name: str, mode: str, batch: Batch) -> None:
+    model = _build(name)
+    model.train(mode == "train")
+    with torch.no_grad():
+        a = model(batch)
+        b = model(_repad(batch, seed=1))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_history_matters(name: str, batch: Batch) -> None:
+    """The converse of padding invariance: changing a real behavior changes the score (no dead mask)."""
+    model = _build(name).eval()
+    mask = batch.history.mask()
+    vals = {k: torch.where(mask, (v + 1) % 7 + 2, v) for k, v in batch.history.values.items()}
+    changed = Batch(batch.target, History(vals, batch.history.lengths), batch.label, batch.context)
+    with torch.no_grad():
+        diff = (model(batch) - model(changed)).abs()
+    has_hist = batch.history.lengths > 0
+    assert (diff[has_hist] > 0).all()
+    assert (diff[~has_hist] == 0).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_determinism_under_seed(name: str, batch: Batch) -> None:
+    a, b = _build(name, seed=5), _build(name, seed=5)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    assert torch.equal(a.eval()(batch), b.eval()(batch))
+    c = _build(name, seed=6)
+    assert not torch.equal(a(batch), c.eval()(batch))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name: str) -> None:
+    model = _build(name).train()
+    batch = random_batch(batch=32, seed=2)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_load_round_trip(name: str, tmp_path, batch: Batch) -> None:
+    cfg = resolve_config(name, {"use_user": True} if "use_user" in
+                         {f.name for f in dataclasses.fields(get_model(name).config_cls)} else {})
+    torch.manual_seed(0)
+    model = build_model(name, SPEC, cfg.model_config)
+    model.train()
+    model(random_batch(batch=16, seed=9))  # move Dice running statistics off their initial values
+    model.eval()
+    save_run(tmp_path, model, cfg, SPEC, tmp_path)
+    loaded, cfg2, _ = load_run(tmp_path)
+    assert cfg2.to_json() == cfg.to_json()
+    torch.testing.assert_close(loaded(batch), model(batch), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_declares_fields(name: str) -> None:
+    from userlens.batch import ALL_FIELDS
+
+    model = _build(name)
+    assert model.fields <= ALL_FIELDS and "target_item" in model.fields

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from userlens.errors import ConfigError
+from userlens.training.config import RunConfig, load_config_file, parse_sets, resolve_config
+
+
+def test_defaults_and_overrides_are_typed() -> None:
+    cfg = resolve_config("din", {"lr": "0.01", "mlp": "64,32", "use_user": "true", "limit_batches": "none"})
+    assert cfg.train.lr == 0.01 and cfg.model_config.mlp == (64, 32) and cfg.model_config.use_user is True
+    assert cfg.train.limit_batches is None
+    assert RunConfig.from_json(cfg.to_json()).to_json() == cfg.to_json()
+
+
+def test_unknown_key_names_the_closest() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'learning_rat'.*Known keys"):
+        resolve_config("din", {"learning_rat": 1})
+    with pytest.raises(ConfigError, match=r"unknown config key 'embed_dimm'.*Did you mean 'embed_dim'"):
+        resolve_config("din", {"embed_dimm": 8})
+
+
+def test_bad_values_are_rejected_before_running() -> None:
+    with pytest.raises(ConfigError, match="epochs expects int, got 'many'"):
+        resolve_config("din", {"epochs": "many"})
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        resolve_config("din", {"batch_size": 0})
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        resolve_config("din", {"optimizer": "sgd"})
+    with pytest.raises(ConfigError, match=r"unknown model 'dinn'.*Did you mean 'din'"):
+        resolve_config("dinn")
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        parse_sets(["lr"])
+
+
+def test_config_files(tmp_path) -> None:
+    (tmp_path / "a.toml").write_text('model = "din"\nlr = 0.002\nmlp = [100, 50]\n')
+    assert load_config_file(tmp_path / "a.toml") == {"model": "din", "lr": 0.002, "mlp": [100, 50]}
+    cfg = resolve_config("din", {k: v for k, v in load_config_file(tmp_path / "a.toml").items() if k != "model"})
+    assert cfg.model_config.mlp == (100, 50)
+    (tmp_path / "b.toml").write_text("[train]\nlr = 1\n")
+    with pytest.raises(ConfigError, match="flat"):
+        load_config_file(tmp_path / "b.toml")
