@@ -369,3 +369,25 @@ def test_real_lastfm(prepared) -> None:
 def test_real_lastfm_without_skip_names_file_line_column() -> None:
     with pytest.raises(InputError, match=r"user_taggedartists.dat:line \d+: column 'timestamp': absurd timestamp"):
         prepare(load_adapter("lastfm", DATASETS / "lastfm-hetrec2011-2k"), "/nonexistent/never-written", log=quiet)
+
+
+@realdata
+@needs_datasets
+@pytest.mark.parametrize("folder", list(CASES))
+def test_real_din_trains_one_epoch_from_the_cli(prepared, folder: str, tmp_path: Path) -> None:
+    """`userlens train … --model din` runs a full epoch on every dataset and learns something."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from userlens.cli import app
+
+    _, out, _ = prepared(folder)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(out), "--model", "din", "--out", str(tmp_path / "run"),
+                            "--set", "epochs=1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["n"] > 0 and res["auc"] > 0.55, res

@@ -71,7 +71,7 @@ def test_unknown_extension_lists_the_known_ones(tmp_path: Path) -> None:
 
 
 def test_missing_column_names_the_file_the_column_and_what_was_found(tmp_path: Path) -> None:
-    p = _csv(tmp_path, f"user_id,item_id\nu,i\n")
+    p = _csv(tmp_path, "user_id,item_id\nu,i\n")
     msg = (re.escape(f"{p}: missing required column 'timestamp'") + r"[^(]*; found \['user_id', 'item_id'\]\. "
            + re.escape("Fix: rename the column"))
     with pytest.raises(InputError, match=msg):
@@ -123,8 +123,8 @@ def test_unparsable_timestamp(tmp_path: Path) -> None:
 )
 def test_absurd_timestamp(tmp_path: Path, value: str) -> None:
     p = _csv(tmp_path, f"user_id,item_id,timestamp\nu,i,{T}\nu,i,{T + 1}\nu,i,{value}\n")
-    msg = _row_error(p, "line 4", "timestamp", f"absurd timestamp (before 1990-01-01 or in the future) (value {value!r})",
-                     "check the unit (--timestamp-unit s|ms) and the source clock")
+    problem = f"absurd timestamp (before 1990-01-01 or in the future) (value {value!r})"
+    msg = _row_error(p, "line 4", "timestamp", problem, "check the unit (--timestamp-unit s|ms) and the source clock")
     with pytest.raises(InputError, match=msg):
         _validate(p)
 

@@ -108,7 +108,8 @@ class BatchLoader:
             target["user"] = torch.from_numpy(user)
         if "target_item" in self.fields or "target_category" in self.fields:
             item = self._item[idx]
-            target["target_item"] = torch.from_numpy(item)
+            if "target_item" in self.fields:
+                target["target_item"] = torch.from_numpy(item)
             if "target_category" in self.fields:
                 target["target_category"] = torch.from_numpy(self.data.item_category[item].astype(np.int64))
         if "time" in self.fields:

@@ -171,6 +171,11 @@ def _samples_from_behaviors(
     tl_user = np.repeat(np.arange(n_users, dtype=np.int32), lengths)
     rank = np.arange(len(tl_item)) - offsets[tl_user]
     pos_idx = np.flatnonzero(rank >= opt.min_history)
+    if len(pos_idx) == 0:
+        raise InputError(
+            f"no samples: no user has more than --min-history {opt.min_history} behaviors (longest history: "
+            f"{int(lengths.max())}). Fix: lower --min-history or provide impressions."
+        )
     user, item, t = tl_user[pos_idx], tl_item[pos_idx], tl_time[pos_idx]
     if opt.split == "leave-last-out":
         from_end = (offsets[user + 1] - 1) - pos_idx  # 0 = user's last behavior
@@ -229,6 +234,9 @@ def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = 
             if imp is not None:
                 imp = imp.filter(~pl.col("user_id").is_in(small.implode()))
             report.notes.append(f"dropped {dropped_users} users with < {opt.min_user_behaviors} behaviors")
+            if imp is not None and imp.height == 0:
+                raise InputError(f"no samples: every impression belongs to a user with < {opt.min_user_behaviors} "
+                                 "behaviors. Fix: lower --min-user-behaviors.")
 
     # ---- vocabularies
     user_v = _vocab(beh["user_id"], imp["user_id"] if imp is not None else None)

@@ -30,6 +30,7 @@ class FitResult:
     best_valid: dict[str, float]
     epochs_run: int
     train_samples_per_s: float  # steady state: epochs after the first (warm-up, compile), validation excluded
+    train_samples_per_s_overall: float  # all epochs, first (with compile warm-up) included
 
 
 def seed_everything(seed: int) -> None:
@@ -138,4 +139,5 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
     save_run(out, model, cfg, spec, data.path, state=best_state)
     steady = timings[1:] or timings
     rate = sum(n for n, _ in steady) / max(sum(s for _, s in steady), 1e-9)
-    return FitResult(best_epoch, best_valid, epochs_run, rate)
+    overall = sum(n for n, _ in timings) / max(sum(s for _, s in timings), 1e-9)
+    return FitResult(best_epoch, best_valid, epochs_run, rate, overall)
