@@ -10,15 +10,21 @@ The mask is derived here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-#: Fields a model may ask the loader for. ``hist_*`` fields form the History.
+#: Fields a model may ask the loader for. ``hist_*`` fields form the History;
+#: ``long`` attaches the whole history before each sample as a :class:`LongHistory`.
 HIST_FIELDS = ("hist_item", "hist_category", "hist_behavior", "hist_time")
 TARGET_FIELDS = ("user", "target_item", "target_category", "time")
-ALL_FIELDS = frozenset(HIST_FIELDS + TARGET_FIELDS)
+LONG_FIELD = "long"
+ALL_FIELDS = frozenset(HIST_FIELDS + TARGET_FIELDS + (LONG_FIELD,))
 
 
 @dataclass
@@ -76,6 +82,59 @@ class History:
 
 
 @dataclass
+class LongHistory:
+    """The whole history of each sample as a range of the shared timeline: nothing is copied per sample.
+
+    Sample ``b`` sees ``timeline[f][lo[b]:hi[b]]`` (oldest first; ``hi`` is the
+    sample's cutoff, so only behaviors strictly before its time). A General
+    Search Unit (:mod:`userlens.layers.gsu`) reads these ranges in chunks and
+    returns a few global positions; :meth:`gather` turns them into a
+    :class:`History`. With 100,000 behaviors per user the ranges cost 16 bytes
+    per sample, never a ``(B, 100000)`` tensor.
+
+    Args:
+        timeline: field (``item``, ``category``, ``behavior``, ``time``) → ``(N,)``
+            array over all users' behaviors (memory-mapped or in RAM).
+        lo, hi: ``(B,)`` int64 global positions, ``lo <= hi``.
+        item_category: ``(n_items,)`` category index of every item (for per-item tables).
+        category_index: optional precomputed :class:`userlens.layers.gsu.CategoryIndex`.
+        content: optional ``(n_items, d)`` float32 frozen content vectors and their
+            ``(n_items,)`` bool mask (``userlens embed-items``).
+    """
+
+    timeline: dict[str, np.ndarray]
+    lo: np.ndarray
+    hi: np.ndarray
+    item_category: np.ndarray
+    category_index: Any = None
+    content: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if self.lo.shape != self.hi.shape or self.lo.ndim != 1:
+            raise ValueError(f"LongHistory lo/hi must be (B,), got {self.lo.shape} and {self.hi.shape}")
+        if np.any(self.hi < self.lo):
+            raise ValueError("LongHistory needs lo <= hi for every sample")
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.hi - self.lo
+
+    def gather(self, positions: np.ndarray, lengths: np.ndarray, fields: Iterable[str]) -> History:
+        """A :class:`History` of the selected global ``positions`` ``(B, k)`` (left-aligned, ``-1`` = padding)."""
+        valid = np.arange(positions.shape[1])[None, :] < lengths[:, None]
+        safe = np.where(valid, positions, 0)
+        values = {}
+        for f in fields:
+            v = np.asarray(self.timeline[f][safe.ravel()], dtype=np.int64).reshape(safe.shape)
+            v[~valid] = 0
+            values[f] = torch.from_numpy(v)
+        return History(values, torch.from_numpy(lengths.astype(np.int64)))
+
+    def take(self, idx: slice | np.ndarray) -> LongHistory:
+        return dataclasses.replace(self, lo=self.lo[idx], hi=self.hi[idx])
+
+
+@dataclass
 class Batch:
     """One training / scoring batch.
 
@@ -89,6 +148,21 @@ class Batch:
     history: History
     label: Tensor | None = None
     context: dict[str, Tensor] = field(default_factory=dict)
+    long: LongHistory | None = None
 
     def __len__(self) -> int:
         return int(self.history.lengths.shape[0])
+
+    def take(self, start: int, stop: int) -> Batch:
+        """Rows ``start:stop`` of every part (tests and chunked scoring)."""
+        sl = slice(start, stop)
+        return Batch({k: v[sl] for k, v in self.target.items()},
+                     History({k: v[sl] for k, v in self.history.values.items()}, self.history.lengths[sl]),
+                     None if self.label is None else self.label[sl], {k: v[sl] for k, v in self.context.items()},
+                     None if self.long is None else self.long.take(sl))
+
+    def need_long(self) -> LongHistory:
+        if self.long is None:
+            raise ValueError("this model reads the whole history: the batch has no `long` part. "
+                             "Fix: add 'long' to the model's `fields` so the loader attaches it.")
+        return self.long

@@ -128,6 +128,43 @@ def evaluate(
     typer.echo(json.dumps(result))
 
 
+@app.command("embed-items")
+def embed_items(
+    data_dir: Annotated[Path, typer.Argument(help="prepared directory")],
+    items: Annotated[Optional[Path], typer.Option(help="items table (CSV/Parquet) with an id and text columns")] = None,
+    text_column: Annotated[Optional[list[str]], typer.Option(help="text column to embed (repeatable; default title)")] = None,
+    id_column: Annotated[str, typer.Option(help="item id column of --items / a Parquet --vectors")] = "item_id",
+    vectors: Annotated[Optional[Path], typer.Option(help="precomputed vectors: Parquet (id + list column) or .npy")] = None,
+    ids: Annotated[Optional[Path], typer.Option(help="ids of a .npy --vectors: .npy or .txt, one per row")] = None,
+    vector_column: Annotated[Optional[str], typer.Option(help="list column of a Parquet --vectors (default: the only one)")] = None,
+    pca_dim: Annotated[Optional[int], typer.Option(help="reduce to this many dimensions with PCA")] = None,
+    dtype: Annotated[str, typer.Option(help="stored as float32 or int8 (per-dimension scale)")] = "float32",
+    normalize: Annotated[bool, typer.Option(help="L2-normalise the final vectors")] = True,
+    seed: Annotated[int, typer.Option(help="PCA seed")] = 2024,
+    batch_size: Annotated[int, typer.Option(help="texts per embedding batch")] = 64,
+) -> None:
+    """Write item content vectors (items/content*.npy) from item text (all-MiniLM-L6-v2) or from --vectors; prints JSON."""
+    from userlens.data.content import build_content, import_vectors
+    from userlens.errors import InputError
+
+    def go() -> dict:
+        common = dict(pca_dim=pca_dim, dtype=dtype, normalize=normalize, seed=seed)
+        if vectors is not None:
+            if items is not None or text_column:
+                raise InputError("--vectors imports ready vectors, --items/--text-column embeds text: give one. "
+                                 "Fix: drop --items/--text-column, or drop --vectors.")
+            return import_vectors(data_dir, vectors=vectors, ids=ids, id_column=id_column,
+                                  vector_column=vector_column, **common)  # type: ignore[arg-type]
+        if items is None:
+            raise InputError("nothing to embed. Fix: pass --items FILE --text-column NAME, or --vectors FILE.")
+        if ids is not None or vector_column is not None:
+            raise InputError("--ids/--vector-column go with --vectors, not --items. Fix: drop them.")
+        return build_content(data_dir, items=items, id_column=id_column, text_columns=tuple(text_column or ("title",)),
+                             batch_size=batch_size, **common)  # type: ignore[arg-type]
+
+    typer.echo(json.dumps(_run(go)))
+
+
 @app.command()
 def models() -> None:
     """List the registered models, one line each."""

@@ -9,6 +9,10 @@
   as a behavior at the impression's own timestamp. A pipeline that lets that
   behavior (or any later one) into the history scores near AUC 1; a correct one
   stays near 0.5.
+* :func:`lifelong_interest_log`: a click depends only on interests visible
+  hundreds of behaviors back; the recent window is pure noise. Models that
+  search the whole history (SIM, ETA, TWIN …) find the signal; a model that
+  reads only the recent window (DIN) stays near AUC 0.5.
 * :func:`long_history_log`: many behaviors per user (prepare benchmarks).
 """
 
@@ -146,3 +150,68 @@ def long_history_log(n_users: int, behaviors_per_user: int, n_items: int, n_cate
         "timestamp": T0 + np.tile(np.arange(behaviors_per_user, dtype=np.int64) * 60, n_users),
     })
     return SyntheticLog(behaviors, None, items)
+
+
+def lifelong_interest_log(
+    n_users: int = 300,
+    n_items: int = 4000,
+    n_categories: int = 200,
+    behaviors_per_user: int = 600,
+    recent: int = 100,
+    n_core: int = 3,
+    core_share: float = 0.5,
+    impressions_per_user: int = 40,
+    noise: float = 0.02,
+    split: tuple[float, float] = (0.1, 0.1),
+    seed: int = 0,
+) -> SyntheticLog:
+    """A log whose label is "candidate category ∈ the user's core interests", visible only far back.
+
+    Each user has ``n_core`` core categories. The first ``behaviors_per_user −
+    recent`` behaviors are drawn from them with probability ``core_share`` (else
+    uniformly from all categories); the last ``recent`` behaviors are uniform over
+    all categories, so the recent window is independent of the label. Impressions
+    fall after one of the recent behaviors (+30 s): half with a candidate from a
+    core category (click), half from another category (no click); labels flip
+    with probability ``noise``. A ``split`` column assigns whole **users** to
+    valid/test at random with the given fractions: a model cannot pass by
+    memorising a user's recent items, it must read the far history.
+    """
+    if recent >= behaviors_per_user:
+        raise ValueError("recent must be smaller than behaviors_per_user: the signal lives before the recent window")
+    rng = np.random.default_rng(seed)
+    item_cat, items = _items(n_items, n_categories, rng)
+    order = np.argsort(item_cat, kind="stable")
+    starts = np.searchsorted(item_cat[order], np.arange(n_categories + 1))
+
+    def draw(cats: np.ndarray) -> np.ndarray:  # one random item of each category
+        span = starts[cats + 1] - starts[cats]
+        return order[starts[cats] + (rng.random(len(cats)) * span).astype(np.int64)]
+
+    T, far, m = behaviors_per_user, behaviors_per_user - recent, impressions_per_user
+    core = np.stack([rng.choice(n_categories, size=n_core, replace=False) for _ in range(n_users)])  # (U, n_core)
+    cats = rng.integers(0, n_categories, size=(n_users, T))
+    use_core = rng.random((n_users, far)) < core_share
+    cats[:, :far] = np.where(use_core, core[np.arange(n_users)[:, None], rng.integers(0, n_core, (n_users, far))],
+                             cats[:, :far])
+    times = T0 + np.arange(n_users)[:, None] * 7 + np.arange(T)[None, :] * 60
+    behaviors = pl.DataFrame({"user_id": np.repeat(np.arange(n_users), T), "item_id": draw(cats.ravel()),
+                              "timestamp": times.ravel()})
+    iu = np.repeat(np.arange(n_users), m)
+    k = rng.integers(far, T, size=n_users * m)  # the impression follows recent behavior k
+    positive = rng.random(n_users * m) < 0.5
+    core_pick = core[iu, rng.integers(0, n_core, size=len(iu))]
+    other = rng.integers(0, n_categories - n_core, size=len(iu))
+    # the (other)-th category that is not one of the user's core ones
+    sorted_core = np.sort(core[iu], axis=1)
+    for j in range(n_core):
+        other = other + (other >= sorted_core[:, j])
+    cand = np.where(positive, core_pick, other)
+    label = positive.astype(np.int8)
+    flip = rng.random(len(iu)) < noise
+    label[flip] = 1 - label[flip]
+    r = rng.random(n_users)[iu]
+    sp = np.where(r < split[0], "valid", np.where(r < split[0] + split[1], "test", "train"))
+    impressions = pl.DataFrame({"user_id": iu, "item_id": draw(cand), "timestamp": times[iu, k] + 30,
+                                "label": label, "split": sp})
+    return SyntheticLog(behaviors, impressions, items)

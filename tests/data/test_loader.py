@@ -247,3 +247,23 @@ def test_context_features_are_batched(tmp_path: Path) -> None:
     pages = [vocab[int(v)] for b in batches for v in b.context["page"]]
     lengths = [int(v) for b in batches for v in b.history.lengths]
     assert pages == ["home", "search"] and lengths == [1, 2]
+
+
+def test_long_history_ranges_are_the_whole_history_strictly_before_the_sample(data: PreparedData) -> None:
+    loader = BatchLoader(data, "test", {"target_item", "time", "user", "long"}, batch_size=64, short_len=4,
+                         long_len=7, prefetch=0)
+    off, tl = data.offsets, data.timeline
+    seen = 0
+    for b in loader:
+        long = b.long
+        assert long is not None and long.category_index is data.category_index
+        for r in range(len(b)):
+            u, t = int(b.target["user"][r]), int(b.target["time"][r])
+            lo, hi = int(long.lo[r]), int(long.hi[r])
+            assert off[u] <= lo <= hi <= off[u + 1]
+            assert (tl["time"][lo:hi] < t).all(), "long history must be strictly before the sample"
+            assert hi == off[u + 1] or tl["time"][hi] >= t, "nothing before the sample may be left out"
+            assert hi - lo == min(7, hi - off[u])
+            seen += 1
+    assert seen == len(data.samples("test"))
+    assert next(iter(BatchLoader(data, "test", {"target_item"}, prefetch=0))).long is None

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 from userlens.batch import Batch, History
+from userlens.layers.gsu import CategoryIndex
 from userlens.models import build_model, get_model, list_models
 from userlens.training.checkpoint import load_run, save_run
 from userlens.training.config import resolve_config
 
-from .conftest import SPEC, random_batch
+from .conftest import SPEC, random_batch, random_long
 
 MODELS = [e.name for e in list_models()]
 
@@ -31,7 +33,7 @@ def _repad(batch: Batch, seed: int) -> Batch:
     g = torch.Generator().manual_seed(seed)
     mask = batch.history.mask()
     vals = {k: torch.where(mask, v, torch.randint(2, 9, v.shape, generator=g)) for k, v in batch.history.values.items()}
-    return Batch(batch.target, History(vals, batch.history.lengths), batch.label, batch.context)
+    return Batch(batch.target, History(vals, batch.history.lengths), batch.label, batch.context, batch.long)
 
 
 def test_registry_lists_foundation_models() -> None:
@@ -53,10 +55,7 @@ def test_batch_of_one(name: str) -> None:
     model.eval()
     expected = model(full)
     for i in range(5):
-        one = random_batch(batch=5, seed=3)
-        one = Batch({k: v[i : i + 1] for k, v in one.target.items()},
-                    History({k: v[i : i + 1] for k, v in one.history.values.items()}, one.history.lengths[i : i + 1]),
-                    one.label[i : i + 1], {k: v[i : i + 1] for k, v in one.context.items()})
+        one = random_batch(batch=5, seed=3).take(i, i + 1)
         torch.testing.assert_close(model(one), expected[i : i + 1], rtol=1e-5, atol=1e-6)
     model.train()
     assert model(one).shape == (1,)  # a training batch of one must not crash (Dice/BatchNorm statistics)
@@ -79,7 +78,7 @@ def test_history_matters(name: str, batch: Batch) -> None:
     model = _build(name).eval()
     mask = batch.history.mask()
     vals = {k: torch.where(mask, (v + 1) % 7 + 2, v) for k, v in batch.history.values.items()}
-    changed = Batch(batch.target, History(vals, batch.history.lengths), batch.label, batch.context)
+    changed = Batch(batch.target, History(vals, batch.history.lengths), batch.label, batch.context, batch.long)
     with torch.no_grad():
         diff = (model(batch) - model(changed)).abs()
     has_hist = batch.history.lengths > 0
@@ -102,6 +101,8 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
     model = _build(name).train()
     batch = random_batch(batch=32, seed=2)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
+    if hasattr(model, "auxiliary_loss"):  # trained with it (DIEN), as the trainer does
+        loss = loss + model.auxiliary_loss()
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert not missing, f"parameters without gradient: {missing}"
@@ -128,3 +129,76 @@ def test_declares_fields(name: str) -> None:
 
     model = _build(name)
     assert model.fields <= ALL_FIELDS and "target_item" in model.fields
+
+
+LONG_MODELS = [n for n in MODELS if "long" in _build(n).fields]
+
+
+def _with_timeline(batch: Batch, change) -> Batch:  # type: ignore[no-untyped-def]
+    """Same batch whose shared timeline has ``change(tl, inside_mask)`` applied (a copy)."""
+    long = batch.long
+    n = len(long.timeline["item"])
+    inside = np.zeros(n, dtype=bool)
+    for lo, hi in zip(long.lo, long.hi):
+        inside[lo:hi] = True
+    tl = {k: v.copy() for k, v in long.timeline.items()}
+    change(tl, inside, long.item_category)
+    new_long = dataclasses.replace(long, timeline=tl, category_index=CategoryIndex(tl["category"]))
+    return Batch(batch.target, batch.history, batch.label, batch.context, new_long)
+
+
+def test_lifelong_models_are_registered() -> None:
+    assert {"sim_hard", "sim_soft", "eta", "sdim", "twin", "dare", "muse", "qin"} <= set(LONG_MODELS)
+
+
+@pytest.mark.parametrize("name", LONG_MODELS)
+def test_long_history_outside_the_range_is_never_read(name: str) -> None:
+    """No leakage through the GSU: behaviors outside [lo, hi) (e.g. after the sample) change nothing."""
+    batch = random_batch(batch=8, seed=4, lengths=[0, 12, 3, 5, 7, 9, 11, 2])
+    batch.long.lo[:] = np.minimum(batch.long.lo, 150)
+    batch.long.hi[:] = np.minimum(batch.long.hi, 200)
+
+    def scramble(tl, inside, item_cat):  # type: ignore[no-untyped-def]
+        rng = np.random.default_rng(0)
+        out = ~inside
+        tl["item"][out] = rng.integers(2, SPEC.n_items, size=out.sum())
+        tl["category"][out] = item_cat[tl["item"][out]]
+        tl["time"][out] = rng.integers(0, 10**9, size=out.sum())
+
+    model = _build(name).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), model(_with_timeline(batch, scramble)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", LONG_MODELS)
+def test_long_history_matters(name: str) -> None:
+    """Changing the behaviors inside the ranges changes the score of rows that have a long history."""
+    batch = random_batch(batch=8, seed=5)
+
+    def swap(tl, inside, item_cat):  # type: ignore[no-untyped-def]
+        tl["item"][inside] = (tl["item"][inside] + 7) % (SPEC.n_items - 2) + 2
+        tl["category"][inside] = item_cat[tl["item"][inside]]
+
+    model = _build(name).eval()
+    with torch.no_grad():
+        diff = (model(batch) - model(_with_timeline(batch, swap))).abs()
+    has_long = torch.from_numpy(batch.long.hi > batch.long.lo)
+    assert (diff[has_long] > 0).float().mean() >= 0.8  # a rare row may retrieve nothing of its category
+    assert (diff[~has_long] == 0).all()
+
+
+@pytest.mark.parametrize("name", ["muse", "qin"])
+def test_content_models_use_content_vectors(name: str) -> None:
+    spec = dataclasses.replace(SPEC, content_dim=12)
+    torch.manual_seed(0)
+    model = build_model(name, spec, get_model(name).config_cls()).eval()
+    batch = random_batch(spec, batch=6, seed=7)
+    batch.long = random_long(spec, 6, seed=7, content_dim=12)
+    other = dataclasses.replace(batch.long, content=(batch.long.content[0][::-1].copy(), batch.long.content[1]))
+    with torch.no_grad():
+        a = model(batch)
+        b = model(Batch(batch.target, batch.history, batch.label, batch.context, other))
+    assert torch.isfinite(a).all() and not torch.equal(a, b)
+    batch.long = dataclasses.replace(batch.long, content=None)
+    with pytest.raises(ValueError, match="embed-items"):
+        model(batch)

@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterator
 import numpy as np
 import torch
 
-from userlens.batch import ALL_FIELDS, Batch, History
+from userlens.batch import ALL_FIELDS, LONG_FIELD, Batch, History, LongHistory
 from userlens.data.prepared import PreparedData, Samples
 
 
@@ -63,6 +63,8 @@ class BatchLoader:
         shuffle: reshuffle every epoch with ``seed + epoch`` (reproducible).
         limit_batches: stop after this many batches (debug switch).
         prefetch: batches prepared ahead in a background thread (0 = none).
+        long_len: with the ``long`` field, each sample's whole-history range is its
+            ``long_len`` most recent behaviors before the cutoff (a :class:`LongHistory`).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class BatchLoader:
         seed: int = 0,
         limit_batches: int | None = None,
         prefetch: int = 2,
+        long_len: int = 100_000,
     ) -> None:
         unknown = set(fields) - ALL_FIELDS
         if unknown:
@@ -83,7 +86,7 @@ class BatchLoader:
         self.data, self.split, self.fields = data, split, frozenset(fields)
         self.samples: Samples = data.samples(split)
         self.batch_size, self.short_len, self.shuffle, self.seed = batch_size, short_len, shuffle, seed
-        self.limit_batches, self.prefetch = limit_batches, prefetch
+        self.limit_batches, self.prefetch, self.long_len = limit_batches, prefetch, long_len
         self.epoch = 0
         self._hist_fields = [f[len("hist_"):] for f in sorted(self.fields) if f.startswith("hist_")]
         # Small per-sample arrays are copied into RAM once; the timeline stays memory-mapped.
@@ -92,6 +95,8 @@ class BatchLoader:
         self._cutoff = np.asarray(self.samples.cutoff, dtype=np.int64)
         self._time = np.asarray(self.samples.time, dtype=np.int64)
         self._label = np.asarray(self.samples.label, dtype=np.float32)
+        # frozen content vectors (``userlens embed-items``), read once; only whole-history models use them
+        self._content = data.content() if LONG_FIELD in self.fields else None
 
     def __len__(self) -> int:
         n = -(-len(self.samples) // self.batch_size)
@@ -117,11 +122,17 @@ class BatchLoader:
         context = {
             c: torch.from_numpy(np.asarray(a[idx], dtype=np.int64)) for c, a in self.samples.context.items()
         }
+        long = None
+        if LONG_FIELD in self.fields:
+            lo = np.maximum(self.data.offsets[user], cutoff - self.long_len)
+            long = LongHistory(self.data.timeline, lo, cutoff, self.data.item_category,
+                               category_index=self.data.category_index, content=self._content)
         return Batch(
             target=target,
             history=History({f: torch.from_numpy(v) for f, v in hist.items()}, torch.from_numpy(lengths)),
             label=torch.from_numpy(self._label[idx]),
             context=context,
+            long=long,
         )
 
     def _order(self) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from userlens.data.prepare import SCHEMA_VERSION
+from userlens.data.prepare import SCHEMA_VERSION, _sha256
 from userlens.data.tables import SPLITS
 from userlens.errors import InputError
 
@@ -69,6 +69,13 @@ class PreparedData:
     def item_category(self) -> np.ndarray:
         return np.asarray(self._load("items/category.npy"))
 
+    @cached_property
+    def category_index(self):  # type: ignore[no-untyped-def]
+        """Timeline positions grouped by category (SIM hard search), built on first use and shared."""
+        from userlens.layers.gsu import CategoryIndex
+
+        return CategoryIndex(np.asarray(self.timeline["category"]))
+
     @property
     def vocab_sizes(self) -> dict[str, int]:
         return dict(self.meta["vocab_sizes"])
@@ -89,6 +96,24 @@ class PreparedData:
             cutoff=self._load(f"{d}/cutoff.npy"),
             context={c: self._load(f"{d}/ctx_{c}.npy") for c in self.context_columns},
         )
+
+    def content(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Item content vectors ((n_items, d) float32, int8 dequantised) and has-content mask ((n_items,) bool).
+
+        None when ``userlens embed-items`` has not written them (see :mod:`userlens.data.content`).
+        """
+        d = self.path / "items"
+        if not (d / "content.json").is_file():  # written last: absent or half-written reads as None
+            return None
+        vectors = self._load("items/content.npy")
+        if vectors.dtype == np.int8:
+            vectors = vectors.astype(np.float32) * np.load(d / "content_scale.npy")
+        mask = np.asarray(self._load("items/content_mask.npy"), dtype=bool)
+        made_for = json.loads((d / "content.json").read_text()).get("vocab_item_sha256")
+        if len(vectors) != self.vocab_sizes["item"] or made_for != _sha256(self.path / "vocab" / "item.parquet"):
+            raise InputError(f"{d / 'content.npy'}: written for another item vocabulary (the directory was "
+                             "prepared again since). Fix: run `userlens embed-items` again.")
+        return np.asarray(vectors, dtype=np.float32), mask
 
     def vocab(self, name: str) -> pl.DataFrame:
         """raw ↔ index table of ``user``, ``item``, ``category``, ``behavior`` or ``ctx_<name>``."""

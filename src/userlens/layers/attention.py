@@ -65,3 +65,53 @@ class TargetAttention(nn.Module):
         s = self.scores(target, keys, rows)
         w = segment_softmax(s, rows, target.shape[0]) if self.normalize == "softmax" else s
         return torch.zeros_like(target).index_add(0, rows, w.unsqueeze(-1) * keys)
+
+
+class MultiHeadTargetAttention(nn.Module):
+    """Scaled dot-product attention of one target query over a padded behavior set (TWIN, ETA, SIM's ESU).
+
+    ``q = W_q t``, ``k_j = W_k h_j``, ``v_j = W_v h_j`` split into ``heads``;
+    per head ``softmax_j(q·k_j / √d_h)`` over real behaviors only, outputs
+    concatenated and projected back to ``dim``. :meth:`logits` exposes the
+    head-averaged relevance so a GSU can score behaviors with the **same**
+    function the ESU attends with (TWIN's consistency). ``W_k`` starts equal to
+    ``W_q``, so before training the logit is a similarity (``(W t)·(W h)``) and a
+    top-k over it already favours behaviors like the target; with independent
+    random inits a GSU that ranks by it starts from a random selection and, on
+    small data, may never bootstrap.
+
+    The output also carries, per head, ``log Σ_j exp(logit_j)`` (0 for an empty
+    row): softmax discards how much evidence there is (50 strong matches and one
+    weak one give the same mean), and this restores it.
+
+    Shapes: ``target (B, dim)``, ``keys (B, K, dim)``, ``mask (B, K)`` →
+    ``(B, dim + heads)``; a row without behaviors gets zeros.
+    """
+
+    def __init__(self, dim: int, heads: int = 2, head_dim: int = 16) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.out_dim = dim + heads
+        self.q = nn.Linear(dim, heads * head_dim)
+        self.k = nn.Linear(dim, heads * head_dim, bias=False)
+        self.v = nn.Linear(dim, heads * head_dim, bias=False)
+        self.out = nn.Linear(heads * head_dim, dim)
+        with torch.no_grad():  # start as a similarity search: q·k = (W t)·(W h), so like items score high
+            self.k.weight.copy_(self.q.weight)
+            self.q.bias.zero_()
+
+    def query(self, target: Tensor) -> Tensor:
+        """``(B, heads·head_dim)`` query, pre-scaled so that ``query · W_k h`` is the head-averaged logit."""
+        return self.q(target) / (self.heads * self.head_dim**0.5)
+
+    def forward(self, target: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        b, n, _ = keys.shape
+        q = self.q(target).view(b, self.heads, 1, self.head_dim)
+        k = self.k(keys).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        v = self.v(keys).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        s = (q @ k.transpose(-1, -2)) / self.head_dim**0.5  # (B, H, 1, K)
+        s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+        w = torch.softmax(s, dim=-1).nan_to_num(0.0)  # empty rows: all -inf → 0
+        evidence = torch.logsumexp(s, dim=-1).reshape(b, self.heads)
+        evidence = torch.where(mask.any(1, keepdim=True), evidence, torch.zeros_like(evidence))
+        return torch.cat([self.out((w @ v).reshape(b, self.heads * self.head_dim)), evidence], dim=-1)

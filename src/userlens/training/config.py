@@ -34,6 +34,7 @@ class TrainConfig:
     patience: int = 2  # early stopping: epochs without a better validation AUC
     seed: int = 2024
     short_len: int = 50  # most recent behaviors gathered per sample
+    long_len: int = 100_000  # lifelong models: the GSU searches this many most recent behaviors
     limit_batches: int | None = None  # debug: train on this many batches per epoch
     fast_dev_run: bool = False  # debug: one batch of train and valid, one epoch
     threads: int | None = None  # torch intra-op threads (None = torch's default)
@@ -41,7 +42,7 @@ class TrainConfig:
     compile: bool = True  # torch.compile the elementwise hot spots (Dice): ~2x faster DIN on CPU
 
     def check(self) -> None:
-        positive = ("epochs", "batch_size", "eval_batch_size", "short_len")
+        positive = ("epochs", "batch_size", "eval_batch_size", "short_len", "long_len")
         for k in positive:
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")

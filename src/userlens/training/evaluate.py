@@ -24,7 +24,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     model, cfg, doc = load_run(run_dir)
     data = PreparedData(data_dir or doc["data_dir"])
     loader = BatchLoader(data, split, model.fields, cfg.train.eval_batch_size, cfg.train.short_len,
-                         prefetch=cfg.train.prefetch)
+                         prefetch=cfg.train.prefetch, long_len=cfg.train.long_len)
     probs, labels, users = predict(model, loader)
     result = evaluate_predictions(labels, probs, users)
     if predictions is not None:

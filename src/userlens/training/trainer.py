@@ -81,15 +81,17 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
     if t.threads:
         torch.set_num_threads(t.threads)
     seed_everything(t.seed)
-    spec = FeatureSpec.from_meta(data.meta)
+    content = data.content()
+    spec = FeatureSpec.from_meta(data.meta, content_dim=0 if content is None else int(content[0].shape[1]))
     model = build_model(cfg.model, spec, cfg.model_config)
     if t.compile:
         compile_hot_layers(model)
     limit = 1 if t.fast_dev_run else t.limit_batches
     train_loader = BatchLoader(data, "train", model.fields, t.batch_size, t.short_len, shuffle=True,
-                               seed=t.seed, limit_batches=limit, prefetch=t.prefetch)
+                               seed=t.seed, limit_batches=limit, prefetch=t.prefetch, long_len=t.long_len)
     valid_loader = BatchLoader(data, "valid", model.fields, t.eval_batch_size, t.short_len,
-                               limit_batches=1 if t.fast_dev_run else None, prefetch=t.prefetch)
+                               limit_batches=1 if t.fast_dev_run else None, prefetch=t.prefetch,
+                               long_len=t.long_len)
     if len(train_loader.samples) == 0:
         raise ValueError(f"{data.path}: the train split is empty. Fix: prepare with a different split.")
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
@@ -107,6 +109,9 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             for step, batch in enumerate(train_loader):
                 loss = loss_fn(model(batch), batch.label)
+                aux = getattr(model, "auxiliary_loss", None)  # e.g. DIEN's next-behavior loss
+                if aux is not None:
+                    loss = loss + aux()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

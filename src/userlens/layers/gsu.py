@@ -1,0 +1,286 @@
+"""General Search Units (GSU): for each candidate, pick the few behaviors of a whole history worth attending to.
+
+Every GSU reads a :class:`~userlens.batch.LongHistory` (index ranges into the
+shared timeline, up to 100,000 behaviors per sample) and never builds a
+``(B, L_long, D)`` tensor: ranges are scanned **newest first in chunks** sized
+so that ``B × chunk × dim`` stays under a fixed budget, and a running top-k is
+merged per chunk. What is static per item is computed once per call as a
+per-item table (keys, SimHash signatures, bucket codes), so a chunk costs one
+gather of ``B × chunk`` table rows.
+
+Selections are returned as global timeline positions, left-aligned and oldest
+first (the :class:`~userlens.batch.History` convention); ties in relevance go to
+the **more recent** behavior, so every GSU is deterministic and can be checked
+exactly against a brute-force reference (``tests/layers/test_gsu.py``).
+
+The units:
+
+* :class:`CategoryIndex` — SIM hard search (Pi et al., CIKM 2020): the most
+  recent k behaviors of the target's category.
+* :func:`table_topk` — SIM soft search / TWIN / DARE: inner product between a
+  target query and a per-item key table.
+* :class:`SimHash` + :func:`hamming_topk` — ETA (Chen et al., 2021): top-k by
+  Hamming distance between SimHash signatures.
+* :func:`bucket_sum` — SDIM (Cao et al., CIKM 2022): per hash round, the sum of
+  behaviors whose bucket code equals the target's (no top-k at all).
+* :func:`simtier` — MUSE (Wu et al., 2024): histogram of target–behavior content
+  cosine similarities; content cosine top-k is :func:`table_topk` over
+  normalised content vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from userlens.batch import LongHistory
+
+#: elements (batch × chunk × dim) one chunk may materialise: 4M floats = 16 MiB
+CHUNK_BUDGET = 1 << 22
+
+
+@dataclass
+class Selection:
+    """Behaviors picked by a GSU.
+
+    Attributes:
+        positions: ``(B, k)`` int64 global timeline positions, left-aligned, oldest first, ``-1`` = none.
+        lengths: ``(B,)`` int64 number of picked behaviors per row.
+    """
+
+    positions: np.ndarray
+    lengths: np.ndarray
+
+
+def _chunk_len(batch: int, dim: int, longest: int, budget: int = CHUNK_BUDGET) -> int:
+    return int(max(1, min(max(longest, 1), budget // max(batch * max(dim, 1), 1))))
+
+
+def _oldest_first(positions: np.ndarray) -> Selection:
+    """Sort each row's picked positions ascending with the ``-1`` holes moved to the end."""
+    big = np.iinfo(np.int64).max
+    s = np.sort(np.where(positions >= 0, positions, big), axis=1)
+    lengths = (s != big).sum(1).astype(np.int64)
+    return Selection(np.where(s == big, -1, s), lengths)
+
+
+class CategoryIndex:
+    """SIM hard search: timeline positions grouped by category, each group in time order.
+
+    Built once per dataset (a stable argsort of the category column, 16 bytes per
+    behavior) and shared by every batch; a search is two ``searchsorted`` calls for
+    the whole batch, so its cost does not depend on the history length.
+    """
+
+    def __init__(self, category: np.ndarray) -> None:
+        n = len(category)
+        self.n = n
+        self.positions = np.argsort(category, kind="stable").astype(np.int64)
+        self.keys = np.asarray(category, dtype=np.int64)[self.positions] * (n + 1) + self.positions
+
+    def search(self, category: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int) -> Selection:
+        """The ``k`` most recent positions in ``[lo, hi)`` whose category equals ``category`` (per row)."""
+        base = np.asarray(category, dtype=np.int64) * (self.n + 1)
+        a = np.searchsorted(self.keys, base + lo)
+        b = np.searchsorted(self.keys, base + hi)
+        start = np.maximum(a, b - k)
+        count = (b - start).astype(np.int64)
+        ar = np.arange(k)
+        valid = ar[None, :] < count[:, None]
+        idx = np.where(valid, start[:, None] + ar[None, :], 0)
+        pos = np.where(valid, self.positions[np.minimum(idx, max(self.n - 1, 0))] if self.n else -1, -1)
+        return Selection(pos.astype(np.int64), count)
+
+
+def chunked_topk(long: LongHistory, k: int, score: Callable[[np.ndarray], Tensor], dim: int = 1,
+                 budget: int = CHUNK_BUDGET) -> Selection:
+    """The ``k`` highest-scoring positions of every range (ties → more recent), scanned newest first in chunks.
+
+    Args:
+        long: the ranges ``[lo, hi)``.
+        k: behaviors to keep per row.
+        score: ``positions (B, C)`` (padding entries point at position 0) → ``(B, C)`` float scores.
+        dim: floats the scorer materialises per behavior (sizes the chunk to ``budget``).
+    """
+    lo, hi = long.lo, long.hi
+    b = len(lo)
+    longest = int((hi - lo).max()) if b else 0
+    if b == 0 or longest == 0 or k == 0:
+        return Selection(np.full((b, k), -1, dtype=np.int64), np.zeros(b, dtype=np.int64))
+    c = _chunk_len(b, dim, longest, budget)
+    ar = np.arange(c)
+    best_s = torch.full((b, 0), float("-inf"))
+    best_p = torch.empty((b, 0), dtype=torch.int64)
+    for j in range(0, longest, c):
+        pos = hi[:, None] - 1 - j - ar[None, :]  # newest first within the chunk
+        valid = pos >= lo[:, None]
+        s = score(np.where(valid, pos, 0)).float()
+        s = s.masked_fill(torch.from_numpy(~valid), float("-inf"))
+        # candidates stay in descending position order: kept ones (newer) first, then this chunk;
+        # a stable descending sort therefore breaks score ties toward the more recent behavior
+        cand_s = torch.cat([best_s, s], 1)
+        cand_p = torch.cat([best_p, torch.from_numpy(np.where(valid, pos, -1))], 1)
+        order = torch.sort(cand_s, dim=1, descending=True, stable=True).indices[:, :k]
+        keep_s, keep_p = cand_s.gather(1, order), cand_p.gather(1, order)
+        keep_p = keep_p.masked_fill(torch.isinf(keep_s) & (keep_s < 0), -1)
+        back = torch.sort(keep_p, dim=1, descending=True, stable=True).indices
+        best_s, best_p = keep_s.gather(1, back), keep_p.gather(1, back)
+    return _oldest_first(best_p.numpy())
+
+
+def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: int = CHUNK_BUDGET) -> Selection:
+    """Top-k behaviors by ``<query_b, table[item_j]>`` (SIM soft, TWIN, DARE, MUSE content cosine).
+
+    ``query (B, d)``, ``table (n_items, d)``; selection only, so no gradient. When
+    ``B × n_items`` fits the budget the full score matrix is formed once and each
+    chunk is a gather of scalars; otherwise each chunk gathers table rows.
+    """
+    items = long.timeline["item"]
+    with torch.no_grad():
+        query, table = query.detach().float(), table.detach().float()
+        if query.shape[0] * table.shape[0] <= 4 * budget:
+            full = query @ table.t()  # (B, n_items)
+
+            def score(pos: np.ndarray) -> Tensor:
+                return full.gather(1, torch.from_numpy(np.asarray(items[pos], dtype=np.int64)))
+
+            return chunked_topk(long, k, score, dim=1, budget=budget)
+
+        def score_rows(pos: np.ndarray) -> Tensor:
+            rows = table[torch.from_numpy(np.asarray(items[pos], dtype=np.int64))]  # (B, C, d)
+            return torch.bmm(rows, query.unsqueeze(-1)).squeeze(-1)
+
+        return chunked_topk(long, k, score_rows, dim=table.shape[1], budget=budget)
+
+
+class SimHash(torch.nn.Module):
+    """Locality-sensitive signatures ``sign(x·R)`` with a fixed Gaussian ``R`` (Charikar, 2002).
+
+    ``R`` is a buffer (saved with the model, never trained); ``bits`` in {8, 16, 32, 64}
+    are packed into one unsigned integer per vector, so a behavior's signature costs
+    ``bits/8`` bytes and a Hamming distance is one XOR + popcount.
+    """
+
+    def __init__(self, dim: int, bits: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        if bits not in (8, 16, 32, 64):
+            raise ValueError(f"SimHash bits must be 8, 16, 32 or 64, got {bits}")
+        self.bits = bits
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("projection", torch.randn(dim, bits, generator=g))
+
+    def forward(self, x: Tensor) -> np.ndarray:
+        """``(..., dim)`` → ``(...)`` unsigned signatures (NumPy, ``uint{bits}``)."""
+        with torch.no_grad():
+            on = (x.detach().float() @ self.projection > 0).numpy()
+        packed = np.packbits(on, axis=-1, bitorder="little")
+        return np.ascontiguousarray(packed).view(f"<u{self.bits // 8}")[..., 0]
+
+    def codes(self, x: Tensor, rounds: int, width: int) -> Tensor:
+        """SDIM bucket codes: ``rounds`` integers of ``width`` sign bits each → ``(..., rounds)`` int64."""
+        if rounds * width > self.bits:
+            raise ValueError(f"rounds × width = {rounds * width} exceeds the {self.bits} projection bits")
+        with torch.no_grad():
+            on = (x.detach().float() @ self.projection[:, : rounds * width] > 0).long()
+            on = on.reshape(*on.shape[:-1], rounds, width)
+            return (on << torch.arange(width)).sum(-1)
+
+
+def hamming_topk(long: LongHistory, target_sig: np.ndarray, item_sig: np.ndarray, k: int,
+                 budget: int = CHUNK_BUDGET) -> Selection:
+    """ETA: the ``k`` behaviors whose item signature is nearest the target's in Hamming distance."""
+    items = long.timeline["item"]
+    t = target_sig[:, None]
+
+    def score(pos: np.ndarray) -> Tensor:
+        ham = np.bitwise_count(item_sig[np.asarray(items[pos], dtype=np.int64)] ^ t)
+        return -torch.from_numpy(ham.astype(np.float32))
+
+    return chunked_topk(long, k, score, dim=1, budget=budget)
+
+
+class _BucketSum(torch.autograd.Function):
+    """Σ over a range of ``table[item_j]`` where ``codes[item_j, r] == query[b, r]``; chunked both ways.
+
+    The backward pass recomputes the matches chunk by chunk instead of storing
+    them, so memory stays ``O(B × chunk × D)`` however long the history.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, codes: Tensor, query: Tensor, long: LongHistory, budget: int) -> Tensor:  # type: ignore[override]
+        ctx.long, ctx.budget = long, budget
+        ctx.save_for_backward(codes, query)
+        out = table.new_zeros(query.shape[0], query.shape[1], table.shape[1])
+        for ids, match in _matches(long, codes, query, table.shape[1], budget):
+            out += torch.bmm(match.transpose(1, 2), table[ids])  # (B, m, C) @ (B, C, D)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        codes, query = ctx.saved_tensors
+        n, d = codes.shape[0], grad.shape[2]
+        g_table = grad.new_zeros(n, d)
+        for ids, match in _matches(ctx.long, codes, query, d, ctx.budget):
+            g_table.index_add_(0, ids.reshape(-1), torch.bmm(match, grad).reshape(-1, d))  # (B, C, D)
+        return g_table, None, None, None, None
+
+
+def _matches(long: LongHistory, codes: Tensor, query: Tensor, dim: int, budget: int):  # type: ignore[no-untyped-def]
+    """Yield ``(item ids (B, C), match (B, C, rounds) float)`` per chunk of the ranges."""
+    lo, hi = long.lo, long.hi
+    b = len(lo)
+    longest = int((hi - lo).max()) if b else 0
+    if longest == 0:
+        return
+    items = long.timeline["item"]
+    c = _chunk_len(b, dim + codes.shape[1], longest, budget)
+    ar = np.arange(c)
+    for j in range(0, longest, c):
+        pos = hi[:, None] - 1 - j - ar[None, :]
+        valid = torch.from_numpy(pos >= lo[:, None])
+        ids = torch.from_numpy(np.asarray(items[np.where(pos >= lo[:, None], pos, 0)], dtype=np.int64))
+        match = (codes[ids] == query[:, None, :]) & valid.unsqueeze(-1)
+        yield ids, match.to(torch.float32)
+
+
+def bucket_sum(long: LongHistory, table: Tensor, codes: Tensor, query: Tensor,
+               budget: int = CHUNK_BUDGET) -> Tensor:
+    """SDIM aggregation: ``(B, rounds, D)`` sums of behavior vectors sharing the target's bucket per round.
+
+    Args:
+        table: ``(n_items, D)`` behavior vectors (gradients flow into it).
+        codes: ``(n_items, rounds)`` int64 bucket code of every item per hash round.
+        query: ``(B, rounds)`` int64 bucket codes of the targets.
+    """
+    return _BucketSum.apply(table, codes, query, long, budget)
+
+
+def simtier(long: LongHistory, content: Tensor, target: Tensor, tiers: int = 10,
+            budget: int = CHUNK_BUDGET) -> Tensor:
+    """MUSE's SimTier: share of the history in each of ``tiers`` equal cosine bins over [-1, 1], ``(B, tiers)``.
+
+    ``content (n_items, d)`` and ``target (B, d)`` must be L2-normalised (rows of
+    zeros, i.e. items without content, have cosine 0). Frozen inputs: no gradient.
+    """
+    b = target.shape[0]
+    hist = torch.zeros(b, tiers)
+    items = long.timeline["item"]
+    with torch.no_grad():
+        full = target.float() @ content.float().t() if b * content.shape[0] <= 4 * budget else None
+        lo, hi = long.lo, long.hi
+        longest = int((hi - lo).max()) if b else 0
+        c = _chunk_len(b, 1 if full is not None else content.shape[1], longest, budget)
+        ar = np.arange(c)
+        for j in range(0, longest, c):
+            pos = hi[:, None] - 1 - j - ar[None, :]
+            valid = pos >= lo[:, None]
+            ids = torch.from_numpy(np.asarray(items[np.where(valid, pos, 0)], dtype=np.int64))
+            cos = full.gather(1, ids) if full is not None else torch.bmm(content[ids], target.unsqueeze(-1)).squeeze(-1)
+            tier = ((cos.clamp(-1, 1) + 1) / 2 * tiers).long().clamp_(0, tiers - 1)
+            hist.scatter_add_(1, tier, torch.from_numpy(valid.astype(np.float32)))
+    n = torch.from_numpy((long.hi - long.lo).astype(np.float32)).clamp_min(1.0)
+    return hist / n.unsqueeze(1)

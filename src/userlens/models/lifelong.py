@@ -1,0 +1,59 @@
+"""The frame every lifelong model shares: short-term DIN view + a long-term view from a GSU → ESU.
+
+``logit = MLP([target, short interest, long interest, user/context])``. A model
+file subclasses :class:`LifelongModel` and writes only :meth:`long_interest`
+(its search unit and exact unit); everything else is this one frame, so the
+models differ exactly where their papers do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from userlens.batch import Batch
+from userlens.layers import MLP, FeatureEmbedding
+from userlens.layers.embedding import fields_for
+from userlens.layers.interest import ShortInterest
+from userlens.models.spec import FeatureSpec
+
+
+@dataclass
+class LifelongConfig:
+    embed_dim: int = 16
+    k: int = 50  # behaviors the GSU passes to the ESU
+    attention_mlp: tuple[int, ...] = (64, 32)  # short-term DIN attention
+    mlp: tuple[int, ...] = (200, 80)
+    activation: str = "dice"
+    dropout: float = 0.0
+    use_user: bool = False
+
+
+class LifelongModel(nn.Module):
+    """Base: subclasses set ``long_dim`` and implement :meth:`long_interest` → ``(B, long_dim)``."""
+
+    long_dim: int
+
+    def __init__(self, spec: FeatureSpec, cfg: LifelongConfig, long_dim: int,
+                 tower: Callable[[int], nn.Module] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = FeatureEmbedding(spec.n_items, spec.n_categories, cfg.embed_dim,
+                                          n_users=spec.n_users if cfg.use_user else 0, context=spec.context)
+        self.short = ShortInterest(self.embedding.item_dim, cfg.attention_mlp, cfg.activation)
+        d = self.embedding.item_dim
+        in_dim = 2 * d + long_dim + self.embedding.side_dim
+        self.tower = tower(in_dim) if tower else MLP(in_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1)
+        #: batch fields the loader must build for this model
+        self.fields: frozenset[str] = fields_for(cfg.use_user, extra=("long", "time"))
+
+    def long_interest(self, batch: Batch, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> Tensor:
+        target = self.embedding.target(batch)  # (B, 2D)
+        parts = [target, self.short(self.embedding, batch, target), self.long_interest(batch, target), self.embedding.side(batch)]
+        return self.tower(torch.cat(parts, dim=-1)).squeeze(-1)

@@ -1,0 +1,128 @@
+"""Every GSU against a brute-force reference on random data (exact; chunking must not change a thing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from userlens.batch import LongHistory
+from userlens.layers.gsu import (
+    CategoryIndex,
+    SimHash,
+    bucket_sum,
+    hamming_topk,
+    simtier,
+    table_topk,
+)
+
+N_ITEMS, N_CATS = 40, 5
+
+
+def _long(seed: int = 0, batch: int = 12, n: int = 600) -> LongHistory:
+    rng = np.random.default_rng(seed)
+    item = rng.integers(2, N_ITEMS, size=n)  # few items: repeats, hence exact score ties
+    item_cat = rng.integers(2, N_CATS, size=N_ITEMS)
+    tl = {"item": item.astype(np.int32), "category": item_cat[item].astype(np.int32),
+          "time": np.arange(n, dtype=np.int64)}
+    lo = rng.integers(0, n, size=batch)
+    hi = np.minimum(lo + rng.integers(0, 300, size=batch), n)
+    lo[0], hi[0] = 5, 5  # an empty history
+    lo[1], hi[1] = 0, n  # the whole timeline
+    return LongHistory(tl, lo.astype(np.int64), hi.astype(np.int64), item_cat, CategoryIndex(tl["category"]))
+
+
+def _rank_topk(scores: dict[int, float], k: int) -> list[int]:
+    """Brute force: highest score first, ties to the more recent position, returned oldest first."""
+    best = sorted(scores, key=lambda p: (-scores[p], -p))[:k]
+    return sorted(best)
+
+
+def _as_lists(sel) -> list[list[int]]:  # type: ignore[no-untyped-def]
+    return [sel.positions[b, : sel.lengths[b]].tolist() for b in range(len(sel.lengths))]
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_category_search_is_the_k_most_recent_of_the_category(k: int) -> None:
+    long = _long()
+    cats = np.random.default_rng(1).integers(2, N_CATS, size=len(long.lo))
+    sel = long.category_index.search(cats, long.lo, long.hi, k)
+    for b, c in enumerate(cats):
+        expect = [p for p in range(long.lo[b], long.hi[b]) if long.timeline["category"][p] == c][-k:]
+        assert sel.positions[b, : sel.lengths[b]].tolist() == expect
+        assert (sel.positions[b, sel.lengths[b]:] == -1).all()
+
+
+# 64: chunks of a few behaviors, gathering table rows; 4M: one chunk over the full (B, n_items) score matrix
+@pytest.mark.parametrize("budget", [64, 1 << 22])
+def test_table_topk_equals_brute_force(budget: int) -> None:
+    long = _long(seed=2)
+    rng = np.random.default_rng(3)
+    # small integers: dot products are exact, so ties are exact and the tie rule is tested
+    table = torch.from_numpy(rng.integers(-2, 3, size=(N_ITEMS, 4)).astype(np.float32))
+    query = torch.from_numpy(rng.integers(-2, 3, size=(len(long.lo), 4)).astype(np.float32))
+    sel = table_topk(long, query, table, k=9, budget=budget)
+    for b in range(len(long.lo)):
+        scores = {p: float(query[b] @ table[long.timeline["item"][p]]) for p in range(long.lo[b], long.hi[b])}
+        assert _as_lists(sel)[b] == _rank_topk(scores, 9)
+
+
+def test_hamming_topk_equals_brute_force() -> None:
+    long = _long(seed=4)
+    hasher = SimHash(6, bits=16, seed=0)
+    emb = torch.randn(N_ITEMS, 6, generator=torch.Generator().manual_seed(0))
+    item_sig = hasher(emb)
+    target_sig = hasher(torch.randn(len(long.lo), 6))
+    assert item_sig.dtype == np.uint16 and item_sig.shape == (N_ITEMS,)
+    sel = hamming_topk(long, target_sig, item_sig, k=11, budget=50)
+    for b in range(len(long.lo)):
+        scores = {p: -bin(int(item_sig[long.timeline["item"][p]]) ^ int(target_sig[b])).count("1")
+                  for p in range(long.lo[b], long.hi[b])}
+        assert _as_lists(sel)[b] == _rank_topk(scores, 11)
+
+
+def test_simhash_is_locality_sensitive() -> None:
+    """Near vectors share more signature bits than unrelated ones (what ETA relies on)."""
+    hasher = SimHash(32, bits=64, seed=1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 32, generator=g)
+    near = hasher(x + 0.1 * torch.randn(200, 32, generator=g))
+    far = hasher(torch.randn(200, 32, generator=g))
+    base = hasher(x)
+    assert np.bitwise_count(base ^ near).mean() < 8 < 24 < np.bitwise_count(base ^ far).mean()
+
+
+def test_bucket_sum_and_its_gradient_equal_a_dense_reference() -> None:
+    long = _long(seed=5, batch=8, n=300)
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(N_ITEMS, 3, generator=g, requires_grad=True)
+    codes = torch.randint(0, 4, (N_ITEMS, 5), generator=g)
+    query = torch.randint(0, 4, (8, 5), generator=g)
+    out = bucket_sum(long, table, codes, query, budget=40)
+    ref_rows = []
+    for b in range(8):
+        items = torch.from_numpy(long.timeline["item"][long.lo[b]:long.hi[b]].astype(np.int64))
+        match = (codes[items] == query[b]).float()  # (n_b, rounds)
+        ref_rows.append(match.t() @ table[items])  # (rounds, D)
+    ref = torch.stack(ref_rows)
+    torch.testing.assert_close(out, ref)
+    w = torch.randn_like(out)
+    (g_out,) = torch.autograd.grad((out * w).sum(), table)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), table)
+    torch.testing.assert_close(g_out, g_ref)
+
+
+def test_simtier_equals_brute_force_histogram() -> None:
+    long = _long(seed=6)
+    g = torch.Generator().manual_seed(2)
+    content = torch.nn.functional.normalize(torch.randn(N_ITEMS, 8, generator=g), dim=1)
+    content[3] = 0  # an item without content: cosine 0
+    target = torch.nn.functional.normalize(torch.randn(len(long.lo), 8, generator=g), dim=1)
+    out = simtier(long, content, target, tiers=6, budget=30)
+    for b in range(len(long.lo)):
+        ref = torch.zeros(6)
+        for p in range(long.lo[b], long.hi[b]):
+            cos = float(content[long.timeline["item"][p]] @ target[b])
+            ref[min(int((cos + 1) / 2 * 6), 5)] += 1
+        ref /= max(long.hi[b] - long.lo[b], 1)
+        torch.testing.assert_close(out[b], ref)
