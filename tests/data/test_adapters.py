@@ -391,3 +391,34 @@ def test_real_din_trains_one_epoch_from_the_cli(prepared, folder: str, tmp_path:
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["n"] > 0 and res["auc"] > 0.55, res
+
+
+def _all_models() -> list[str]:
+    from userlens.models.registry import list_models
+
+    return [e.name for e in list_models()]
+
+
+@realdata
+@needs_datasets
+@pytest.mark.parametrize("model", _all_models())
+@pytest.mark.parametrize("folder", list(CASES))
+def test_real_every_model_trains_and_evaluates_from_the_cli(prepared, folder: str, model: str,
+                                                            tmp_path: Path) -> None:
+    """Each registered model runs `train` (fast-dev-run: one batch) and a full `evaluate` on every dataset."""
+    import json
+    import math
+
+    from typer.testing import CliRunner
+
+    from userlens.cli import app
+
+    _, out, _ = prepared(folder)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(out), "--model", model, "--out", str(tmp_path / "run"),
+                            "--set", "fast_dev_run=true", "--set", "compile=false", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["n"] > 0 and math.isfinite(res["logloss"]) and 0 <= res["auc"] <= 1, res

@@ -1,0 +1,136 @@
+"""Long-sequence cost: training samples/s and peak memory over the whole history, per model and length.
+
+For each history length L (1,000 / 10,000 / 100,000) a generated lifelong log
+(:func:`userlens.synthetic.lifelong_interest_log`) gives every user exactly L
+behaviors before the impressions. ``din_full`` is DIN attending over all L
+behaviors (``short_len = L``); the lifelong models keep DIN's 50 recent
+behaviors and search all L with their GSU (``long_len = L``, k = 50).
+
+Every (model, L) runs in a fresh process (so peak RSS is its own): 3 warm-up
+steps, then timed training steps (forward, backward, Adam) over shuffled
+batches of 256. Optionally (``--auc-epochs``) a full training run at the
+smallest L reports test AUC, for the "as accurate as full DIN" half of the claim.
+
+    .venv/bin/python benchmarks/bench_long.py
+    .venv/bin/python benchmarks/bench_long.py --lengths 1000 --models din_full,sdim --auc-epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODELS = ("din_full", "sim_hard", "sim_soft", "eta", "sdim", "twin", "dare", "muse")
+USERS = {1000: 400, 10_000: 60, 100_000: 8}  # ~0.4-0.8M behaviors per length
+
+
+def data_for(length: int, work: Path) -> Path:
+    from userlens.data.prepare import prepare, sources_from_files
+    from userlens.synthetic import lifelong_interest_log
+
+    out = work / f"L{length}"
+    if not (out / "data" / "meta.json").exists():
+        log = lifelong_interest_log(n_users=USERS[length], n_items=20_000, n_categories=500,
+                                    behaviors_per_user=length, recent=min(100, length // 2),
+                                    impressions_per_user=max(40, 20_000 // USERS[length]), seed=7)
+        p = log.write(out / "raw")
+        prepare(sources_from_files(p["behaviors"], p["impressions"], p["items"]), out / "data", log=lambda s: None)
+    return out / "data"
+
+
+def one(model: str, length: int, steps: int, batch: int, threads: int, work: Path, auc_epochs: int) -> dict:
+    import torch
+
+    from userlens.data.loader import BatchLoader
+    from userlens.data.prepared import PreparedData
+    from userlens.models.registry import build_model
+    from userlens.models.spec import FeatureSpec
+    from userlens.training.config import resolve_config
+    from userlens.training.evaluate import evaluate_run
+    from userlens.training.trainer import fit
+
+    torch.set_num_threads(threads)
+    data = PreparedData(data_for(length, work))
+    name = "din" if model == "din_full" else model
+    short = length if model == "din_full" else 50
+    row: dict = {"model": model, "L": length, "batch": batch}
+    if auc_epochs:
+        cfg = resolve_config(name, {"short_len": short, "long_len": length, "epochs": auc_epochs, "batch_size": batch,
+                                    "threads": threads, "compile": False})
+        res = fit(data, cfg, work / "runs" / f"{model}-{length}", show_progress=False, log=lambda s: None)
+        row.update(auc=evaluate_run(work / "runs" / f"{model}-{length}")["auc"],
+                   train_samples_per_s=res.train_samples_per_s_overall)
+    else:
+        torch.manual_seed(0)
+        cfg = resolve_config(name, {})
+        m = build_model(name, FeatureSpec.from_meta(data.meta), cfg.model_config).train()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        loader = BatchLoader(data, "train", m.fields, batch, short, shuffle=True, seed=0, prefetch=2, long_len=length)
+        it = iter(loader)
+        t0 = None
+        for step in range(3 + steps):
+            if step == 3:
+                t0 = time.perf_counter()
+            b = next(it)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(m(b), b.label)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        row["train_samples_per_s"] = steps * batch / (time.perf_counter() - t0)
+    row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", default="1000,10000,100000")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--auc-epochs", type=int, default=0, help="train this many epochs and report test AUC instead")
+    ap.add_argument("--max-din-elems", type=float, default=2e8,
+                    help="skip din_full when batch × L × 64 attention activations exceed this (memory guard)")
+    ap.add_argument("--workdir", default="/tmp/userlens-bench-long")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    if args.one:
+        model, length = args.one.split(":")
+        print(json.dumps(one(model, int(length), args.steps, args.batch, args.threads, work, args.auc_epochs)))
+        return
+    print(f"# threads {args.threads}, batch {args.batch}, {time.strftime('%Y-%m-%d')}")
+    metric = "test AUC | " if args.auc_epochs else ""
+    print(f"| L | model | {metric}train samples/s | peak RSS GiB | vs din_full |")
+    print("|---|---|---|---|---|" + ("---|" if args.auc_epochs else ""), flush=True)
+    for length in (int(x) for x in args.lengths.split(",")):
+        data_for(length, work)
+        base = None
+        for model in args.models.split(","):
+            if model == "din_full" and args.batch * length * 64 > args.max_din_elems:
+                need = args.batch * length * 64 * 4 * 6 / 2**30
+                print(f"| {length:,} | din_full | " + ("– | " if args.auc_epochs else "")
+                      + f"not run: ≈{need:.0f} GiB of attention activations | – | – |", flush=True)
+                continue
+            cmd = [sys.executable, __file__, "--one", f"{model}:{length}", "--steps", str(args.steps), "--batch",
+                   str(args.batch), "--threads", str(args.threads), "--auc-epochs", str(args.auc_epochs),
+                   "--workdir", str(work)]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                print(f"| {length:,} | {model} | failed: {r.stderr.strip().splitlines()[-1][:120]} | | |", flush=True)
+                continue
+            row = json.loads(r.stdout.strip().splitlines()[-1])
+            base = row["train_samples_per_s"] if model == "din_full" else base
+            speed = f"{row['train_samples_per_s'] / base:.1f}x" if base else "–"
+            auc = f"{row['auc']:.4f} | " if args.auc_epochs else ""
+            print(f"| {length:,} | {model} | {auc}{row['train_samples_per_s']:,.0f} | {row['peak_rss_gib']:.2f} | "
+                  f"{speed} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Quality table: every registered model on every dataset in ../shared/datasets, several seeds, same splits.
+
+Each dataset is prepared once with its adapter (leave-last-out per user, one
+sampled negative per positive, seed 2024), so every model and seed sees
+identical samples; seeds change initialisation and shuffling only. The whole
+history is available to the lifelong models (``long_len`` 100,000 ≥ the longest
+user in every dataset). Rows are appended to a JSON-lines file as they finish,
+so an interrupted run resumes where it stopped; the table is printed from it.
+
+    .venv/bin/python benchmarks/bench_quality.py --seeds 1,2,3
+    .venv/bin/python benchmarks/bench_quality.py --datasets movielens-100k --models din,sim_hard --epochs 3
+    .venv/bin/python benchmarks/bench_quality.py --table-only   # print the table of what has run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from userlens.data.adapters import load_adapter
+from userlens.data.prepare import PrepareOptions, prepare
+from userlens.data.prepared import PreparedData
+from userlens.models.registry import list_models
+from userlens.training.config import resolve_config
+from userlens.training.evaluate import evaluate_run
+from userlens.training.trainer import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+CASES = {  # folder -> (adapter, bad-row policy: the two real defects documented in the README)
+    "movielens-100k": ("movielens", "error"),
+    "movielens-latest-small": ("movielens", "error"),
+    "lastfm-hetrec2011-2k": ("lastfm", "skip"),
+    "amazon-grocery-rechorus": ("amazon", "error"),
+    "taobao-userbehavior-sample": ("taobao", "skip"),
+}
+
+
+def prepared(folder: str, work: Path) -> PreparedData:
+    out = work / folder
+    if not (out / "meta.json").exists():
+        fmt, policy = CASES[folder]
+        prepare(load_adapter(fmt, DATASETS / folder), out, PrepareOptions(on_bad_rows=policy), log=lambda s: None)
+    return PreparedData(out)
+
+
+def table(rows: list[dict]) -> str:
+    def ms(xs: list[float], nd: int = 4) -> str:
+        return f"{statistics.mean(xs):.{nd}f} ± {statistics.stdev(xs):.{nd}f}" if len(xs) > 1 else f"{xs[0]:.{nd}f}"
+
+    out = ["| dataset | model | seeds | test AUC | test GAUC | logloss | train samples/s | epochs (best) |",
+           "|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["dataset"], r["model"]) for r in rows})
+    for ds, m in keys:
+        rs = [r for r in rows if r["dataset"] == ds and r["model"] == m]
+        out.append(f"| {ds} | {m} | {len(rs)} | {ms([r['auc'] for r in rs])} | {ms([r['gauc'] for r in rs])} | "
+                   f"{ms([r['logloss'] for r in rs])} | {statistics.mean(r['samples_per_s'] for r in rs):,.0f} | "
+                   f"{statistics.mean(r['epochs'] for r in rs):.1f} ({statistics.mean(r['best_epoch'] for r in rs):.1f}) |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default=",".join(CASES))
+    ap.add_argument("--models", default="all")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--patience", type=int, default=2)
+    ap.add_argument("--long-len", type=int, default=100_000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", default="/tmp/userlens-bench-quality")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality.jsonl"))
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(x) for x in results.read_text().splitlines() if x.strip()] if results.exists() else []
+    if not args.table_only:
+        if not DATASETS.is_dir():
+            raise SystemExit(f"{DATASETS} not found: the datasets live in ../shared/datasets")
+        torch.set_num_threads(args.threads)
+        work = Path(args.workdir)
+        models = [e.name for e in list_models()] if args.models == "all" else args.models.split(",")
+        have = {(r["dataset"], r["model"], r["seed"]) for r in done}
+        for ds in args.datasets.split(","):
+            data = prepared(ds, work)
+            for m in models:
+                for seed in (int(s) for s in args.seeds.split(",")):
+                    if (ds, m, seed) in have:
+                        continue
+                    cfg = resolve_config(m, {"seed": seed, "epochs": args.epochs, "patience": args.patience,
+                                             "long_len": args.long_len, "threads": args.threads})
+                    run = work / "runs" / ds / m / str(seed)
+                    t0 = time.perf_counter()
+                    res = fit(data, cfg, run, show_progress=False, log=lambda s: None)
+                    ev = evaluate_run(run)
+                    row = {"dataset": ds, "model": m, "seed": seed, "auc": ev["auc"], "gauc": ev["gauc"],
+                           "logloss": ev["logloss"], "n_test": ev["n"], "samples_per_s": res.train_samples_per_s,
+                           "epochs": res.epochs_run, "best_epoch": res.best_epoch,
+                           "wall_s": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d"),
+                           "torch": torch.__version__, "threads": args.threads}
+                    done.append(row)
+                    with open(results, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
+    print(table(done))
+
+
+if __name__ == "__main__":
+    main()
