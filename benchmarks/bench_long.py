@@ -8,7 +8,7 @@ behaviors and search all L with their GSU (``long_len = L``, k = 50).
 
 Every (model, L) runs in a fresh process (so peak RSS is its own): 3 warm-up
 steps, then timed training steps (forward, backward, Adam) over shuffled
-batches of 256. Optionally (``--auc-epochs``) a full training run at the
+batches of 256, with Dice compiled as in training. Optionally (``--auc-epochs``) a full training run at the
 smallest L reports test AUC, for the "as accurate as full DIN" half of the claim.
 
     .venv/bin/python benchmarks/bench_long.py
@@ -48,6 +48,7 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
 
     from userlens.data.loader import BatchLoader
     from userlens.data.prepared import PreparedData
+    from userlens.layers.activation import compile_hot_layers
     from userlens.models.registry import build_model
     from userlens.models.spec import FeatureSpec
     from userlens.training.config import resolve_config
@@ -69,6 +70,7 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
         torch.manual_seed(0)
         cfg = resolve_config(name, {})
         m = build_model(name, FeatureSpec.from_meta(data.meta), cfg.model_config).train()
+        compile_hot_layers(m)  # as the trainer does by default; compiled during the warm-up steps
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
         loader = BatchLoader(data, "train", m.fields, batch, short, shuffle=True, seed=0, prefetch=2, long_len=length)
         it = iter(loader)

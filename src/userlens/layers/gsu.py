@@ -4,7 +4,8 @@ Every GSU reads a :class:`~userlens.batch.LongHistory` (index ranges into the
 shared timeline, up to 100,000 behaviors per sample) and never builds a
 ``(B, L_long, D)`` tensor: ranges are scanned **newest first in chunks** sized
 so that ``B × chunk × dim`` stays under a fixed budget, and a running top-k is
-merged per chunk. What is static per item is computed once per call as a
+merged per chunk (an exact int64 key per behavior, so the merge is a
+``topk``, not a sort). What is static per item is computed once per call as a
 per-item table (keys, SimHash signatures, bucket codes), so a chunk costs one
 gather of ``B × chunk`` table rows.
 
@@ -96,40 +97,68 @@ class CategoryIndex:
         return Selection(pos.astype(np.int64), count)
 
 
-def chunked_topk(long: LongHistory, k: int, score: Callable[[np.ndarray], Tensor], dim: int = 1,
+_NONE = torch.iinfo(torch.int64).min
+
+
+def _rank_keys(scores: Tensor, recency: Tensor) -> Tensor:
+    """int64 keys ordered by (score, recency): float32 bits made order-preserving in the high word.
+
+    A single exact key per behavior lets ``topk`` (a partial selection, no sort)
+    pick the k best with ties resolved toward the more recent behavior.
+    """
+    bits = (scores.float() + 0.0).contiguous().view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: reverse their order
+    return (ordered << 32) | recency
+
+
+def _chunks(long: LongHistory, width: int):  # type: ignore[no-untyped-def]
+    """Yield ``(ids (B, C) int64 item ids, valid (B, C) bool, recency (B, C) int64 = pos − lo)`` per chunk.
+
+    Chunk ``j`` of row ``b`` covers ``[hi − (j+1)·C, hi − j·C) ∩ [lo, hi)``. Rows are
+    copied as contiguous slices of a sliding-window view of the item column (one
+    memcpy per row), not gathered element by element.
+    """
+    lo, hi = long.lo, long.hi
+    longest = int((hi - lo).max()) if len(lo) else 0
+    if longest == 0:
+        return
+    items = np.asarray(long.timeline["item"])
+    c = min(width, len(items))
+    windows = np.lib.stride_tricks.sliding_window_view(items, c)
+    ar = torch.arange(c)
+    lo_t, hi_t = torch.from_numpy(lo)[:, None], torch.from_numpy(hi)[:, None]
+    for j in range(0, longest, c):
+        start = np.maximum(hi - j - c, 0)
+        pos = torch.from_numpy(start)[:, None] + ar
+        valid = (pos >= lo_t) & (pos < hi_t - j)
+        ids = torch.from_numpy(windows[start].astype(np.int64))
+        yield ids, valid, pos - lo_t
+
+
+def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], dim: int = 1,
                  budget: int = CHUNK_BUDGET) -> Selection:
-    """The ``k`` highest-scoring positions of every range (ties → more recent), scanned newest first in chunks.
+    """The ``k`` highest-scoring behaviors of every range (ties → more recent), scanned newest first in chunks.
 
     Args:
-        long: the ranges ``[lo, hi)``.
+        long: the ranges ``[lo, hi)`` (at most 2**32 behaviors each).
         k: behaviors to keep per row.
-        score: ``positions (B, C)`` (padding entries point at position 0) → ``(B, C)`` float scores.
+        score: item ids ``(B, C)`` int64 → ``(B, C)`` float scores (invalid entries are masked after).
         dim: floats the scorer materialises per behavior (sizes the chunk to ``budget``).
     """
     lo, hi = long.lo, long.hi
     b = len(lo)
     longest = int((hi - lo).max()) if b else 0
-    if b == 0 or longest == 0 or k == 0:
-        return Selection(np.full((b, k), -1, dtype=np.int64), np.zeros(b, dtype=np.int64))
-    c = _chunk_len(b, dim, longest, budget)
-    ar = np.arange(c)
-    best_s = torch.full((b, 0), float("-inf"))
-    best_p = torch.empty((b, 0), dtype=torch.int64)
-    for j in range(0, longest, c):
-        pos = hi[:, None] - 1 - j - ar[None, :]  # newest first within the chunk
-        valid = pos >= lo[:, None]
-        s = score(np.where(valid, pos, 0)).float()
-        s = s.masked_fill(torch.from_numpy(~valid), float("-inf"))
-        # candidates stay in descending position order: kept ones (newer) first, then this chunk;
-        # a stable descending sort therefore breaks score ties toward the more recent behavior
-        cand_s = torch.cat([best_s, s], 1)
-        cand_p = torch.cat([best_p, torch.from_numpy(np.where(valid, pos, -1))], 1)
-        order = torch.sort(cand_s, dim=1, descending=True, stable=True).indices[:, :k]
-        keep_s, keep_p = cand_s.gather(1, order), cand_p.gather(1, order)
-        keep_p = keep_p.masked_fill(torch.isinf(keep_s) & (keep_s < 0), -1)
-        back = torch.sort(keep_p, dim=1, descending=True, stable=True).indices
-        best_s, best_p = keep_s.gather(1, back), keep_p.gather(1, back)
-    return _oldest_first(best_p.numpy())
+    best = torch.empty((b, 0), dtype=torch.int64)
+    if b and k:
+        for ids, valid, recency in _chunks(long, _chunk_len(b, dim, longest, budget)):
+            keys = _rank_keys(score(ids), recency).masked_fill_(~valid, _NONE)
+            cand = torch.cat([best, keys], 1)
+            best = cand.topk(min(k, cand.shape[1]), dim=1, sorted=False).values
+    picked = best.numpy()
+    positions = np.where(picked != _NONE, lo[:, None] + (picked & 0xFFFFFFFF), -1)
+    if positions.shape[1] < k:
+        positions = np.concatenate([positions, np.full((b, k - positions.shape[1]), -1)], axis=1)
+    return _oldest_first(positions)
 
 
 def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: int = CHUNK_BUDGET) -> Selection:
@@ -139,20 +168,14 @@ def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: 
     ``B × n_items`` fits the budget the full score matrix is formed once and each
     chunk is a gather of scalars; otherwise each chunk gathers table rows.
     """
-    items = long.timeline["item"]
     with torch.no_grad():
         query, table = query.detach().float(), table.detach().float()
         if query.shape[0] * table.shape[0] <= 4 * budget:
             full = query @ table.t()  # (B, n_items)
+            return chunked_topk(long, k, lambda ids: full.gather(1, ids), dim=1, budget=budget)
 
-            def score(pos: np.ndarray) -> Tensor:
-                return full.gather(1, torch.from_numpy(np.asarray(items[pos], dtype=np.int64)))
-
-            return chunked_topk(long, k, score, dim=1, budget=budget)
-
-        def score_rows(pos: np.ndarray) -> Tensor:
-            rows = table[torch.from_numpy(np.asarray(items[pos], dtype=np.int64))]  # (B, C, d)
-            return torch.bmm(rows, query.unsqueeze(-1)).squeeze(-1)
+        def score_rows(ids: Tensor) -> Tensor:
+            return torch.bmm(table[ids], query.unsqueeze(-1)).squeeze(-1)  # (B, C, d) @ (B, d, 1)
 
         return chunked_topk(long, k, score_rows, dim=table.shape[1], budget=budget)
 
@@ -193,11 +216,10 @@ class SimHash(torch.nn.Module):
 def hamming_topk(long: LongHistory, target_sig: np.ndarray, item_sig: np.ndarray, k: int,
                  budget: int = CHUNK_BUDGET) -> Selection:
     """ETA: the ``k`` behaviors whose item signature is nearest the target's in Hamming distance."""
-    items = long.timeline["item"]
     t = target_sig[:, None]
 
-    def score(pos: np.ndarray) -> Tensor:
-        ham = np.bitwise_count(item_sig[np.asarray(items[pos], dtype=np.int64)] ^ t)
+    def score(ids: Tensor) -> Tensor:
+        ham = np.bitwise_count(item_sig[ids.numpy()] ^ t)
         return -torch.from_numpy(ham.astype(np.float32))
 
     return chunked_topk(long, k, score, dim=1, budget=budget)
@@ -231,18 +253,9 @@ class _BucketSum(torch.autograd.Function):
 
 def _matches(long: LongHistory, codes: Tensor, query: Tensor, dim: int, budget: int):  # type: ignore[no-untyped-def]
     """Yield ``(item ids (B, C), match (B, C, rounds) float)`` per chunk of the ranges."""
-    lo, hi = long.lo, long.hi
-    b = len(lo)
-    longest = int((hi - lo).max()) if b else 0
-    if longest == 0:
-        return
-    items = long.timeline["item"]
-    c = _chunk_len(b, dim + codes.shape[1], longest, budget)
-    ar = np.arange(c)
-    for j in range(0, longest, c):
-        pos = hi[:, None] - 1 - j - ar[None, :]
-        valid = torch.from_numpy(pos >= lo[:, None])
-        ids = torch.from_numpy(np.asarray(items[np.where(pos >= lo[:, None], pos, 0)], dtype=np.int64))
+    b = len(long.lo)
+    longest = int((long.hi - long.lo).max()) if b else 0
+    for ids, valid, _ in _chunks(long, _chunk_len(b, dim + codes.shape[1], longest, budget)):
         match = (codes[ids] == query[:, None, :]) & valid.unsqueeze(-1)
         yield ids, match.to(torch.float32)
 
@@ -268,19 +281,13 @@ def simtier(long: LongHistory, content: Tensor, target: Tensor, tiers: int = 10,
     """
     b = target.shape[0]
     hist = torch.zeros(b, tiers)
-    items = long.timeline["item"]
     with torch.no_grad():
         full = target.float() @ content.float().t() if b * content.shape[0] <= 4 * budget else None
-        lo, hi = long.lo, long.hi
-        longest = int((hi - lo).max()) if b else 0
-        c = _chunk_len(b, 1 if full is not None else content.shape[1], longest, budget)
-        ar = np.arange(c)
-        for j in range(0, longest, c):
-            pos = hi[:, None] - 1 - j - ar[None, :]
-            valid = pos >= lo[:, None]
-            ids = torch.from_numpy(np.asarray(items[np.where(valid, pos, 0)], dtype=np.int64))
+        longest = int((long.hi - long.lo).max()) if b else 0
+        width = _chunk_len(b, 1 if full is not None else content.shape[1], longest, budget)
+        for ids, valid, _ in _chunks(long, width):
             cos = full.gather(1, ids) if full is not None else torch.bmm(content[ids], target.unsqueeze(-1)).squeeze(-1)
             tier = ((cos.clamp(-1, 1) + 1) / 2 * tiers).long().clamp_(0, tiers - 1)
-            hist.scatter_add_(1, tier, torch.from_numpy(valid.astype(np.float32)))
+            hist.scatter_add_(1, tier, valid.float())
     n = torch.from_numpy((long.hi - long.lo).astype(np.float32)).clamp_min(1.0)
     return hist / n.unsqueeze(1)
