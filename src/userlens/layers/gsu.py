@@ -269,6 +269,9 @@ def bucket_sum(long: LongHistory, table: Tensor, codes: Tensor, query: Tensor,
         codes: ``(n_items, rounds)`` int64 bucket code of every item per hash round.
         query: ``(B, rounds)`` int64 bucket codes of the targets.
     """
+    top = max(int(codes.max()) if codes.numel() else 0, int(query.max()) if query.numel() else 0)
+    if top < 128:
+        codes, query = codes.to(torch.int8), query.to(torch.int8)  # 1 byte per code: 8x less to gather
     return _BucketSum.apply(table, codes, query, long, budget)
 
 

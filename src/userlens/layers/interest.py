@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from userlens.batch import Batch, History, LongHistory
-from userlens.layers.attention import TargetAttention
+from userlens.layers.attention import MultiHeadTargetAttention, TargetAttention
 from userlens.layers.embedding import FeatureEmbedding
 from userlens.layers.gsu import Selection
 
@@ -103,3 +103,38 @@ class ContentTable:
         if self._cache is None or self._cache[0] != id(arr):
             self._cache = (id(arr), torch.nn.functional.normalize(torch.from_numpy(np.asarray(arr, dtype=np.float32)), dim=1))
         return self._cache[1]
+
+
+class DINExactUnit(nn.Module):
+    """SIM's ESU: DIN target attention over the selected behaviors, each with its time-gap embedding."""
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 32), activation: str = "dice") -> None:
+        super().__init__()
+        self.keys = TimedKeys(dim)
+        self.attention = TargetAttention(dim, hidden, activation)
+        self.out_dim = dim
+
+    def forward(self, embedding: FeatureEmbedding, target: Tensor, hist: History, sample_time: Tensor) -> Tensor:
+        keys = self.keys(embedding, hist, sample_time)
+        rows, cols = hist.packed_index()
+        return self.attention(target, keys[rows, cols], rows)
+
+
+class MultiHeadExactUnit(nn.Module):
+    """ETA / TWIN's ESU: multi-head target attention over timed keys.
+
+    Returns ``[out, out ⊙ target, evidence per head]``: the target-aware
+    representation (as in TIN / DARE) and the attention's log-normaliser.
+    """
+
+    def __init__(self, dim: int, heads: int = 2, head_dim: int = 16) -> None:
+        super().__init__()
+        self.keys = TimedKeys(dim)
+        self.attention = MultiHeadTargetAttention(dim, heads, head_dim)
+        self.dim = dim
+        self.out_dim = 2 * dim + heads
+
+    def forward(self, embedding: FeatureEmbedding, target: Tensor, hist: History, sample_time: Tensor) -> Tensor:
+        out = self.attention(target, self.keys(embedding, hist, sample_time), hist.mask())
+        d = self.dim
+        return torch.cat([out[:, :d], out[:, :d] * target, out[:, d:]], dim=-1)

@@ -20,9 +20,8 @@ import torch
 from torch import Tensor
 
 from userlens.batch import Batch
-from userlens.layers.attention import MultiHeadTargetAttention
 from userlens.layers.gsu import SimHash, hamming_topk
-from userlens.layers.interest import TimedKeys, item_table, selected_history
+from userlens.layers.interest import MultiHeadExactUnit, item_table, selected_history
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
 from userlens.models.spec import FeatureSpec
@@ -38,20 +37,16 @@ class ETAConfig(LifelongConfig):
 
 class ETA(LifelongModel):
     def __init__(self, spec: FeatureSpec, cfg: ETAConfig) -> None:
-        super().__init__(spec, cfg, long_dim=4 * cfg.embed_dim + cfg.heads)
+        super().__init__(spec, cfg, long_dim=4 * cfg.embed_dim + cfg.heads)  # MultiHeadExactUnit.out_dim
         self.hasher = SimHash(self.embedding.item_dim, cfg.bits, cfg.hash_seed)
-        self.keys = TimedKeys(self.embedding.item_dim)
-        self.esu = MultiHeadTargetAttention(self.embedding.item_dim, cfg.heads, cfg.head_dim)
+        self.esu = MultiHeadExactUnit(self.embedding.item_dim, cfg.heads, cfg.head_dim)
 
     def long_interest(self, batch: Batch, target: Tensor) -> Tensor:
         long = batch.need_long()
         with torch.no_grad():
             item_sig = self.hasher(item_table(self.embedding, long.item_category))
         sel = hamming_topk(long, np.asarray(self.hasher(target)), item_sig, self.cfg.k)
-        hist = selected_history(long, sel)
-        out = self.esu(target, self.keys(self.embedding, hist, batch.target["time"]), hist.mask())
-        d = target.shape[1]  # target-aware representation (as in TIN / DARE), then the evidence per head
-        return torch.cat([out[:, :d], out[:, :d] * target, out[:, d:]], dim=-1)
+        return self.esu(self.embedding, target, selected_history(long, sel), batch.target["time"])
 
 
 @register_model("eta", ETAConfig, "ETA: SimHash / Hamming top-k GSU + multi-head target attention (2021)")

@@ -19,8 +19,7 @@ import numpy as np
 from torch import Tensor
 
 from userlens.batch import Batch
-from userlens.layers import TargetAttention
-from userlens.layers.interest import TimedKeys, selected_history
+from userlens.layers.interest import DINExactUnit, selected_history
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
 from userlens.models.spec import FeatureSpec
@@ -34,8 +33,7 @@ class SIMHardConfig(LifelongConfig):
 class SIMHard(LifelongModel):
     def __init__(self, spec: FeatureSpec, cfg: SIMHardConfig) -> None:
         super().__init__(spec, cfg, long_dim=2 * cfg.embed_dim)
-        self.keys = TimedKeys(self.embedding.item_dim)
-        self.esu = TargetAttention(self.embedding.item_dim, cfg.attention_mlp, cfg.activation)
+        self.esu = DINExactUnit(self.embedding.item_dim, cfg.attention_mlp, cfg.activation)
 
     def long_interest(self, batch: Batch, target: Tensor) -> Tensor:
         long = batch.need_long()
@@ -43,10 +41,7 @@ class SIMHard(LifelongModel):
         if index is None:
             raise ValueError("sim_hard needs the category index on the LongHistory (the loader attaches it)")
         sel = index.search(batch.target["target_category"].numpy().astype(np.int64), long.lo, long.hi, self.cfg.k)
-        hist = selected_history(long, sel)
-        keys = self.keys(self.embedding, hist, batch.target["time"])
-        rows, cols = hist.packed_index()
-        return self.esu(target, keys[rows, cols], rows)
+        return self.esu(self.embedding, target, selected_history(long, sel), batch.target["time"])
 
 
 @register_model("sim_hard", SIMHardConfig, "SIM hard search: category GSU over the whole history + DIN ESU (CIKM 2020)")

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from userlens.batch import Batch
-from userlens.layers import TargetAttention
 from userlens.layers.gsu import table_topk
-from userlens.layers.interest import TimedKeys, item_table, selected_history
+from userlens.layers.interest import DINExactUnit, item_table, selected_history
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
 from userlens.models.spec import FeatureSpec
@@ -33,16 +32,12 @@ class SIMSoftConfig(LifelongConfig):
 class SIMSoft(LifelongModel):
     def __init__(self, spec: FeatureSpec, cfg: SIMSoftConfig) -> None:
         super().__init__(spec, cfg, long_dim=2 * cfg.embed_dim)
-        self.keys = TimedKeys(self.embedding.item_dim)
-        self.esu = TargetAttention(self.embedding.item_dim, cfg.attention_mlp, cfg.activation)
+        self.esu = DINExactUnit(self.embedding.item_dim, cfg.attention_mlp, cfg.activation)
 
     def long_interest(self, batch: Batch, target: Tensor) -> Tensor:
         long = batch.need_long()
         sel = table_topk(long, target, item_table(self.embedding, long.item_category), self.cfg.k)
-        hist = selected_history(long, sel)
-        keys = self.keys(self.embedding, hist, batch.target["time"])
-        rows, cols = hist.packed_index()
-        return self.esu(target, keys[rows, cols], rows)
+        return self.esu(self.embedding, target, selected_history(long, sel), batch.target["time"])
 
 
 @register_model("sim_soft", SIMSoftConfig, "SIM soft search: embedding inner-product top-k GSU + DIN ESU (CIKM 2020)")

@@ -20,9 +20,8 @@ import torch
 from torch import Tensor
 
 from userlens.batch import Batch
-from userlens.layers.attention import MultiHeadTargetAttention
 from userlens.layers.gsu import table_topk
-from userlens.layers.interest import TimedKeys, item_table, selected_history
+from userlens.layers.interest import MultiHeadExactUnit, item_table, selected_history
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
 from userlens.models.spec import FeatureSpec
@@ -36,19 +35,16 @@ class TWINConfig(LifelongConfig):
 
 class TWIN(LifelongModel):
     def __init__(self, spec: FeatureSpec, cfg: TWINConfig) -> None:
-        super().__init__(spec, cfg, long_dim=4 * cfg.embed_dim + cfg.heads)
-        self.keys = TimedKeys(self.embedding.item_dim)
-        self.attention = MultiHeadTargetAttention(self.embedding.item_dim, cfg.heads, cfg.head_dim)
+        super().__init__(spec, cfg, long_dim=4 * cfg.embed_dim + cfg.heads)  # MultiHeadExactUnit.out_dim
+        self.esu = MultiHeadExactUnit(self.embedding.item_dim, cfg.heads, cfg.head_dim)
 
     def long_interest(self, batch: Batch, target: Tensor) -> Tensor:
         long = batch.need_long()
         with torch.no_grad():
-            key_table = self.attention.k(item_table(self.embedding, long.item_category))  # (n_items, H·dh)
-            sel = table_topk(long, self.attention.query(target), key_table, self.cfg.k)
-        hist = selected_history(long, sel)
-        out = self.attention(target, self.keys(self.embedding, hist, batch.target["time"]), hist.mask())
-        d = target.shape[1]  # target-aware representation (as in TIN / DARE), then the evidence per head
-        return torch.cat([out[:, :d], out[:, :d] * target, out[:, d:]], dim=-1)
+            att = self.esu.attention  # the GSU scores with the ESU's own attention
+            key_table = att.k(item_table(self.embedding, long.item_category))  # (n_items, H·dh)
+            sel = table_topk(long, att.query(target), key_table, self.cfg.k)
+        return self.esu(self.embedding, target, selected_history(long, sel), batch.target["time"])
 
 
 @register_model("twin", TWINConfig, "TWIN: the ESU's own target attention scores the whole history in the GSU (KDD 2023)")
