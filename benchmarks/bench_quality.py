@@ -7,7 +7,7 @@ history is available to the lifelong models (``long_len`` 100,000 ≥ the longes
 user in every dataset). Rows are appended to a JSON-lines file as they finish,
 so an interrupted run resumes where it stopped; the table is printed from it.
 
-    .venv/bin/python benchmarks/bench_quality.py --seeds 1,2,3
+    .venv/bin/python benchmarks/bench_quality.py --seeds 1,2,3 --content
     .venv/bin/python benchmarks/bench_quality.py --datasets movielens-100k --models din,sim_hard --epochs 3
     .venv/bin/python benchmarks/bench_quality.py --table-only   # print the table of what has run
 """
@@ -41,11 +41,20 @@ CASES = {  # folder -> (adapter, bad-row policy: the two real defects documented
 }
 
 
-def prepared(folder: str, work: Path) -> PreparedData:
+def prepared(folder: str, work: Path, content: bool = False) -> PreparedData:
+    """The prepared dataset; with ``content``, item titles embedded by MiniLM (PCA 64) where the dataset has them."""
     out = work / folder
+    fmt, policy = CASES[folder]
     if not (out / "meta.json").exists():
-        fmt, policy = CASES[folder]
         prepare(load_adapter(fmt, DATASETS / folder), out, PrepareOptions(on_bad_rows=policy), log=lambda s: None)
+    if content and not (out / "items" / "content.json").exists():
+        items = load_adapter(fmt, DATASETS / folder).items
+        if items is not None and "title" in items.frame.columns:
+            from userlens.data.content import build_content
+
+            titles = work / f"{folder}-titles.parquet"
+            items.frame.select("item_id", "title").write_parquet(titles)
+            print(json.dumps({"content": folder, **build_content(out, items=titles, pca_dim=64)}), flush=True)
     return PreparedData(out)
 
 
@@ -76,6 +85,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/userlens-bench-quality")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality.jsonl"))
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--content", action="store_true",
+                    help="embed item titles (MiniLM, PCA 64) where a dataset has them; muse and qin then use them")
     args = ap.parse_args()
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -88,13 +99,14 @@ def main() -> None:
         models = [e.name for e in list_models()] if args.models == "all" else args.models.split(",")
         have = {(r["dataset"], r["model"], r["seed"]) for r in done}
         for ds in args.datasets.split(","):
-            data = prepared(ds, work)
+            data = prepared(ds, work, args.content)
             for m in models:
                 for seed in (int(s) for s in args.seeds.split(",")):
                     if (ds, m, seed) in have:
                         continue
                     cfg = resolve_config(m, {"seed": seed, "epochs": args.epochs, "patience": args.patience,
                                              "long_len": args.long_len, "threads": args.threads})
+                    content = data.content() is not None
                     run = work / "runs" / ds / m / str(seed)
                     t0 = time.perf_counter()
                     res = fit(data, cfg, run, show_progress=False, log=lambda s: None)
@@ -103,7 +115,8 @@ def main() -> None:
                            "logloss": ev["logloss"], "n_test": ev["n"], "samples_per_s": res.train_samples_per_s,
                            "epochs": res.epochs_run, "best_epoch": res.best_epoch,
                            "wall_s": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d"),
-                           "torch": torch.__version__, "threads": args.threads}
+                           "torch": torch.__version__, "threads": args.threads, "content": content,
+                           "max_epochs": args.epochs, "patience": args.patience}
                     done.append(row)
                     with open(results, "a") as fh:
                         fh.write(json.dumps(row) + "\n")

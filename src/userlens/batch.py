@@ -20,11 +20,13 @@ import torch
 from torch import Tensor
 
 #: Fields a model may ask the loader for. ``hist_*`` fields form the History;
-#: ``long`` attaches the whole history before each sample as a :class:`LongHistory`.
+#: ``long`` attaches the whole history before each sample as a :class:`LongHistory`; ``long_category``
+#: adds its category index (SIM hard search) and ``long_content`` the item content vectors.
 HIST_FIELDS = ("hist_item", "hist_category", "hist_behavior", "hist_time")
 TARGET_FIELDS = ("user", "target_item", "target_category", "time")
 LONG_FIELD = "long"
-ALL_FIELDS = frozenset(HIST_FIELDS + TARGET_FIELDS + (LONG_FIELD,))
+LONG_EXTRAS = ("long_category", "long_content")
+ALL_FIELDS = frozenset(HIST_FIELDS + TARGET_FIELDS + (LONG_FIELD,) + LONG_EXTRAS)
 
 
 @dataclass

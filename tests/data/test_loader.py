@@ -250,8 +250,8 @@ def test_context_features_are_batched(tmp_path: Path) -> None:
 
 
 def test_long_history_ranges_are_the_whole_history_strictly_before_the_sample(data: PreparedData) -> None:
-    loader = BatchLoader(data, "test", {"target_item", "time", "user", "long"}, batch_size=64, short_len=4,
-                         long_len=7, prefetch=0)
+    loader = BatchLoader(data, "test", {"target_item", "time", "user", "long", "long_category"}, batch_size=64,
+                         short_len=4, long_len=7, prefetch=0)
     off, tl = data.offsets, data.timeline
     seen = 0
     for b in loader:
@@ -267,3 +267,5 @@ def test_long_history_ranges_are_the_whole_history_strictly_before_the_sample(da
             seen += 1
     assert seen == len(data.samples("test"))
     assert next(iter(BatchLoader(data, "test", {"target_item"}, prefetch=0))).long is None
+    bare = next(iter(BatchLoader(data, "test", {"target_item", "long"}, prefetch=0))).long
+    assert bare.category_index is None and bare.content is None  # built / loaded only when a model asks

@@ -126,3 +126,24 @@ def test_simtier_equals_brute_force_histogram() -> None:
             ref[min(int((cos + 1) / 2 * 6), 5)] += 1
         ref /= max(long.hi[b] - long.lo[b], 1)
         torch.testing.assert_close(out[b], ref)
+
+
+def test_a_scan_never_materialises_more_than_its_budget() -> None:
+    """100,000 behaviors per row: each chunk the scorer sees holds at most budget / dim behaviors."""
+    from userlens.layers.gsu import chunked_topk
+
+    n, batch, dim, budget = 100_000, 16, 32, 1 << 16
+    tl = {"item": np.arange(n, dtype=np.int32) % N_ITEMS, "category": np.zeros(n, dtype=np.int32)}
+    long = LongHistory(tl, np.zeros(batch, dtype=np.int64), np.full(batch, n, dtype=np.int64),
+                       np.zeros(N_ITEMS, dtype=np.int32))
+    shapes: list[tuple[int, ...]] = []
+
+    def score(ids: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(ids.shape))
+        return ids.float()  # higher item id = better; ties by recency
+
+    sel = chunked_topk(long, 5, score, dim=dim, budget=budget)
+    assert max(b * c for b, c in shapes) * dim <= budget
+    assert sum(c for _, c in shapes) >= n  # every behavior was scored
+    best = [p for p in range(n) if p % N_ITEMS == N_ITEMS - 1][-5:]  # the 5 most recent of the top item
+    assert sel.positions[0].tolist() == best

@@ -106,6 +106,8 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert not missing, f"parameters without gradient: {missing}"
+    broken = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not broken, f"non-finite gradients (rows without history?): {broken}"
 
 
 @pytest.mark.parametrize("name", MODELS)

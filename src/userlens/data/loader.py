@@ -95,8 +95,8 @@ class BatchLoader:
         self._cutoff = np.asarray(self.samples.cutoff, dtype=np.int64)
         self._time = np.asarray(self.samples.time, dtype=np.int64)
         self._label = np.asarray(self.samples.label, dtype=np.float32)
-        # frozen content vectors (``userlens embed-items``), read once; only whole-history models use them
-        self._content = data.content() if LONG_FIELD in self.fields else None
+        # frozen content vectors (``userlens embed-items``), read once per dataset, only for models that ask
+        self._content = data.content() if "long_content" in self.fields else None
 
     def __len__(self) -> int:
         n = -(-len(self.samples) // self.batch_size)
@@ -125,8 +125,9 @@ class BatchLoader:
         long = None
         if LONG_FIELD in self.fields:
             lo = np.maximum(self.data.offsets[user], cutoff - self.long_len)
+            index = self.data.category_index if "long_category" in self.fields else None  # built once, on demand
             long = LongHistory(self.data.timeline, lo, cutoff, self.data.item_category,
-                               category_index=self.data.category_index, content=self._content)
+                               category_index=index, content=self._content)
         return Batch(
             target=target,
             history=History({f: torch.from_numpy(v) for f, v in hist.items()}, torch.from_numpy(lengths)),

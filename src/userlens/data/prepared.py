@@ -97,11 +97,22 @@ class PreparedData:
             context={c: self._load(f"{d}/ctx_{c}.npy") for c in self.context_columns},
         )
 
+    def content_dim(self) -> int:
+        """Size of the item content vectors from ``items/content.json`` (0 = none); reads no matrix."""
+        f = self.path / "items" / "content.json"
+        return int(json.loads(f.read_text())["dim"]) if f.is_file() else 0
+
     def content(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Item content vectors ((n_items, d) float32, int8 dequantised) and has-content mask ((n_items,) bool).
 
         None when ``userlens embed-items`` has not written them (see :mod:`userlens.data.content`).
+        Loaded once per :class:`PreparedData` and shared by its loaders.
         """
+        if "_content" not in self.__dict__:
+            self.__dict__["_content"] = self._read_content()
+        return self.__dict__["_content"]
+
+    def _read_content(self) -> tuple[np.ndarray, np.ndarray] | None:
         d = self.path / "items"
         if not (d / "content.json").is_file():  # written last: absent or half-written reads as None
             return None

@@ -68,7 +68,7 @@ class TargetAttention(nn.Module):
 
 
 class MultiHeadTargetAttention(nn.Module):
-    """Scaled dot-product attention of one target query over a padded behavior set (TWIN, ETA, SIM's ESU).
+    """Scaled dot-product attention of one target query over a padded behavior set (the ESU of TWIN and ETA).
 
     ``q = W_q t``, ``k_j = W_k h_j``, ``v_j = W_v h_j`` split into ``heads``;
     per head ``softmax_j(q·k_j / √d_h)`` over real behaviors only, outputs

@@ -80,13 +80,14 @@ class ContentTable:
     :class:`LongHistory` (``userlens embed-items``); items without content are zero
     rows (cosine 0 to everything). With ``content_dim == 0`` the model's own item
     ⊕ category embeddings, detached, stand in (documented fallback for datasets
-    without titles or images). The normalised table is cached per source array.
+    without titles or images). The normalised table is cached per source array
+    (:meth:`PreparedData.content` loads it once per dataset).
     """
 
     def __init__(self, item_dim: int, content_dim: int) -> None:
         self.content_dim = content_dim
         self.dim = content_dim or item_dim
-        self._cache: tuple[int, Tensor] | None = None
+        self._cache: tuple[np.ndarray, Tensor] | None = None  # (source array, its normalised tensor)
 
     def __call__(self, embedding: FeatureEmbedding, long: LongHistory) -> Tensor:
         """``(n_items, dim)`` unit (or zero) rows; no gradient."""
@@ -100,8 +101,8 @@ class ContentTable:
         if arr.shape[1] != self.content_dim:
             raise ValueError(f"content vectors have {arr.shape[1]} dims, the model expects {self.content_dim}. "
                              "Fix: re-run embed-items with the same --pca-dim, or retrain.")
-        if self._cache is None or self._cache[0] != id(arr):
-            self._cache = (id(arr), torch.nn.functional.normalize(torch.from_numpy(np.asarray(arr, dtype=np.float32)), dim=1))
+        if self._cache is None or self._cache[0] is not arr:
+            self._cache = (arr, torch.nn.functional.normalize(torch.from_numpy(np.asarray(arr, dtype=np.float32)), dim=1))
         return self._cache[1]
 
 

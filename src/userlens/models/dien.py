@@ -4,13 +4,18 @@ Click-Through Rate Prediction", AAAI 2019, arXiv:1809.03672).
 **Interest extractor**: a GRU over the recent behaviors, supervised by an
 auxiliary loss — each hidden state must tell the next real behavior from a
 negative (a behavior at the same step of another user in the batch, as in the
-reference implementation). **Interest evolving**: an AUGRU (GRU whose update
+DIEN's public code samples them from other users' sequences too).
+**Interest evolving**: an AUGRU (GRU whose update
 gate is scaled by the target attention weight of each step) runs over the
 extracted interests; its final state is the user's interest in the candidate.
 
 The trainer adds :meth:`DIEN.auxiliary_loss` (``aux_weight`` × the auxiliary
-BCE) to the click loss. Departure: the auxiliary classifier is a dot product of
-a projected hidden state and the behavior embedding (the paper uses a small MLP).
+BCE) to the click loss. Departures: the auxiliary classifier is a dot product
+of a projected hidden state and the behavior embedding (the paper uses a small
+MLP); the AUGRU attention is DIN's MLP over ``[h, t, h − t, h ⊙ t]`` (the paper
+uses a bilinear ``h W e``) with sigmoid hidden units when ``activation`` is
+``dice``, since Dice's batch statistics over padded steps would break padding
+invariance.
 """
 
 from __future__ import annotations

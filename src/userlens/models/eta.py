@@ -1,5 +1,5 @@
-"""ETA: End-to-end Target Attention (Chen et al., "Efficient Long Sequential User Data Modeling for
-Click-Through Rate Prediction", 2021, arXiv:2108.04468).
+"""ETA: End-to-end Target Attention (Chen et al., "End-to-End User Behavior Retrieval in Click-Through
+Rate Prediction Model", 2021, arXiv:2108.04468).
 
 GSU: SimHash signatures (``bits`` random hyperplanes, packed into one integer)
 of the candidate and of every behavior's embedding; the ``k`` behaviors at the

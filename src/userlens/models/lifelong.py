@@ -33,12 +33,16 @@ class LifelongConfig:
 
 
 class LifelongModel(nn.Module):
-    """Base: subclasses set ``long_dim`` and implement :meth:`long_interest` → ``(B, long_dim)``."""
+    """Base: subclasses set ``long_dim`` and implement :meth:`long_interest` → ``(B, long_dim)``.
+
+    ``extras`` are the optional parts of the long history a model reads (``long_category``,
+    ``long_content``), so the loader builds the category index or loads content only when needed.
+    """
 
     long_dim: int
 
     def __init__(self, spec: FeatureSpec, cfg: LifelongConfig, long_dim: int,
-                 tower: Callable[[int], nn.Module] | None = None) -> None:
+                 tower: Callable[[int], nn.Module] | None = None, extras: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.cfg = cfg
         self.embedding = FeatureEmbedding(spec.n_items, spec.n_categories, cfg.embed_dim,
@@ -48,7 +52,7 @@ class LifelongModel(nn.Module):
         in_dim = 2 * d + long_dim + self.embedding.side_dim
         self.tower = tower(in_dim) if tower else MLP(in_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1)
         #: batch fields the loader must build for this model
-        self.fields: frozenset[str] = fields_for(cfg.use_user, extra=("long", "time"))
+        self.fields: frozenset[str] = fields_for(cfg.use_user, extra=("long", "time", *extras))
 
     def long_interest(self, batch: Batch, target: Tensor) -> Tensor:
         raise NotImplementedError

@@ -1,5 +1,5 @@
 """MUSE: MUltimodal SEarch-based user interest modeling (Wu et al., "MUSE: A Simple Yet Effective
-Multimodal Search-Based Framework for Lifelong User Interest Modeling", 2024, arXiv:2407.14160).
+Multimodal Search-Based Framework for Lifelong User Interest Modeling", 2025, arXiv:2512.07216).
 
 GSU: cosine between **frozen content embeddings** of the candidate and of every
 behavior (``userlens embed-items``), top ``k``. Plus **SimTier**: the share of
@@ -7,10 +7,16 @@ the whole history in each cosine bin, a cheap summary of how much of the
 history resembles the candidate. ESU: target attention over the retrieved
 behaviors embedded as ID ⊕ projected content (MUSE's ID–content fusion).
 
-Departures: DIN's activation unit as the attention (MUSE uses a SimTier-guided
-target attention of the same family); without content vectors the GSU falls
-back to the model's own detached ID embeddings (see
-:class:`~userlens.layers.interest.ContentTable`).
+Departures (from the paper and its released code):
+
+* SimTier here is the share of the **whole** searched history in each cosine
+  bin, fed to the tower as numbers; the paper bins the retrieved top-k (and the
+  recent sequence) and maps each bin's ``log(1 + count)`` through a learned
+  per-tier embedding.
+* The ESU is DIN's activation unit over ID ⊕ projected content; the paper's
+  SA-TA also injects the target–behavior cosine into the attention score.
+* Without content vectors the GSU falls back to the model's own detached ID
+  embeddings (see :class:`~userlens.layers.interest.ContentTable`).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ class MUSEConfig(LifelongConfig):
 class MUSE(LifelongModel):
     def __init__(self, spec: FeatureSpec, cfg: MUSEConfig) -> None:
         d = 2 * cfg.embed_dim
-        super().__init__(spec, cfg, long_dim=2 * d + cfg.tiers)
+        super().__init__(spec, cfg, long_dim=2 * d + cfg.tiers, extras=("long_content",) if spec.content_dim else ())
         self.content = ContentTable(self.embedding.item_dim, spec.content_dim)
         self.proj = nn.Linear(self.content.dim, d)
         self.esu = TargetAttention(2 * d, cfg.attention_mlp, cfg.activation)

@@ -10,7 +10,11 @@ models high-order feature interactions explicitly.
 
 Departures: the behaviors attended over are the ``k`` most recent of the
 candidate's category in the whole history (a SIM-hard GSU), so QIN joins the
-lifelong family; content features are used when ``embed-items`` has run.
+lifelong family; content features are used when ``embed-items`` has run. The
+released code's attention is an unnormalised ``ReLU(q·k/√d)`` and its QNN layer
+``x ⊙ (Σ_r W_r x)`` with PReLU and a residual; we use sparsemax (exactly sparse,
+normalised, with a learned temperature) and a LayerNorm'd ``(A·x)⊙(B·x) + C·x``
+layer, and have not compared the two.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ class QINConfig(LifelongConfig):
 
 class QIN(LifelongModel):
     def __init__(self, spec: FeatureSpec, cfg: QINConfig) -> None:
-        super().__init__(spec, cfg, long_dim=cfg.attention_dim, tower=lambda d: QuadraticTower(d, cfg.qnn))
+        super().__init__(spec, cfg, long_dim=cfg.attention_dim, tower=lambda d: QuadraticTower(d, cfg.qnn),
+                         extras=("long_category", "long_content") if spec.content_dim else ("long_category",))
         d = self.embedding.item_dim
         self.content = ContentTable(self.embedding.item_dim, spec.content_dim) if spec.content_dim else None
         feat = d + (d if self.content is not None else 0)

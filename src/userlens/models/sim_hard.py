@@ -32,7 +32,7 @@ class SIMHardConfig(LifelongConfig):
 
 class SIMHard(LifelongModel):
     def __init__(self, spec: FeatureSpec, cfg: SIMHardConfig) -> None:
-        super().__init__(spec, cfg, long_dim=2 * cfg.embed_dim)
+        super().__init__(spec, cfg, long_dim=2 * cfg.embed_dim, extras=("long_category",))
         self.esu = DINExactUnit(self.embedding.item_dim, cfg.attention_mlp, cfg.activation)
 
     def long_interest(self, batch: Batch, target: Tensor) -> Tensor:

@@ -10,7 +10,8 @@ average ``behavior ⊙ target`` rather than the behaviors alone, capturing the
 4-way semantic-temporal interaction.
 
 Departure: time-gap buckets instead of the paper's relative positions (we
-have timestamps); the target's own temporal term is the learned gap-0 row.
+have timestamps); the target's own temporal term is one extra learned row of
+the temporal table (index ``TIME_BUCKETS``).
 """
 
 from __future__ import annotations

@@ -81,8 +81,7 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
     if t.threads:
         torch.set_num_threads(t.threads)
     seed_everything(t.seed)
-    content = data.content()
-    spec = FeatureSpec.from_meta(data.meta, content_dim=0 if content is None else int(content[0].shape[1]))
+    spec = FeatureSpec.from_meta(data.meta, content_dim=data.content_dim())
     model = build_model(cfg.model, spec, cfg.model_config)
     if t.compile:
         compile_hot_layers(model)
