@@ -83,8 +83,8 @@ class DIEN(nn.Module):
 
     def _aux_loss(self, states: Tensor, e: Tensor, mask: Tensor) -> Tensor:
         pair = mask[:, :-1] & mask[:, 1:]  # step t has a real next behavior
-        perm = torch.randperm(e.shape[0])
-        neg_ok = pair & mask[perm, 1:]
+        perm = torch.roll(torch.arange(e.shape[0]), 1)  # another row's behavior (never the row itself when B > 1)
+        neg_ok = pair & mask[perm, 1:] & (perm != torch.arange(e.shape[0])).unsqueeze(1)
         pred = self.aux_proj(states[:, :-1])
         pos = (pred * e[:, 1:]).sum(-1)[pair]
         neg = (pred * e[perm, 1:]).sum(-1)[neg_ok]

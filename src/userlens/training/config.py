@@ -46,6 +46,8 @@ class TrainConfig:
         for k in positive:
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.long_len >= 2**32:
+            raise ConfigError(f"long_len must be < 2**32 (GSU recency keys are 32-bit), got {self.long_len}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.patience < 0 or self.weight_decay < 0 or self.prefetch < 0:
