@@ -121,6 +121,11 @@ class LongHistory:
     def lengths(self) -> np.ndarray:
         return self.hi - self.lo
 
+    @property
+    def longest(self) -> int:
+        """The longest range in the batch (0 for an empty batch)."""
+        return int(self.lengths.max()) if len(self.lo) else 0
+
     def gather(self, positions: np.ndarray, lengths: np.ndarray, fields: Iterable[str]) -> History:
         """A :class:`History` of the selected global ``positions`` ``(B, k)`` (left-aligned, ``-1`` = padding)."""
         valid = np.arange(positions.shape[1])[None, :] < lengths[:, None]

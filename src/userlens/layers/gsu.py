@@ -119,7 +119,7 @@ def _chunks(long: LongHistory, width: int):  # type: ignore[no-untyped-def]
     memcpy per row), not gathered element by element.
     """
     lo, hi = long.lo, long.hi
-    longest = int((hi - lo).max()) if len(lo) else 0
+    longest = long.longest
     if longest == 0:
         return
     items = np.asarray(long.timeline["item"])
@@ -147,7 +147,7 @@ def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], d
     """
     lo, hi = long.lo, long.hi
     b = len(lo)
-    longest = int((hi - lo).max()) if b else 0
+    longest = long.longest
     best = torch.empty((b, 0), dtype=torch.int64)
     if b and k:
         for ids, valid, recency in _chunks(long, _chunk_len(b, dim, longest, budget)):
@@ -254,7 +254,7 @@ class _BucketSum(torch.autograd.Function):
 def _matches(long: LongHistory, codes: Tensor, query: Tensor, dim: int, budget: int):  # type: ignore[no-untyped-def]
     """Yield ``(item ids (B, C), match (B, C, rounds) float)`` per chunk of the ranges."""
     b = len(long.lo)
-    longest = int((long.hi - long.lo).max()) if b else 0
+    longest = long.longest
     for ids, valid, _ in _chunks(long, _chunk_len(b, dim + codes.shape[1], longest, budget)):
         match = (codes[ids] == query[:, None, :]) & valid.unsqueeze(-1)
         yield ids, match.to(torch.float32)
@@ -286,7 +286,7 @@ def simtier(long: LongHistory, content: Tensor, target: Tensor, tiers: int = 10,
     hist = torch.zeros(b, tiers)
     with torch.no_grad():
         full = target.float() @ content.float().t() if b * content.shape[0] <= 4 * budget else None
-        longest = int((long.hi - long.lo).max()) if b else 0
+        longest = long.longest
         width = _chunk_len(b, 1 if full is not None else content.shape[1], longest, budget)
         for ids, valid, _ in _chunks(long, width):
             cos = full.gather(1, ids) if full is not None else torch.bmm(content[ids], target.unsqueeze(-1)).squeeze(-1)

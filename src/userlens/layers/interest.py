@@ -31,8 +31,13 @@ def item_table(embedding: FeatureEmbedding, item_category: np.ndarray) -> Tensor
     Per-item tables are what a GSU scores against: built once per forward and
     gathered per behavior, they make scoring 100,000 behaviors one gather each.
     """
+    return pair_table(embedding.item, embedding.category, item_category)
+
+
+def pair_table(item: nn.Embedding, category: nn.Embedding, item_category: np.ndarray) -> Tensor:
+    """``(n_items, d_item + d_category)``: any item ⊕ category table pair, per item (e.g. DARE's attention tables)."""
     cat = torch.from_numpy(np.asarray(item_category, dtype=np.int64))
-    return torch.cat([embedding.item.weight, embedding.category.weight[cat]], dim=-1)
+    return torch.cat([item.weight, category.weight[cat]], dim=-1)
 
 
 def selected_history(long: LongHistory, sel: Selection, fields: tuple[str, ...] = ("item", "category", "time")) -> History:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from userlens.batch import Batch
 from userlens.layers.gsu import table_topk
-from userlens.layers.interest import selected_history
+from userlens.layers.interest import pair_table, selected_history
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
 from userlens.models.spec import FeatureSpec
@@ -51,9 +50,7 @@ class DARE(LifelongModel):
         long = batch.need_long()
         q = self._att(batch.target["target_item"], batch.target["target_category"])  # (B, 2a)
         with torch.no_grad():
-            cat = torch.from_numpy(np.asarray(long.item_category, dtype=np.int64))
-            table = torch.cat([self.att_item.weight, self.att_category.weight[cat]], dim=-1)
-            sel = table_topk(long, q, table, self.cfg.k)
+            sel = table_topk(long, q, pair_table(self.att_item, self.att_category, long.item_category), self.cfg.k)
         hist = selected_history(long, sel)
         mask = hist.mask()
         logits = (self._att(hist["item"], hist["category"]) @ q.unsqueeze(-1)).squeeze(-1) * self.scale
