@@ -5,11 +5,13 @@ sampled negative per positive, seed 2024), so every model and seed sees
 identical samples; seeds change initialisation and shuffling only. The whole
 history is available to the lifelong models (``long_len`` 100,000 ≥ the longest
 user in every dataset). Rows are appended to a JSON-lines file as they finish,
-so an interrupted run resumes where it stopped; the table is printed from it.
+keyed by dataset, model, seed and protocol (epochs, patience), so an
+interrupted run resumes where it stopped; the table is printed from the rows
+of the chosen protocol.
 
-    .venv/bin/python benchmarks/bench_quality.py --seeds 1,2,3 --content
+    .venv/bin/python benchmarks/bench_quality.py --seeds 1,2,3 --content --epochs 4 --patience 1
     .venv/bin/python benchmarks/bench_quality.py --datasets movielens-100k --models din,sim_hard --epochs 3
-    .venv/bin/python benchmarks/bench_quality.py --table-only   # print the table of what has run
+    .venv/bin/python benchmarks/bench_quality.py --table-only --epochs 4 --patience 1   # print what has run
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         work = Path(args.workdir)
         models = [e.name for e in list_models()] if args.models == "all" else args.models.split(",")
-        have = {(r["dataset"], r["model"], r["seed"]) for r in done}
+        have = {(r["dataset"], r["model"], r["seed"]) for r in done
+                if (r["max_epochs"], r["patience"]) == (args.epochs, args.patience)}
         for ds in args.datasets.split(","):
             data = prepared(ds, work, args.content)
             for m in models:
@@ -121,7 +124,9 @@ def main() -> None:
                     with open(results, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
-    print(table(done))
+    same = [r for r in done if (r["max_epochs"], r["patience"]) == (args.epochs, args.patience)]
+    print(f"protocol: at most {args.epochs} epochs, patience {args.patience} ({len(same)} of {len(done)} rows)")
+    print(table(same))
 
 
 if __name__ == "__main__":

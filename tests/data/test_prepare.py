@@ -328,6 +328,19 @@ def test_min_user_behaviors_drops_users_and_counts_them(tmp_path: Path) -> None:
     assert meta["counts"]["behaviors"] == sum(n for u, n in counts.items() if u not in small)
 
 
+def test_min_user_behaviors_drops_users_seen_only_in_impressions(tmp_path: Path) -> None:
+    beh = _behavior_log(seed=2, n_users=30)
+    users = sorted(set(beh["user_id"]))
+    imp = pl.DataFrame({"user_id": [*users, "ghost"], "item_id": [1] * (len(users) + 1),
+                        "timestamp": [T + 200_000] * (len(users) + 1), "label": [1] * (len(users) + 1)})
+    counts = dict(beh.group_by("user_id").len().rows())
+    small = {u for u, n in counts.items() if n < 2} | {"ghost"}
+    d, meta = _run(tmp_path, beh, imp, min_user_behaviors=2)
+    assert meta["counts"]["users_dropped"] == len(small)
+    assert "ghost" not in set(_decode(d, "user").values())
+    assert sum(meta["samples"][s]["samples"] for s in SPLITS) == len(users) + 1 - len(small)
+
+
 # --------------------------------------------------------------------------- ids, checksums, bad rows
 
 

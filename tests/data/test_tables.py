@@ -171,6 +171,23 @@ def test_labels_written_as_floats_are_accepted(tmp_path: Path) -> None:
     assert out["label"].to_list() == [1, 0]
 
 
+def test_boolean_labels_are_accepted_from_parquet_and_text(tmp_path: Path) -> None:
+    pq = tmp_path / "imp.parquet"
+    pl.DataFrame({"user_id": ["u", "u"], "item_id": ["i", "j"], "timestamp": [T, T],
+                  "label": [True, False]}).write_parquet(pq)
+    assert _validate(pq, "impressions")["label"].to_list() == [1, 0]
+    p = _csv(tmp_path, f"user_id,item_id,timestamp,label\nu,i,{T},True\nu,i,{T},false\n")
+    assert _validate(p, "impressions")["label"].to_list() == [1, 0]
+
+
+def test_null_boolean_label_is_a_defect(tmp_path: Path) -> None:
+    pq = tmp_path / "imp.parquet"
+    pl.DataFrame({"user_id": ["u", "u"], "item_id": ["i", "j"], "timestamp": [T, T],
+                  "label": [True, None]}, schema_overrides={"label": pl.Boolean}).write_parquet(pq)
+    with pytest.raises(InputError, match=re.escape(f"{pq}:row 2: column 'label': label is not 0 or 1")):
+        _validate(pq, "impressions")
+
+
 def test_invalid_split_value(tmp_path: Path) -> None:
     p = _csv(tmp_path, f"user_id,item_id,timestamp,label,split\nu,i,{T},1,Train\nu,i,{T},1,validation\n")
     msg = _row_error(p, "line 3", "split", "split is not one of ('train', 'valid', 'test') (value 'validation')",
@@ -318,6 +335,14 @@ def test_file_level_defects_stop_even_under_skip(tmp_path: Path) -> None:
 def test_iso_text_parses_to_utc_epoch_ms(tmp_path: Path, text: str, expected: int) -> None:
     p = _csv(tmp_path, f"user_id,item_id,timestamp\nu,i,{text}\n")
     assert _validate(p)["timestamp"].to_list() == [expected]
+
+
+def test_one_file_may_mix_iso_styles(tmp_path: Path) -> None:
+    texts = ["2017-11-25T10:00:00", "2017-11-25 10:00:00.250", "2017-11-25T12:00:00+02:00", "2017-11-25T10:00Z",
+             "2017-11-25"]
+    p = _csv(tmp_path, "user_id,item_id,timestamp\n" + "".join(f"u,i,{t}\n" for t in texts))
+    h10 = _ms(2017, 11, 25, 10)
+    assert _validate(p)["timestamp"].to_list() == [h10, h10 + 250, h10, h10, _ms(2017, 11, 25)]
 
 
 def test_epoch_seconds_and_milliseconds_are_detected_per_file(tmp_path: Path) -> None:

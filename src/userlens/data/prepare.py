@@ -228,6 +228,9 @@ def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = 
     if opt.min_user_behaviors > 1:
         counts = beh.group_by("user_id").len()
         small = counts.filter(pl.col("len") < opt.min_user_behaviors)["user_id"]
+        if imp is not None:  # users seen only in impressions have 0 behaviors: below any minimum
+            unseen = imp.select("user_id").unique().join(counts, on="user_id", how="anti")["user_id"]
+            small = pl.concat([small, unseen])
         dropped_users = len(small)
         if dropped_users:
             beh = beh.filter(~pl.col("user_id").is_in(small.implode()))

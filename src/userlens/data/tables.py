@@ -192,11 +192,26 @@ def _parse_timestamp(col: pl.Series, unit: Literal["auto", "s", "ms"]) -> pl.Ser
         as_int = text.cast(pl.Int64, strict=False)
         as_float = text.cast(pl.Float64, strict=False)
         as_int = as_int.fill_null(as_float.round(0).cast(pl.Int64, strict=False))
-        iso = text.str.to_datetime(strict=False, time_zone="UTC", time_unit="ms").dt.epoch("ms")
+        iso = _parse_iso(text)
         # Numbers decide the unit; ISO strings are already milliseconds.
         numeric_ms = _to_ms(as_int, unit)
         return numeric_ms.fill_null(iso)
     return _to_ms(as_int, unit)
+
+
+# Tried in order, row by row, so one file may mix styles (``T`` or space, fractions, ``Z`` / ``±hh:mm``
+# offsets, date only). Text without an offset is UTC.
+ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d")
+
+
+def _parse_iso(text: pl.Series) -> pl.Series:
+    """ISO-8601 text → int64 epoch milliseconds (null = none of :data:`ISO_FORMATS`); formats may differ per row."""
+    # A space between date and time is as valid as "T" (RFC 3339); only the first one, after a 10-char date.
+    t = text.str.replace(r"^(\d{4}-\d{2}-\d{2}) ", "${1}T")
+    out = pl.Series(text.name, [None] * len(text), dtype=pl.Int64)
+    for fmt in ISO_FORMATS:
+        out = out.fill_null(t.str.to_datetime(fmt, strict=False, time_zone="UTC", time_unit="ms").dt.epoch("ms"))
+    return out
 
 
 def _to_ms(v: pl.Series, unit: Literal["auto", "s", "ms"]) -> pl.Series:
@@ -270,7 +285,12 @@ def validate(
 
     if "label" in out:
         raw = out["label"]
-        lab = raw.cast(pl.Utf8).str.strip_chars().cast(pl.Float64, strict=False)
+        if raw.dtype == pl.Boolean:  # a Parquet/Arrow boolean column: true = 1, false = 0
+            lab = raw.cast(pl.Float64)
+        else:
+            text = raw.cast(pl.Utf8).str.strip_chars()
+            lab = text.cast(pl.Float64, strict=False).fill_null(
+                text.str.to_lowercase().replace_strict({"true": 1.0, "false": 0.0}, default=None, return_dtype=pl.Float64))
         chk.flag(~lab.is_in([0.0, 1.0]) | lab.is_null(), "label", "label is not 0 or 1", "encode labels as 0/1")
         out["label"] = lab.cast(pl.Int8, strict=False)
 
