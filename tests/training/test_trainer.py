@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 from userlens.data.prepared import PreparedData
+from userlens.errors import ConfigError
 from userlens.training.config import resolve_config
 from userlens.training.evaluate import evaluate_run
 from userlens.training.trainer import fit
@@ -39,6 +41,18 @@ def test_best_epoch_weights_are_kept(small_data: PreparedData, tmp_path) -> None
     # the saved weights are the best epoch's, not the last one's
     again = evaluate_run(tmp_path, split="valid")
     assert again["auc"] == pytest.approx(best["valid_auc"], abs=1e-9)
+
+
+def test_monitor_logloss_keeps_the_lowest_logloss_epoch(small_data: PreparedData, tmp_path) -> None:
+    # a high learning rate makes the model over-confident: logloss turns up while AUC may still rise
+    cfg = resolve_config("avgpool", {**FAST, "epochs": 6, "lr": 0.3, "patience": 6, "monitor": "logloss"})
+    res = fit(small_data, cfg, tmp_path, show_progress=False, log=lambda s: None)
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda r: r["valid_logloss"])
+    assert res.best_epoch == best["epoch"]
+    assert evaluate_run(tmp_path, split="valid")["logloss"] == pytest.approx(best["valid_logloss"], abs=1e-9)
+    with pytest.raises(ConfigError, match=re.escape("monitor must be one of ['auc', 'logloss'], got 'gauc'")):
+        resolve_config("avgpool", {"monitor": "gauc"}).train.check()
 
 
 def test_early_stopping_and_debug_switches(small_data: PreparedData, tmp_path) -> None:

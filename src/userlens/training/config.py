@@ -31,7 +31,8 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 2  # early stopping: epochs without a better validation AUC
+    patience: int = 2  # early stopping: epochs without a better validation `monitor`
+    monitor: Literal["auc", "logloss"] = "auc"  # what early stopping and the kept weights optimise
     seed: int = 2024
     short_len: int = 50  # most recent behaviors gathered per sample
     long_len: int = 100_000  # lifelong models: the GSU searches this many most recent behaviors
@@ -52,6 +53,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.patience < 0 or self.weight_decay < 0 or self.prefetch < 0:
             raise ConfigError("patience, weight_decay and prefetch must be >= 0")
+        if self.monitor not in ("auc", "logloss"):
+            raise ConfigError(f"monitor must be one of ['auc', 'logloss'], got {self.monitor!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
 

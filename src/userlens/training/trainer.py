@@ -72,7 +72,8 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
 
     Per epoch: one pass over shuffled training samples, validation AUC/GAUC/logloss
     appended to ``metrics.jsonl``. Stops after ``patience`` epochs without a better
-    validation AUC and saves the best epoch's weights.
+    validation ``monitor`` (AUC, higher is better, or logloss, lower is better: a model
+    can rank well while over-confident) and saves the best epoch's weights.
     """
     t = cfg.train
     t.check()
@@ -98,7 +99,8 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
     loss_fn = nn.BCEWithLogitsLoss()
     epochs = 1 if t.fast_dev_run else t.epochs
     (out / METRICS).write_text("")
-    best_state, best_epoch, best_valid, bad = None, -1, {"auc": float("-inf")}, 0
+    sign = 1.0 if t.monitor == "auc" else -1.0  # compare sign * metric, higher is better
+    best_state, best_epoch, best_valid, best_score, bad = None, -1, {}, float("-inf"), 0
     timings: list[tuple[int, float]] = []  # (samples, seconds) per epoch
     epochs_run = 0
     with _progress(show_progress) as bar:
@@ -131,11 +133,12 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
             with open(out / METRICS, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             log(json.dumps(row))
-            score = valid.get("auc", float("nan"))
-            improved = not np.isnan(score) and score > best_valid["auc"]
+            score = sign * valid.get(t.monitor, float("nan"))
+            improved = not np.isnan(score) and score > best_score
             if improved or best_state is None or not valid:  # no validation split: keep the latest epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best_epoch, best_valid, bad = epoch + 1, valid or {"auc": float("nan")}, 0
+                best_score = score if not np.isnan(score) else float("-inf")
             else:
                 bad += 1
                 if bad > t.patience:
