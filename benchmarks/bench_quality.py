@@ -75,6 +75,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def matrix(rows: list[dict], metric: str = "auc") -> str:
+    """Models × datasets, mean ± std of ``metric`` over seeds; the best mean per dataset in bold."""
+    datasets = sorted({r["dataset"] for r in rows})
+    models = sorted({r["model"] for r in rows})
+    cell: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        cell.setdefault((r["model"], r["dataset"]), []).append(r[metric])
+    best = {ds: max(statistics.mean(v) for (m, d), v in cell.items() if d == ds) for ds in datasets}
+    out = [f"| {metric} | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|"]
+    for m in models:
+        parts = []
+        for ds in datasets:
+            v = cell.get((m, ds))
+            if not v:
+                parts.append("")
+                continue
+            text = f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+            parts.append(f"**{text}**" if statistics.mean(v) == best[ds] else text)
+        out.append(f"| {m} | " + " | ".join(parts) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(CASES))
@@ -127,6 +149,9 @@ def main() -> None:
     same = [r for r in done if (r["max_epochs"], r["patience"]) == (args.epochs, args.patience)]
     print(f"protocol: at most {args.epochs} epochs, patience {args.patience} ({len(same)} of {len(done)} rows)")
     print(table(same))
+    if same:
+        print()
+        print(matrix(same))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,9 @@ class ContentTable:
             raise ValueError(f"content vectors have {arr.shape[1]} dims, the model expects {self.content_dim}. "
                              "Fix: re-run embed-items with the same --pca-dim, or retrain.")
         if self._cache is None or self._cache[0] is not arr:
-            self._cache = (arr, torch.nn.functional.normalize(torch.from_numpy(np.asarray(arr, dtype=np.float32)), dim=1))
+            # a writable float32 copy: the stored vectors may be int8 or a read-only memory map
+            vectors = torch.from_numpy(np.array(arr, dtype=np.float32))
+            self._cache = (arr, torch.nn.functional.normalize(vectors, dim=1))
         return self._cache[1]
 
 
