@@ -40,9 +40,11 @@ def prepare(
     min_user_behaviors: Annotated[int, typer.Option(help="drop users with fewer behaviors (counted)")] = 1,
     valid_fraction: Annotated[float, typer.Option(help="time split: share of validation")] = 0.1,
     test_fraction: Annotated[float, typer.Option(help="time split: share of test")] = 0.1,
-    split: Annotated[str, typer.Option(help="behaviors-only samples: leave-last-out|time")] = "leave-last-out",
-    min_history: Annotated[int, typer.Option(help="behaviors-only samples: behaviors needed before a positive")] = 4,
+    split: Annotated[str, typer.Option(help="behaviors-only samples: time (global time, default) | leave-last-out")] = "time",
+    min_history: Annotated[int, typer.Option(help="behaviors-only samples: strictly earlier behaviors needed before a positive")] = 4,
     negatives: Annotated[int, typer.Option(help="behaviors-only samples: sampled negatives per positive")] = 1,
+    negative_sampler: Annotated[str, typer.Option(help="uniform | popularity (∝ count^alpha before t) | category (hard negatives)")] = "uniform",
+    negative_alpha: Annotated[float, typer.Option(help="popularity sampler exponent in [0, 1]")] = 0.75,
     seed: Annotated[int, typer.Option(help="negative-sampling seed")] = 2024,
 ) -> None:
     """Validate raw logs and write a prepared directory (vocabularies, timeline, samples, meta.json)."""
@@ -66,6 +68,7 @@ def prepare(
             on_bad_rows=on_bad_rows, timestamp_unit=timestamp_unit, context_columns=tuple(context or ()),  # type: ignore[arg-type]
             min_user_behaviors=min_user_behaviors, valid_fraction=valid_fraction, test_fraction=test_fraction,
             split=split, min_history=min_history, negatives=negatives, seed=seed,  # type: ignore[arg-type]
+            negative_sampler=negative_sampler, negative_alpha=negative_alpha,  # type: ignore[arg-type]
         )
         return do_prepare(sources, out, opts, log=lambda s: err.print(s, highlight=False))
 

@@ -188,14 +188,15 @@ def test_lastfm_tiny_aggregates_events(tmp_path: Path) -> None:
     s = load_adapter("lastfm", tmp_path)
     beh = s.behaviors.frame
     assert beh[LINE].to_list() == [2, 4, 5, 6, 7]  # one row per (user, artist, date), at its first line
-    assert _row(s.behaviors, 2) == {LINE: 2, "user_id": "2", "item_id": "52", "timestamp": str(_epoch(2009, 4, 1)),
-                                    "category": "13"}  # 13 and 15 tie twice each for artist 52: lowest id
-    assert _row(s.behaviors, 7)["category"] == "20"  # kept on the behavior though artists.dat lacks it
+    assert _row(s.behaviors, 2) == {LINE: 2, "user_id": "2", "item_id": "52", "timestamp": str(_epoch(2009, 4, 1))}
+    assert "category" not in beh.columns  # derived from past tags by prepare, never carried by the events
     assert s.items.frame.drop(LINE).to_dicts() == [
-        {"item_id": "52", "category": "13", "title": 'Lee "Scratch" Perry'},
-        {"item_id": "77", "category": "15", "title": "B"},
-        {"item_id": "88", "category": None, "title": "Untagged"},
+        {"item_id": "52", "title": 'Lee "Scratch" Perry'}, {"item_id": "77", "title": "B"},
+        {"item_id": "88", "title": "Untagged"},
     ]
+    assert s.item_tags.rows() == [("52", "13", _epoch(2009, 4, 1) * 1000), ("52", "15", _epoch(2009, 4, 1) * 1000),
+                                  ("52", "15", _epoch(2009, 5, 1) * 1000), ("52", "13", _epoch(2010, 6, 1) * 1000),
+                                  ("77", "15", _epoch(1956, 6, 1) * 1000), ("99", "20", _epoch(2010, 7, 1) * 1000)]
     assert any("6 tag rows" in n and "5 behaviors" in n for n in s.notes)
     with pytest.raises(InputError, match=r"user_taggedartists.dat:line 6: column 'timestamp': absurd timestamp"):
         prepare(s, tmp_path / "err", log=quiet)
@@ -358,9 +359,16 @@ def test_real_lastfm(prepared) -> None:
     assert meta["bad_rows"]["skipped_rows"] == bogus_events
     [problem] = meta["bad_rows"]["by_problem"]
     assert "absurd timestamp" in problem["problem"] and problem["first_line"] == int(bogus["line"].min())
-    # 17,632 artists + 390 tagged artists missing from artists.dat; the 12,523 tagged ones have a category.
+    # 17,632 artists + 390 tagged artists missing from artists.dat; those tagged before the validation
+    # period have a category (12,523 are tagged at all).
     assert meta["vocab_sizes"]["item"] == 17_632 + 390 + 2
-    assert c["items_without_category"] == 17_632 + 390 - 12_523
+    cutoff_s = meta["item_attributes"]["cutoff_ms"] // 1000
+    dated = tags.with_columns(pl.date(pl.col("year").cast(pl.Int32), pl.col("month").cast(pl.Int32),
+                                      pl.col("day").cast(pl.Int32)).cast(pl.Datetime("ms", "UTC")).dt.epoch("s")
+                              .alias("t"))
+    tagged_before = dated.filter(pl.col("t") < cutoff_s)["artistID"].n_unique()
+    assert 0 < tagged_before < 12_523
+    assert c["items_without_category"] == 17_632 + 390 - tagged_before
     assert _row(src.behaviors, 2)["timestamp"] == str(_epoch(2009, 4, 1))  # "2 52 13 1 4 2009"
 
 
@@ -422,3 +430,62 @@ def test_real_every_model_trains_and_evaluates_from_the_cli(prepared, folder: st
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["n"] > 0 and math.isfinite(res["logloss"]) and 0 <= res["auc"] <= 1, res
+
+
+# --------------------------------------------------------------------------- item attributes without leakage
+
+
+def _keep_before(path: Path, dest: Path, sep: str, header: bool, seconds: pl.Expr, cutoff_s: int) -> None:
+    """Copy a delimited source file keeping only the rows whose time (``seconds``) is before ``cutoff_s``."""
+    frame = pl.read_csv(path, separator=sep, has_header=header, infer_schema=False, quote_char=None)
+    kept = frame.filter(seconds.cast(pl.Int64, strict=False) < cutoff_s)
+    assert 0 < kept.height < frame.height
+    kept.write_csv(dest, separator=sep, include_header=header, quote_style="never")
+
+
+LASTFM_DATE = pl.date(pl.col("year").cast(pl.Int32), pl.col("month").cast(pl.Int32),
+                      pl.col("day").cast(pl.Int32)).cast(pl.Datetime("ms", "UTC")).dt.epoch("s")
+TRUNCATE = {  # folder -> (event file, separator, has header, its time in epoch seconds)
+    "movielens-100k": ("u.data", "\t", False, pl.col("column_3")),
+    "movielens-latest-small": ("ratings.csv", ",", True, pl.col("timestamp")),
+    "taobao-userbehavior-sample": ("UserBehavior.csv", ",", False, pl.col("column_4")),
+    "amazon-grocery-rechorus": ("train.csv", "\t", True, pl.col("time")),
+    "lastfm-hetrec2011-2k": ("user_taggedartists.dat", "\t", True, LASTFM_DATE),
+}
+
+
+def _raw_categories(out: Path) -> dict:
+    items = _vocab(out, "item").with_columns(pl.col("raw").cast(pl.Utf8))
+    cats = dict(_vocab(out, "category").select("index", "raw").rows())
+    item_cat = np.load(out / "items" / "category.npy")
+    return {raw: cats.get(int(item_cat[i])) for raw, i in items.select("raw", "index").rows()}
+
+
+@realdata
+@needs_datasets
+@pytest.mark.parametrize("folder", list(CASES))
+def test_real_item_attributes_ignore_every_held_out_event(prepared, folder: str, tmp_path: Path) -> None:
+    """Deleting every event from the validation period on (from the source files) changes no item's category."""
+    from userlens.data.attributes import item_categories
+    from userlens.data.prepare import validate_sources
+    from userlens.data.tables import SkipReport
+
+    meta, out, _ = prepared(folder)
+    cutoff_ms = meta["item_attributes"]["cutoff_ms"]
+    src_dir = DATASETS / folder
+    for f in src_dir.iterdir():  # the other files (item metadata) unchanged
+        if f.is_file():
+            (tmp_path / f.name).symlink_to(f)
+    name, sep, header, seconds = TRUNCATE[folder]
+    (tmp_path / name).unlink()
+    _keep_before(src_dir / name, tmp_path / name, sep, header, seconds, cutoff_ms // 1000)
+    fmt, opt = CASES[folder]
+    early = load_adapter(fmt, tmp_path)
+    beh, imp, items = validate_sources(early, opt, SkipReport())
+    cats, _ = item_categories(items, [beh, imp], early.item_tags, cutoff_ms)
+    early_map = dict(cats.rows())
+    full_map = _raw_categories(out)
+    seen = set(beh["item_id"].cast(pl.Utf8).to_list()) | set(early_map)
+    assert len(seen) > 100
+    changed = [i for i in seen if full_map.get(i) != early_map.get(i)]
+    assert not changed, f"{len(changed)} items changed category, e.g. {changed[:5]}"

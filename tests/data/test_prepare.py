@@ -232,9 +232,10 @@ def _behavior_log(seed: int = 0, n_users: int = 25) -> pl.DataFrame:
 def from_behaviors(tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.DataFrame, Path, Path, Path]:
     tmp = tmp_path_factory.mktemp("beh")
     beh = _behavior_log()
-    a, _ = _run(tmp, beh, out="a", min_history=3, negatives=2, seed=7)
-    b, _ = _run(tmp, beh, out="b", min_history=3, negatives=2, seed=7)
-    c, _ = _run(tmp, beh, out="c", min_history=3, negatives=2, seed=8)
+    lolo = {"split": "leave-last-out", "min_history": 3, "negatives": 2}
+    a, _ = _run(tmp, beh, out="a", seed=7, **lolo)
+    b, _ = _run(tmp, beh, out="b", seed=7, **lolo)
+    c, _ = _run(tmp, beh, out="c", seed=8, **lolo)
     return beh, a, b, c
 
 
@@ -274,10 +275,10 @@ def _rank(beh: pl.DataFrame, users: dict, s: dict[str, np.ndarray], pos: np.ndar
 
 
 def test_negatives_never_hit_the_users_items_and_follow_the_ratio(from_behaviors) -> None:
+    """A negative at time t: never an item the user touched at or before t, always an item seen before t."""
     beh, d, _, _ = from_behaviors
     users, items = _decode(d, "user"), _decode(d, "item")
-    seen = {u: set(g["item_id"].to_list()) for (u,), g in beh.group_by("user_id")}
-    universe = set(beh["item_id"].to_list())
+    ms = beh.with_columns(pl.col("timestamp") * 1000)
     for split in SPLITS:
         s = _load_samples(d, split)
         pos, neg = s["label"] == 1, s["label"] == 0
@@ -285,10 +286,11 @@ def test_negatives_never_hit_the_users_items_and_follow_the_ratio(from_behaviors
         neg_keys = sorted(zip(s["user"][neg], s["time"][neg], s["cutoff"][neg]))
         pos_keys = sorted(zip(s["user"][pos], s["time"][pos], s["cutoff"][pos]))
         assert neg_keys == sorted(pos_keys * 2), "each positive gets 2 negatives with its user, time and cutoff"
-        for u, i in zip(s["user"][neg], s["item"][neg]):
-            raw = items[int(i)]
-            assert raw not in seen[users[int(u)]]
-            assert raw in universe
+        for u, i, t in zip(s["user"][neg], s["item"][neg], s["time"][neg]):
+            raw, user = items[int(i)], users[int(u)]
+            mine = ms.filter((pl.col("user_id") == user) & (pl.col("timestamp") <= t))["item_id"].to_list()
+            assert raw not in mine
+            assert raw in ms.filter(pl.col("timestamp") < t)["item_id"].to_list(), "drawn from items seen before t"
 
 
 def test_negatives_are_seeded(from_behaviors) -> None:
@@ -422,10 +424,10 @@ def test_bad_options_are_rejected(tmp_path: Path, opts: dict, match: str) -> Non
 
 
 def test_no_sample_from_behaviors_is_an_input_error(tmp_path: Path) -> None:
-    # nobody has more than 3 behaviors, so min_history=4 leaves no positive
-    with pytest.raises(InputError, match=re.escape("no samples: no user has more than --min-history 4 behaviors "
-                                                   "(longest history: 3). Fix: lower --min-history")):
-        _run(tmp_path, BEH, min_history=4)
+    # nobody has more than 3 behaviors, and behaviors at one timestamp do not count for each other
+    with pytest.raises(InputError, match=re.escape("no samples: no behavior has --min-history 2 strictly earlier "
+                                                   "behaviors of its user (most: 1). Fix: lower --min-history")):
+        _run(tmp_path, BEH, min_history=2)
 
 
 def test_dropping_every_impression_user_is_an_input_error(tmp_path: Path) -> None:

@@ -243,45 +243,40 @@ def lastfm(source: Path) -> Sources:
     ``user_taggedartists.dat`` has one row per (user, artist, tag, day, month, year); the several tags a
     user put on an artist on one date are one event, so they become one behavior (its ``LINE`` is the
     event's first line). ``timestamp`` = that date at 00:00 UTC in epoch seconds; an impossible date keeps
-    its ``year-month-day`` text so ``validate`` names it. Items: ``artists.dat`` (``title`` = name);
-    ``category`` = the artist's most frequent tag over all assignments (ties: lowest tag id), also put on
-    the behaviors so tagged artists missing from ``artists.dat`` keep it. Untagged artists get none.
-    ``user_artists.dat`` (play counts) has no time and is not read.
+    its ``year-month-day`` text so ``validate`` names it. Items: ``artists.dat`` (``title`` = name).
+
+    The artist's ``category`` is derived from the tags, which users *produce* by the very events that
+    become samples; so the adapter hands the tag rows over as :attr:`Sources.item_tags` and ``prepare``
+    takes the artist's most frequent tag over rows **before the validation period** only (ties: lowest
+    tag id). Artists first tagged later get no category. ``user_artists.dat`` (play counts) has no time
+    and is not read.
     """
     tag_p, art_p = _require(source, "lastfm", ["user_taggedartists.dat", "artists.dat"])
     tags = _read(tag_p, sep="\t", need=["userID", "artistID", "tagID", "day", "month", "year"])
     y, m, d = (pl.col(c).str.strip_chars() for c in ("year", "month", "day"))
     ymd = pl.concat_str(y, m.str.zfill(2), d.str.zfill(2), separator="-")  # null if any part is missing
     date = ymd.str.to_date("%Y-%m-%d", strict=False)
-    epoch_s = date.cast(pl.Datetime("ms", "UTC")).dt.epoch("s").cast(pl.Utf8)
+    epoch_s = date.cast(pl.Datetime("ms", "UTC")).dt.epoch("s")
     events = (
-        tags.with_columns(pl.coalesce(epoch_s, ymd).alias("timestamp"))
+        tags.with_columns(pl.coalesce(epoch_s.cast(pl.Utf8), ymd).alias("timestamp"))
         .group_by(pl.col("userID").alias("user_id"), pl.col("artistID").alias("item_id"), "timestamp")
         .agg(pl.col(LINE).min(), pl.len().alias("tags"))
         .sort(LINE)
     )
-    top_tag = (
-        tags.group_by("artistID", "tagID").len()
-        .sort(["artistID", "len", pl.col("tagID").cast(pl.Int64, strict=False)],
-              descending=[False, True, False], nulls_last=True)
-        .unique("artistID", keep="first")
-        .select(pl.col("artistID").alias("item_id"), pl.col("tagID").alias("category"))
-    )
-    beh = events.join(top_tag, on="item_id", how="left").select(LINE, "user_id", "item_id", "timestamp", "category")
+    beh = events.select(LINE, "user_id", "item_id", "timestamp")
+    # Impossible dates (null) are not used for categories; the behavior itself is reported by validate.
+    item_tags = tags.select(pl.col("artistID").alias("item_id"), pl.col("tagID").alias("tag"),
+                            (epoch_s * 1000).alias("timestamp_ms"))
     art = _read(art_p, sep="\t", need=["id", "name"])
-    items = (art.select(LINE, pl.col("id").alias("item_id"), pl.col("name").alias("title"))
-             .join(top_tag, on="item_id", how="left").sort(LINE)
-             .select(LINE, "item_id", "category", "title"))
-    n_cat = int(items["category"].is_not_null().sum())
+    items = art.select(LINE, pl.col("id").alias("item_id"), pl.col("name").alias("title"))
     notes = [
         f"lastfm: {tags.height} tag rows of {tag_p.name} aggregated into {events.height} behaviors, one per "
         "distinct (user, artist, date); each keeps its first line",
-        f"lastfm: timestamp = the tagging date at 00:00 UTC (day resolution, effectively month); category = the "
-        f"artist's most frequent tag id (ties: lowest id); {n_cat} of {items.height} artists in {art_p.name} "
-        "have one",
+        "lastfm: timestamp = the tagging date at 00:00 UTC (day resolution, effectively month); category = the "
+        "artist's most frequent tag id before the validation period (ties: lowest id)",
     ]
-    return Sources(behaviors=_raw(beh, tag_p), items=_raw(items, art_p), files=[tag_p, art_p], notes=notes,
-                   name="lastfm")
+    return Sources(behaviors=_raw(beh, tag_p), items=_raw(items, art_p), item_tags=item_tags,
+                   files=[tag_p, art_p], notes=notes, name="lastfm")
 
 
 __all__: Sequence[str] = ("ADAPTERS", "load_adapter", "register_adapter")

@@ -12,6 +12,13 @@ Layout written (all arrays are plain ``.npy``, memory-mappable, readable without
 A sample's history is ``timeline[offsets[user] : cutoff]``: the user's behaviors
 with time **strictly before** the sample's time. It is never copied per sample,
 so memory stays linear in behaviors + samples, whatever the history length.
+
+Everything else a sample sees is leakage-free too: item categories derived from
+events use only rows before the validation period (:mod:`userlens.data.attributes`),
+sampled negatives depend only on events before the sample (:mod:`userlens.data.sampling`).
+
+Steps: validate → drop small users → vocabularies → timeline → samples and split →
+item categories (need the split's cutoff) → negatives (need the categories) → write.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from userlens.data.attributes import attribute_cutoff, item_categories
+from userlens.data.sampling import SAMPLERS, NegativeSampler, Sampler, stable_id_hash
 from userlens.data.tables import LINE, SPLITS, BadRowPolicy, RawTable, SkipReport, unify_id_types, validate
 from userlens.errors import InputError
 
@@ -42,6 +51,9 @@ class Sources:
     behaviors: RawTable
     impressions: RawTable | None = None
     items: RawTable | None = None
+    #: user-produced item attributes (``item_id, tag, timestamp_ms``; e.g. Last.fm tags): an item's
+    #: category becomes its most frequent tag *before the validation period* (see data/attributes.py)
+    item_tags: pl.DataFrame | None = None
     files: list[Path] = field(default_factory=list)  # checksummed into meta.json
     notes: list[str] = field(default_factory=list)  # what an adapter decided (aggregations, mappings)
     name: str = "custom"
@@ -59,9 +71,11 @@ class PrepareOptions:
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     # Samples from behaviors only:
-    split: Literal["leave-last-out", "time"] = "leave-last-out"
-    min_history: int = 4  # a behavior becomes a positive sample once the user has this many before it
+    split: Literal["time", "leave-last-out"] = "time"  # global time (DESIGN §3); leave-last-out for seq-rec tables
+    min_history: int = 4  # a behavior becomes a positive once the user has this many strictly earlier ones
     negatives: int = 1  # sampled negatives per positive
+    negative_sampler: Sampler = "uniform"  # uniform | popularity (∝ count^alpha before t) | category (hard)
+    negative_alpha: float = 0.75  # popularity exponent, in [0, 1]
     seed: int = 2024
 
     def check(self) -> None:
@@ -77,6 +91,10 @@ class PrepareOptions:
             raise InputError("negatives and min_history must be >= 0 and min_user_behaviors >= 1")
         if self.split not in ("leave-last-out", "time"):
             raise InputError(f"split must be 'leave-last-out' or 'time', got {self.split!r}")
+        if self.negative_sampler not in SAMPLERS:
+            raise InputError(f"--negative-sampler must be one of {list(SAMPLERS)}, got {self.negative_sampler!r}")
+        if not 0.0 <= self.negative_alpha <= 1.0:
+            raise InputError(f"--negative-alpha must be in [0, 1] (popularity ∝ count^alpha), got {self.negative_alpha}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -128,30 +146,6 @@ def _save(dir_: Path, arrays: dict[str, np.ndarray]) -> None:
 # --------------------------------------------------------------------------- samples
 
 
-def _negatives(
-    user: np.ndarray, n_neg: int, pair_keys: np.ndarray, universe: np.ndarray, n_items: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Draw ``n_neg`` items per entry of ``user``, uniformly from ``universe`` minus the user's own items.
-
-    Rejection sampling, vectorised over all samples per round (never a loop per sample).
-    """
-    u = np.repeat(user.astype(np.int64), n_neg)
-    out = universe[rng.integers(0, len(universe), size=len(u))].astype(np.int64)
-    todo = np.arange(len(u))
-    for _ in range(200):
-        keys = u[todo] * n_items + out[todo]
-        pos = np.searchsorted(pair_keys, keys)
-        hit = (pos < len(pair_keys)) & (pair_keys[np.minimum(pos, len(pair_keys) - 1)] == keys)
-        todo = todo[hit]
-        if len(todo) == 0:
-            return out.astype(np.int32)
-        out[todo] = universe[rng.integers(0, len(universe), size=len(todo))]
-    raise InputError(
-        f"could not sample negatives for {len(todo)} samples: their users interacted with (almost) every item. "
-        "Fix: pass --negatives 0 or provide impressions with labels."
-    )
-
-
 def _time_split(t: np.ndarray, valid_fraction: float, test_fraction: float) -> np.ndarray:
     """0/1/2 = train/valid/test by global time quantiles, so train < valid < test in time."""
     t1, t2 = np.quantile(t, [1 - valid_fraction - test_fraction, 1 - test_fraction], method="lower")
@@ -163,18 +157,29 @@ def _time_split(t: np.ndarray, valid_fraction: float, test_fraction: float) -> n
     return split
 
 
-def _samples_from_behaviors(
-    offsets: np.ndarray, tl_item: np.ndarray, tl_time: np.ndarray, n_items: int, opt: PrepareOptions
-) -> dict[str, np.ndarray]:
-    n_users = len(offsets) - 1
-    lengths = np.diff(offsets)
-    tl_user = np.repeat(np.arange(n_users, dtype=np.int32), lengths)
-    rank = np.arange(len(tl_item)) - offsets[tl_user]
-    pos_idx = np.flatnonzero(rank >= opt.min_history)
+def earlier_counts(offsets: np.ndarray, tl_time: np.ndarray) -> np.ndarray:
+    """Per timeline position: how many of the user's behaviors are **strictly** earlier in time.
+
+    Behaviors sharing a timestamp (day-resolution data) do not count for one another.
+    """
+    n = len(tl_time)
+    tl_user = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (tl_user[1:] != tl_user[:-1]) | (tl_time[1:] != tl_time[:-1])
+    run_start = np.maximum.accumulate(np.where(new_run, np.arange(n), 0)) if n else np.zeros(0, dtype=np.int64)
+    return run_start - offsets[tl_user]
+
+
+def _behavior_positives(offsets: np.ndarray, tl_item: np.ndarray, tl_time: np.ndarray,
+                        opt: PrepareOptions) -> dict[str, np.ndarray]:
+    """Each behavior with at least ``min_history`` strictly earlier behaviors is a positive; split it."""
+    tl_user = np.repeat(np.arange(len(offsets) - 1, dtype=np.int32), np.diff(offsets))
+    earlier = earlier_counts(offsets, tl_time)
+    pos_idx = np.flatnonzero(earlier >= opt.min_history)
     if len(pos_idx) == 0:
         raise InputError(
-            f"no samples: no user has more than --min-history {opt.min_history} behaviors (longest history: "
-            f"{int(lengths.max())}). Fix: lower --min-history or provide impressions."
+            f"no samples: no behavior has --min-history {opt.min_history} strictly earlier behaviors of its user "
+            f"(most: {int(earlier.max()) if len(earlier) else 0}). Fix: lower --min-history or provide impressions."
         )
     user, item, t = tl_user[pos_idx], tl_item[pos_idx], tl_time[pos_idx]
     if opt.split == "leave-last-out":
@@ -182,17 +187,136 @@ def _samples_from_behaviors(
         split = np.where(from_end == 0, 2, np.where(from_end == 1, 1, 0)).astype(np.int8)
     else:
         split = _time_split(t, opt.valid_fraction, opt.test_fraction)
-    label = np.ones(len(user), dtype=np.int8)
-    if opt.negatives > 0:
-        rng = np.random.default_rng(opt.seed)
-        pair_keys = np.unique(tl_user.astype(np.int64) * n_items + tl_item)
-        universe = np.unique(tl_item)
-        neg_item = _negatives(user, opt.negatives, pair_keys, universe, n_items, rng)
-        rep = lambda a: np.repeat(a, opt.negatives)  # noqa: E731 - keeps the four repeats readable
-        user, item, t, split = (np.concatenate([a, rep(a)]) for a in (user, item, t, split))
-        item = np.concatenate([item[: len(label)], neg_item])
-        label = np.concatenate([label, np.zeros(len(neg_item), dtype=np.int8)])
-    return {"user": user, "item": item, "time": t, "label": label, "split": split}
+    return {"user": user, "item": item, "time": t, "label": np.ones(len(user), dtype=np.int8), "split": split,
+            "rank": pos_idx - offsets[user]}
+
+
+def _add_negatives(s: dict[str, np.ndarray], sampler: NegativeSampler, opt: PrepareOptions,
+                   report: SkipReport) -> tuple[dict[str, np.ndarray], dict]:
+    """Append ``opt.negatives`` sampled negatives per positive (same user, time, split)."""
+    neg, rep = sampler.draw(s["user"], s["rank"], s["time"], s["item"], opt.negatives,
+                            opt.negative_sampler, opt.negative_alpha)
+    got = neg >= 0  # (S, n_neg)
+    src = np.repeat(np.arange(len(s["user"])), opt.negatives)[got.ravel()]
+    out = {k: np.concatenate([s[k], s[k][src]]) for k in ("user", "time", "split")}
+    out["item"] = np.concatenate([s["item"], neg.ravel()[got.ravel()].astype(s["item"].dtype)])
+    out["label"] = np.concatenate([s["label"], np.zeros(len(src), dtype=np.int8)])
+    if rep.positives_without_negative:
+        report.notes.append(f"{rep.positives_without_negative} positives have fewer than {opt.negatives} negatives: "
+                            "every item seen before them was already the user's")
+    if rep.category_fallbacks:
+        report.notes.append(f"{rep.category_fallbacks} category negatives fell back to uniform: no other item of "
+                            "the positive's category had been seen before it")
+    return out, rep.to_json()
+
+
+def _impression_samples(imp: pl.DataFrame, user_v: pl.DataFrame, item_v: pl.DataFrame,
+                        opt: PrepareOptions) -> tuple[dict[str, np.ndarray], dict[str, pl.DataFrame], str]:
+    s = {
+        "user": _encode(imp["user_id"], user_v),
+        "item": _encode(imp["item_id"], item_v),
+        "time": imp["timestamp"].to_numpy().astype(np.int64),
+        "label": imp["label"].to_numpy().astype(np.int8),
+    }
+    if "split" in imp.columns:
+        s["split"] = imp["split"].replace_strict(list(SPLITS), [0, 1, 2], return_dtype=pl.Int8).to_numpy()
+        how = "impressions' split column"
+    else:
+        s["split"] = _time_split(s["time"], opt.valid_fraction, opt.test_fraction)
+        how = f"time quantiles (valid {opt.valid_fraction}, test {opt.test_fraction})"
+    ctx_vocabs = {c: _vocab(imp[c]) for c in opt.context_columns}
+    for c, v in ctx_vocabs.items():
+        s[f"ctx_{c}"] = _encode(imp[c], v)
+    return s, ctx_vocabs, how
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def validate_sources(sources: Sources, opt: PrepareOptions, report: SkipReport
+                     ) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]:
+    """The validated (behaviors, impressions, items) frames, with id types unified across them."""
+    vkw = dict(policy=opt.on_bad_rows, report=report, timestamp_unit=opt.timestamp_unit)
+    beh = validate(sources.behaviors, "behaviors", **vkw)
+    imp = (validate(sources.impressions, "impressions", context_columns=opt.context_columns, **vkw)
+           if sources.impressions is not None else None)
+    if opt.context_columns and imp is None:
+        raise InputError("context columns need an impressions table (--impressions). Fix: drop --context.")
+    items = validate(sources.items, "items", **vkw) if sources.items is not None else None
+    beh, imp, items = unify_id_types(beh, imp, items, column="item_id")
+    beh, imp, _ = unify_id_types(beh, imp, None, column="user_id")
+    return beh, imp, items  # type: ignore[return-value]
+
+
+def _drop_small_users(beh: pl.DataFrame, imp: pl.DataFrame | None, minimum: int,
+                      report: SkipReport) -> tuple[pl.DataFrame, pl.DataFrame | None, int]:
+    """Users with fewer than ``minimum`` behaviors are dropped, counted, reported (never silently)."""
+    if minimum <= 1:
+        return beh, imp, 0
+    counts = beh.group_by("user_id").len()
+    small = counts.filter(pl.col("len") < minimum)["user_id"]
+    if imp is not None:  # users seen only in impressions have 0 behaviors: below any minimum
+        small = pl.concat([small, imp.select("user_id").unique().join(counts, on="user_id", how="anti")["user_id"]])
+    if len(small) == 0:
+        return beh, imp, 0
+    beh = beh.filter(~pl.col("user_id").is_in(small.implode()))
+    if imp is not None:
+        imp = imp.filter(~pl.col("user_id").is_in(small.implode()))
+        if imp.height == 0:
+            raise InputError(f"no samples: every impression belongs to a user with < {minimum} behaviors. "
+                             "Fix: lower --min-user-behaviors.")
+    report.notes.append(f"dropped {len(small)} users with < {minimum} behaviors")
+    return beh, imp, len(small)
+
+
+def _timeline(beh: pl.DataFrame, user_v: pl.DataFrame, item_v: pl.DataFrame, beh_v: pl.DataFrame
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """CSR timeline sorted by (user, time, input order); ``category`` is added once items have one."""
+    enc = pl.DataFrame({
+        "u": _encode(beh["user_id"], user_v),
+        "i": _encode(beh["item_id"], item_v),
+        "t": beh["timestamp"].to_numpy(),
+        "b": _encode(beh["behavior"].cast(pl.Utf8), beh_v) if "behavior" in beh.columns
+        else np.zeros(beh.height, dtype=np.int32),
+        "line": beh[LINE].to_numpy(),
+    }).sort(["u", "t", "line"])
+    offsets = np.zeros(len(user_v) + FIRST_INDEX + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.bincount(enc["u"].to_numpy(), minlength=len(user_v) + FIRST_INDEX))
+    tl = {"item": enc["i"].to_numpy().astype(np.int32), "behavior": enc["b"].to_numpy().astype(np.int16),
+          "time": enc["t"].to_numpy().astype(np.int64)}
+    return offsets, tl
+
+
+def _item_table(item_v: pl.DataFrame, cats: pl.DataFrame, has_categories: bool) -> tuple[np.ndarray, pl.DataFrame]:
+    """(n_items,) category index per item (UNK = none, PAD for padding) and the category vocabulary."""
+    n_items = len(item_v) + FIRST_INDEX
+    cat_v = _vocab(cats["category"]) if cats.height else _vocab(pl.Series([], dtype=pl.Utf8))
+    item_cat = np.full(n_items, UNK if has_categories else PAD, dtype=np.int32)
+    item_cat[PAD] = PAD
+    if cats.height:
+        text_v = item_v.with_columns(pl.col("raw").cast(pl.Utf8))
+        item_cat[_encode(cats["item_id"], text_v)] = _encode(cats["category"], cat_v)
+        item_cat[UNK] = UNK  # ids unknown to the vocabulary (none expected) never define a category
+    return item_cat, cat_v
+
+
+def _write(out: Path, vocabs: dict[str, pl.DataFrame], offsets: np.ndarray, tl: dict[str, np.ndarray],
+           item_cat: np.ndarray, s: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    if out.exists() and any(out.iterdir()) and not (out / "meta.json").exists():
+        raise InputError(f"{out}: exists, is not empty and is not a prepared directory. Fix: choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab").mkdir(exist_ok=True)
+    for name, v in vocabs.items():
+        v.write_parquet(out / "vocab" / f"{name}.parquet")
+    _save(out / "timeline", {"offsets": offsets, **tl})
+    _save(out / "items", {"category": item_cat})
+    split_counts: dict[str, dict[str, int]] = {}
+    order = np.lexsort((-s["label"], s["time"], s["user"], s["split"]))
+    for k, name in enumerate(SPLITS):
+        idx = order[s["split"][order] == k]
+        _save(out / "samples" / name, {key: s[key][idx] for key in s if key not in ("split", "rank")})
+        split_counts[name] = {"samples": int(len(idx)), "positives": int(s["label"][idx].sum())}
+    return split_counts
 
 
 # --------------------------------------------------------------------------- main entry
@@ -211,126 +335,44 @@ def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = 
     started = time.perf_counter()
     out = Path(out)
     report = SkipReport(notes=list(sources.notes))
-    vkw = dict(policy=opt.on_bad_rows, report=report, timestamp_unit=opt.timestamp_unit)
-    beh = validate(sources.behaviors, "behaviors", **vkw)
-    imp = (validate(sources.impressions, "impressions", context_columns=opt.context_columns, **vkw)
-           if sources.impressions is not None else None)
-    if opt.context_columns and imp is None:
-        raise InputError("context columns need an impressions table (--impressions). Fix: drop --context.")
-    items = validate(sources.items, "items", **vkw) if sources.items is not None else None
+    beh, imp, items = validate_sources(sources, opt, report)
+    beh, imp, dropped_users = _drop_small_users(beh, imp, opt.min_user_behaviors, report)
 
-    frames = [beh, imp, items]
-    beh, imp, items = unify_id_types(*frames, column="item_id")
-    beh, imp, _ = unify_id_types(beh, imp, None, column="user_id")
-
-    # Users with too few behaviors are dropped, counted, reported (never silently).
-    dropped_users = 0
-    if opt.min_user_behaviors > 1:
-        counts = beh.group_by("user_id").len()
-        small = counts.filter(pl.col("len") < opt.min_user_behaviors)["user_id"]
-        if imp is not None:  # users seen only in impressions have 0 behaviors: below any minimum
-            unseen = imp.select("user_id").unique().join(counts, on="user_id", how="anti")["user_id"]
-            small = pl.concat([small, unseen])
-        dropped_users = len(small)
-        if dropped_users:
-            beh = beh.filter(~pl.col("user_id").is_in(small.implode()))
-            if imp is not None:
-                imp = imp.filter(~pl.col("user_id").is_in(small.implode()))
-            report.notes.append(f"dropped {dropped_users} users with < {opt.min_user_behaviors} behaviors")
-            if imp is not None and imp.height == 0:
-                raise InputError(f"no samples: every impression belongs to a user with < {opt.min_user_behaviors} "
-                                 "behaviors. Fix: lower --min-user-behaviors.")
-
-    # ---- vocabularies
     user_v = _vocab(beh["user_id"], imp["user_id"] if imp is not None else None)
     item_v = _vocab(beh["item_id"], imp["item_id"] if imp is not None else None,
                     items["item_id"] if items is not None else None)
-    cat_sources: list[pl.DataFrame] = []  # (item_id, category) in priority order: items table, behaviors, impressions
-    for fr in (items, beh, imp):
-        if fr is not None and "category" in fr.columns:
-            cat_sources.append(fr.select("item_id", pl.col("category").cast(pl.Utf8)).drop_nulls())
-    cat_v = _vocab(*(c["category"] for c in cat_sources)) if cat_sources else _vocab(pl.Series([], dtype=pl.Utf8))
     beh_v = _vocab(beh["behavior"].cast(pl.Utf8)) if "behavior" in beh.columns else _vocab(pl.Series([], dtype=pl.Utf8))
-    n_users, n_items = len(user_v) + FIRST_INDEX, len(item_v) + FIRST_INDEX
+    offsets, tl = _timeline(beh, user_v, item_v, beh_v)
 
-    # ---- item table: one category per item (first source wins; conflicts are counted)
-    item_cat = np.full(n_items, UNK if cat_sources else PAD, dtype=np.int32)
-    item_cat[PAD] = PAD
-    conflicts = 0
-    if cat_sources:
-        allc = pl.concat([c.with_columns(pl.lit(k).alias("prio")) for k, c in enumerate(cat_sources)])
-        firsts = allc.unique(subset=["item_id"], keep="first", maintain_order=True)
-        conflicts = int(allc.unique(subset=["item_id", "category"]).group_by("item_id").len()
-                        .filter(pl.col("len") > 1).height)
-        item_cat[_encode(firsts["item_id"], item_v)] = _encode(firsts["category"], cat_v)
-        if conflicts:
-            report.notes.append(f"{conflicts} items have more than one category across rows/tables; "
-                                "kept the item table's (else the first seen)")
-    items_without_cat = int((item_cat[FIRST_INDEX:] == UNK).sum()) if cat_sources else n_items - FIRST_INDEX
-
-    # ---- timeline (CSR): sort by (user, time, input order)
-    enc = pl.DataFrame({
-        "u": _encode(beh["user_id"], user_v),
-        "i": _encode(beh["item_id"], item_v),
-        "t": beh["timestamp"].to_numpy(),
-        "b": _encode(beh["behavior"].cast(pl.Utf8), beh_v) if "behavior" in beh.columns
-        else np.zeros(beh.height, dtype=np.int32),
-        "line": beh[LINE].to_numpy(),
-    }).sort(["u", "t", "line"])
-    tl_user = enc["u"].to_numpy()
-    tl = {
-        "item": enc["i"].to_numpy().astype(np.int32),
-        "behavior": enc["b"].to_numpy().astype(np.int16),
-        "time": enc["t"].to_numpy().astype(np.int64),
-    }
-    tl["category"] = item_cat[tl["item"]]
-    offsets = np.zeros(n_users + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum(np.bincount(tl_user, minlength=n_users))
-    del enc, tl_user
-
-    # ---- samples
     if imp is not None:
-        s = {
-            "user": _encode(imp["user_id"], user_v),
-            "item": _encode(imp["item_id"], item_v),
-            "time": imp["timestamp"].to_numpy().astype(np.int64),
-            "label": imp["label"].to_numpy().astype(np.int8),
-        }
-        if "split" in imp.columns:
-            s["split"] = imp["split"].replace_strict(list(SPLITS), [0, 1, 2], return_dtype=pl.Int8).to_numpy()
-            split_how = "impressions' split column"
-        else:
-            s["split"] = _time_split(s["time"], opt.valid_fraction, opt.test_fraction)
-            split_how = f"time quantiles (valid {opt.valid_fraction}, test {opt.test_fraction})"
-        ctx_vocabs = {c: _vocab(imp[c]) for c in opt.context_columns}
-        for c, v in ctx_vocabs.items():
-            s[f"ctx_{c}"] = _encode(imp[c], v)
+        s, ctx_vocabs, split_how = _impression_samples(imp, user_v, item_v, opt)
         source_of_samples = "impressions"
     else:
-        s = _samples_from_behaviors(offsets, tl["item"], tl["time"], n_items, opt)
-        ctx_vocabs = {}
-        split_how = opt.split
-        source_of_samples = f"behaviors (min_history {opt.min_history}, {opt.negatives} negatives, seed {opt.seed})"
+        s, ctx_vocabs, split_how = _behavior_positives(offsets, tl["item"], tl["time"], opt), {}, opt.split
+        source_of_samples = (f"behaviors (min_history {opt.min_history} strictly earlier, {opt.negatives} "
+                             f"{opt.negative_sampler} negatives, seed {opt.seed})")
+
+    # Item attributes need the split (what is "before the validation period"); negatives need the attributes.
+    cutoff_ms = attribute_cutoff(s["time"], s["split"])
+    cats, cat_report = item_categories(items, [beh, imp], sources.item_tags, cutoff_ms)
+    has_cat = bool(cats.height) or sources.item_tags is not None or any(
+        f is not None and "category" in f.columns for f in (items, beh, imp))
+    item_cat, cat_v = _item_table(item_v, cats, has_cat)
+    tl["category"] = item_cat[tl["item"]]
+    report.notes.extend(cat_report.notes)
+    negatives = None
+    if imp is None and opt.negatives > 0:
+        user_hash = stable_id_hash([None, None, *user_v["raw"].to_list()])
+        sampler = NegativeSampler(offsets, tl["item"], tl["time"], item_cat, user_hash, opt.seed)
+        s, negatives = _add_negatives(s, sampler, opt, report)
+    s.pop("rank", None)
     s["cutoff"] = _cutoffs(offsets, tl["time"], s["user"], s["time"])
 
-    # ---- write
-    if out.exists() and any(out.iterdir()) and not (out / "meta.json").exists():
-        raise InputError(f"{out}: exists, is not empty and is not a prepared directory. Fix: choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab").mkdir(exist_ok=True)
-    for name, v in [("user", user_v), ("item", item_v), ("category", cat_v), ("behavior", beh_v),
-                    *((f"ctx_{c}", v) for c, v in ctx_vocabs.items())]:
-        v.write_parquet(out / "vocab" / f"{name}.parquet")
-    _save(out / "timeline", {"offsets": offsets, **tl})
-    _save(out / "items", {"category": item_cat})
-    split_counts: dict[str, dict[str, int]] = {}
-    order = np.lexsort((-s["label"], s["time"], s["user"], s["split"]))
-    for k, name in enumerate(SPLITS):
-        idx = order[s["split"][order] == k]
-        _save(out / "samples" / name, {key: s[key][idx] for key in s if key != "split"})
-        split_counts[name] = {"samples": int(len(idx)), "positives": int(s["label"][idx].sum())}
-
+    vocabs = {"user": user_v, "item": item_v, "category": cat_v, "behavior": beh_v,
+              **{f"ctx_{c}": v for c, v in ctx_vocabs.items()}}
+    split_counts = _write(out, vocabs, offsets, tl, item_cat, s)
     hist_len = np.diff(offsets)
+    n_items = len(item_v) + FIRST_INDEX
     meta = {
         "schema_version": SCHEMA_VERSION,
         "dataset": sources.name,
@@ -340,14 +382,16 @@ def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = 
             "behaviors": int(offsets[-1]),
             "users": int((hist_len > 0).sum()),
             "max_history": int(hist_len.max()) if len(hist_len) else 0,
-            "items_without_category": items_without_cat,
+            "items_without_category": int((item_cat[FIRST_INDEX:] == UNK).sum()) if has_cat else n_items - FIRST_INDEX,
             "users_dropped": dropped_users,
         },
-        "vocab_sizes": {"user": n_users, "item": n_items, "category": len(cat_v) + FIRST_INDEX,
+        "vocab_sizes": {"user": len(user_v) + FIRST_INDEX, "item": n_items, "category": len(cat_v) + FIRST_INDEX,
                         "behavior": len(beh_v) + FIRST_INDEX,
                         **{f"ctx_{c}": len(v) + FIRST_INDEX for c, v in ctx_vocabs.items()}},
         "context_columns": list(opt.context_columns),
         "samples": {"source": source_of_samples, "split": split_how, **split_counts},
+        "item_attributes": cat_report.to_json(),
+        "negatives": negatives,
         "options": asdict(opt),
         "sources": {str(p): _sha256(Path(p)) for p in sources.files},
         "bad_rows": report.to_json(),
@@ -378,4 +422,4 @@ def sources_from_files(behaviors: str | Path, impressions: str | Path | None = N
     )
 
 
-__all__: Sequence[str] = ("PrepareOptions", "Sources", "prepare", "sources_from_files")
+__all__: Sequence[str] = ("PrepareOptions", "Sources", "prepare", "sources_from_files", "validate_sources")

@@ -1,0 +1,267 @@
+"""Negative sampling for samples built from behaviors, leakage-free by construction (DESIGN §3).
+
+A negative for the positive of user ``u`` at time ``t`` depends only on what was
+known strictly before ``t``:
+
+* it is drawn from items already seen (in anybody's behaviors) **before** ``t``;
+* it is never an item ``u`` interacted with at or before ``t`` (the positive included);
+* ``popularity`` weights an item by ``count^alpha`` of its behaviors **before** ``t``;
+* ``category`` draws from the positive's category (hard negatives), else falls back
+  to ``uniform`` (counted).
+
+Random numbers are counter-based: draw ``j`` (attempt ``r``) of the positive at
+rank ``p`` of user ``u`` uses ``hash(seed, hash(raw user id), p, j, r)``. So the
+negatives of a sample do not change when later events (or other users) are
+added or deleted, which :func:`tests.data.test_sampling` checks. Rejection is
+vectorised over all samples per round; the rare samples still unresolved after
+:data:`ROUNDS` rounds are drawn exactly from their enumerated candidate set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Sampler = Literal["uniform", "popularity", "category"]
+SAMPLERS: tuple[str, ...] = ("uniform", "popularity", "category")
+ROUNDS = 64  # vectorised rejection rounds before the exact per-sample fallback
+
+_G = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def counter_uniform(*keys: np.ndarray | int) -> np.ndarray:
+    """A uniform float64 in [0, 1) per element, a pure function of the (broadcast) integer keys."""
+    arrays = np.broadcast_arrays(*(np.asarray(k).astype(np.uint64) for k in keys))
+    h = np.zeros(arrays[0].shape, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for a in arrays:
+            h = _mix(h + _G + a)
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def stable_id_hash(raw: list | np.ndarray) -> np.ndarray:
+    """64-bit FNV-1a of each raw id's text (``7`` and ``"7"`` hash alike); stable across runs and versions."""
+    text = np.array([str(v) for v in raw], dtype=np.bytes_)
+    if text.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    width = text.dtype.itemsize
+    codes = text.view(np.uint8).reshape(len(text), width)
+    h = np.full(len(text), 0xCBF29CE484222325, dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for c in range(width):
+            byte = codes[:, c].astype(np.uint64)
+            live = byte != 0  # fixed-width padding is NUL
+            h = np.where(live, (h ^ byte) * prime, h)
+    return h
+
+
+@dataclass
+class NegativeReport:
+    """What sampling did, recorded in meta.json."""
+
+    sampler: str
+    alpha: float
+    drawn: int = 0
+    positives_without_negative: int = 0  # no item seen before t that the user had not touched
+    category_fallbacks: int = 0  # category sampler fell back to uniform (no unseen item of that category)
+    exact_fallbacks: int = 0  # draws resolved by enumeration after ROUNDS rejection rounds
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"sampler": self.sampler, "alpha": self.alpha, "drawn": self.drawn,
+                "positives_without_negative": self.positives_without_negative,
+                "category_fallbacks": self.category_fallbacks, "exact_fallbacks": self.exact_fallbacks}
+
+
+def _pick(pool: np.ndarray, start: np.ndarray | int, n: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``pool[start + floor(u·n)]`` per element, ``-1`` where ``n == 0``."""
+    if len(pool) == 0:
+        return np.full(len(n), -1, dtype=np.int64)
+    idx = np.asarray(start) + np.minimum((u * n).astype(np.int64), np.maximum(n - 1, 0))
+    return np.where(n > 0, pool[np.clip(idx, 0, len(pool) - 1)], -1)
+
+
+class NegativeSampler:
+    """Indexes of the timeline that every sampler reads, built once.
+
+    Args:
+        offsets: (n_users + 1,) CSR offsets of the timeline (sorted by user, time, input order).
+        item, time: (N,) timeline item index and epoch ms.
+        item_category: (n_items,) category index of every item (leakage-free item table).
+        user_hash: (n_users,) :func:`stable_id_hash` of each user's raw id.
+        seed: sampling seed.
+    """
+
+    def __init__(self, offsets: np.ndarray, item: np.ndarray, time: np.ndarray, item_category: np.ndarray,
+                 user_hash: np.ndarray, seed: int) -> None:
+        self.offsets, self.item, self.time = offsets, item.astype(np.int64), time.astype(np.int64)
+        self.item_category = item_category.astype(np.int64)
+        self.user_hash, self.seed = user_hash, seed
+        n_items = len(item_category)
+        self.n_items = n_items
+        n_users = len(offsets) - 1
+        self.tl_user = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(offsets))
+        # dense time ranks keep every composite key far from int64 overflow
+        self.times, tr = np.unique(self.time, return_inverse=True)
+        self.span = len(self.times) + 1
+        # items by first appearance (ties: item index = raw-id order), for "seen before t"
+        first = np.full(n_items, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, self.item, self.time)
+        seen = np.flatnonzero(first != np.iinfo(np.int64).max)
+        order = np.lexsort((seen, first[seen]))
+        self.by_first = seen[order]
+        self.first_sorted = first[self.by_first]
+        # the same per category: key (category, first-time rank)
+        first_rank = np.searchsorted(self.times, first[self.by_first])
+        cat = self.item_category[self.by_first]
+        corder = np.lexsort((first_rank, cat))
+        self.cat_items = self.by_first[corder]
+        self.cat_keys = cat[corder] * self.span + first_rank[corder]
+        # (user, item) → time of the user's first interaction with the item
+        pair = self.tl_user * n_items + self.item
+        porder = np.lexsort((self.time, pair))
+        keys = pair[porder]
+        firsts = np.ones(len(keys), dtype=bool)
+        firsts[1:] = keys[1:] != keys[:-1]
+        self.pair_keys, self.pair_first = keys[firsts], self.time[porder][firsts]
+        # events in time order (popularity) and each item's event times (counts before t)
+        eorder = np.lexsort((np.arange(len(self.time)), self.time))
+        self.ev_time, self.ev_item = self.time[eorder], self.item[eorder]
+        iorder = np.lexsort((tr, self.item))
+        self.item_keys = self.item[iorder] * self.span + tr[iorder]
+
+    # ------------------------------------------------------------------ shared pieces
+
+    def _rank_of(self, t: np.ndarray) -> np.ndarray:
+        """Dense rank of each time among the timeline's (times before all of them get 0)."""
+        return np.searchsorted(self.times, t, side="left")
+
+    def count_before(self, item: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Behaviors of ``item`` (by anyone) strictly before ``t``."""
+        item = item.astype(np.int64)
+        base = item * self.span
+        return np.searchsorted(self.item_keys, base + self._rank_of(t)) - np.searchsorted(self.item_keys, base)
+
+    def touched(self, user: np.ndarray, item: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """True where ``user`` interacted with ``item`` at or before ``t``."""
+        if len(self.pair_keys) == 0:
+            return np.zeros(len(user), dtype=bool)
+        keys = user.astype(np.int64) * self.n_items + item
+        pos = np.minimum(np.searchsorted(self.pair_keys, keys), len(self.pair_keys) - 1)
+        return (self.pair_keys[pos] == keys) & (self.pair_first[pos] <= t)
+
+    # ------------------------------------------------------------------ proposals: -1 = nothing to draw from
+
+    def _uniform(self, t: np.ndarray, cat: np.ndarray, u1: np.ndarray, u2: np.ndarray, alpha: float) -> np.ndarray:
+        return _pick(self.by_first, 0, np.searchsorted(self.first_sorted, t, side="left"), u1)
+
+    def _popularity(self, t: np.ndarray, cat: np.ndarray, u1: np.ndarray, u2: np.ndarray,
+                    alpha: float) -> np.ndarray:
+        # An event drawn uniformly among those before t picks item i with probability ∝ count_i;
+        # accepting it with probability count_i^(alpha-1) leaves ∝ count_i^alpha (alpha in [0, 1]).
+        item = _pick(self.ev_item, 0, np.searchsorted(self.ev_time, t, side="left"), u1)
+        if alpha < 1.0:
+            c = np.maximum(self.count_before(np.maximum(item, 0), t), 1).astype(np.float64)
+            item = np.where((item < 0) | (u2 < c ** (alpha - 1.0)), item, -2)  # -2 = rejected, draw again
+        return item
+
+    def _category(self, t: np.ndarray, cat: np.ndarray, u1: np.ndarray, u2: np.ndarray, alpha: float) -> np.ndarray:
+        lo = np.searchsorted(self.cat_keys, cat * self.span)
+        n = np.searchsorted(self.cat_keys, cat * self.span + self._rank_of(t)) - lo
+        return _pick(self.cat_items, lo, np.where(cat > 1, n, 0), u1)  # pad / unknown category: no "same category"
+
+    def _candidates(self, sampler: str, user: int, t: int, cat: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """Exact fallback: every allowed item for one draw and its weight."""
+        if sampler == "category":
+            lo = np.searchsorted(self.cat_keys, cat * self.span)
+            hi = np.searchsorted(self.cat_keys, cat * self.span + self._rank_of(np.array([t]))[0])
+            pool = np.sort(self.cat_items[lo:hi]) if cat > 1 else np.zeros(0, dtype=np.int64)
+        else:
+            pool = np.sort(self.by_first[: np.searchsorted(self.first_sorted, t, side="left")])
+        a, b = self.offsets[user], self.offsets[user + 1]
+        mine = self.item[a:b][self.time[a:b] <= t]
+        pool = pool[~np.isin(pool, mine)]
+        if sampler == "popularity":
+            w = self.count_before(pool, np.full(len(pool), t)).astype(np.float64) ** alpha
+        else:
+            w = np.ones(len(pool))
+        return pool, w
+
+    # ------------------------------------------------------------------ main entry
+
+    def draw(self, user: np.ndarray, rank: np.ndarray, t: np.ndarray, positive: np.ndarray, n_neg: int,
+             sampler: Sampler = "uniform", alpha: float = 0.75) -> tuple[np.ndarray, NegativeReport]:
+        """``(S, n_neg)`` negative item indices (``-1`` = none possible) for ``S`` positives.
+
+        Args:
+            user: (S,) user index; rank: (S,) position of the positive in its user's timeline;
+            t: (S,) the positive's time (epoch ms); positive: (S,) its item index.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown negative sampler {sampler!r}; known: {list(SAMPLERS)}")
+        report = NegativeReport(sampler, alpha)
+        s = len(user)
+        out = np.full((s, n_neg), -1, dtype=np.int64)
+        if s == 0 or n_neg == 0:
+            return out, report
+        u = np.repeat(user.astype(np.int64), n_neg)
+        tt = np.repeat(t.astype(np.int64), n_neg)
+        cat = np.repeat(self.item_category[positive.astype(np.int64)], n_neg)
+        j = np.tile(np.arange(n_neg, dtype=np.int64), s)
+        key = (self.seed, np.repeat(self.user_hash[user], n_neg), np.repeat(rank.astype(np.int64), n_neg), j)
+        propose: dict[str, Callable] = {"uniform": self._uniform, "popularity": self._popularity,
+                                        "category": self._category}
+        mode = np.full(len(u), sampler, dtype=object)
+        result = np.full(len(u), -1, dtype=np.int64)
+        todo = np.arange(len(u))
+        for r in range(ROUNDS):
+            if len(todo) == 0:
+                break
+            k = tuple(a[todo] if isinstance(a, np.ndarray) else a for a in key)
+            u1, u2 = counter_uniform(*k, 2 * r), counter_uniform(*k, 2 * r + 1)
+            cand = np.full(len(todo), -2, dtype=np.int64)
+            for name in np.unique(mode[todo]):
+                m = mode[todo] == name
+                cand[m] = propose[name](tt[todo][m], cat[todo][m], u1[m], u2[m], alpha)
+            empty = cand == -1  # nothing of that kind seen before t
+            switch = empty & (mode[todo] == "category")  # no item of the category yet: uniform instead
+            mode[todo[switch]] = "uniform"
+            report.category_fallbacks += int(switch.sum())
+            give_up = empty & ~switch  # no item at all seen before t: no negative possible
+            ok = cand >= 0
+            ok[ok] = ~self.touched(u[todo][ok], cand[ok], tt[todo][ok])
+            result[todo[ok]] = cand[ok]
+            todo = todo[~ok & ~give_up]
+        for i in todo:  # rare: rejected ROUNDS times; enumerate the allowed items exactly
+            report.exact_fallbacks += 1
+            pool, w = self._candidates(mode[i], int(u[i]), int(tt[i]), int(cat[i]), alpha)
+            if len(pool) == 0 and mode[i] == "category":
+                report.category_fallbacks += 1
+                pool, w = self._candidates("uniform", int(u[i]), int(tt[i]), int(cat[i]), alpha)
+            if len(pool) == 0 or w.sum() <= 0:
+                continue
+            x = counter_uniform(*(a[i] if isinstance(a, np.ndarray) else a for a in key), 2 * ROUNDS)[()]
+            cdf = np.cumsum(w) / w.sum()
+            result[i] = pool[min(int(np.searchsorted(cdf, x, side="right")), len(pool) - 1)]
+        out = result.reshape(s, n_neg)
+        report.drawn = int((out >= 0).sum())
+        report.positives_without_negative = int((out < 0).any(axis=1).sum())
+        return out, report
+
+
+__all__ = ("SAMPLERS", "NegativeReport", "NegativeSampler", "counter_uniform", "stable_id_hash")
