@@ -1,15 +1,24 @@
 """Quality table: every registered model on every dataset in ../shared/datasets, several seeds, same splits.
 
-Each dataset is prepared once with its adapter (leave-last-out per user, one
-sampled negative per positive, seed 2024), so every model and seed sees
-identical samples; seeds change initialisation and shuffling only. The whole
-history is available to the lifelong models (``long_len`` 100,000 ≥ the longest
-user in every dataset). Rows are appended to a JSON-lines file as they finish,
-keyed by dataset, model, seed and protocol (epochs, patience), so an
-interrupted run resumes where it stopped; the table is printed from the rows
-of the chosen protocol.
+Each dataset is prepared once with its adapter under the chosen protocol (by
+default the global time split, one uniform negative per positive drawn from
+items seen before it, seed 2024), so every model and seed sees identical
+samples; seeds change initialisation and shuffling only. The whole history is
+available to the lifelong models (``long_len`` 100,000 ≥ the longest user in
+every dataset). The zero-parameter baselines ``popularity`` and
+``history_match`` are registered models, so they get rows like any other.
 
-    .venv/bin/python benchmarks/bench_quality.py --seeds 1,2,3 --content --epochs 4 --patience 1
+``--ablate-long`` adds, for every lifelong model, the row "same model,
+``long_len = short_len``" (label ``<model>@short``): what the long history adds
+beyond the GSU's filter over the recent window. The ablation table prints the
+per-seed paired difference (full − short), mean ± std.
+
+Rows are appended to a JSON-lines file as they finish, keyed by dataset,
+model, seed and protocol (split, sampler, epochs, patience), so an interrupted
+run resumes where it stopped; the tables are printed from the rows of the
+chosen protocol.
+
+    .venv/bin/python benchmarks/bench_quality.py --seeds 1,2,3 --content --epochs 4 --patience 1 --ablate-long
     .venv/bin/python benchmarks/bench_quality.py --datasets movielens-100k --models din,sim_hard --epochs 3
     .venv/bin/python benchmarks/bench_quality.py --table-only --epochs 4 --patience 1   # print what has run
 """
@@ -43,12 +52,14 @@ CASES = {  # folder -> (adapter, bad-row policy: the two real defects documented
 }
 
 
-def prepared(folder: str, work: Path, content: bool = False) -> PreparedData:
+def prepared(folder: str, work: Path, content: bool = False, split: str = "time",
+             sampler: str = "uniform") -> PreparedData:
     """The prepared dataset; with ``content``, item titles embedded by MiniLM (PCA 64) where the dataset has them."""
-    out = work / folder
+    out = work / f"{split}-{sampler}" / folder
     fmt, policy = CASES[folder]
     if not (out / "meta.json").exists():
-        prepare(load_adapter(fmt, DATASETS / folder), out, PrepareOptions(on_bad_rows=policy), log=lambda s: None)
+        opts = PrepareOptions(on_bad_rows=policy, split=split, negative_sampler=sampler)  # type: ignore[arg-type]
+        prepare(load_adapter(fmt, DATASETS / folder), out, opts, log=lambda s: None)
     if content and not (out / "items" / "content.json").exists():
         items = load_adapter(fmt, DATASETS / folder).items
         if items is not None and "title" in items.frame.columns:
@@ -60,17 +71,51 @@ def prepared(folder: str, work: Path, content: bool = False) -> PreparedData:
     return PreparedData(out)
 
 
-def table(rows: list[dict]) -> str:
-    def ms(xs: list[float], nd: int = 4) -> str:
-        return f"{statistics.mean(xs):.{nd}f} ± {statistics.stdev(xs):.{nd}f}" if len(xs) > 1 else f"{xs[0]:.{nd}f}"
+def protocol(r: dict) -> tuple:
+    """What makes rows comparable: the sample protocol and the training budget."""
+    return (r.get("split", "leave-last-out"), r.get("sampler", "uniform-v1"), r["max_epochs"], r["patience"])
 
+
+def is_lifelong(model: str) -> bool:
+    from userlens.models.lifelong import LifelongConfig
+    from userlens.models.registry import get_model
+
+    return issubclass(get_model(model).config_cls, LifelongConfig)
+
+
+def ablation(rows: list[dict]) -> str:
+    """Per lifelong model and dataset: AUC with the whole history, with ``long_len = short_len``, and the
+    per-seed paired difference (mean ± std)."""
+    out = ["| dataset | model | seeds | AUC, whole history | AUC, long_len = short_len | difference (paired) |",
+           "|---|---|---|---|---|---|"]
+    by = {(r["dataset"], r["model"], r["seed"]): r["auc"] for r in rows}
+    for ds, m in sorted({(r["dataset"], r["model"]) for r in rows if r["model"].endswith("@short")}):
+        base = m.removesuffix("@short")
+        seeds = sorted(sd for (d, mm, sd) in by if d == ds and mm == m and (d, base, sd) in by)
+        if not seeds:
+            continue
+        full = [by[(ds, base, sd)] for sd in seeds]
+        short = [by[(ds, m, sd)] for sd in seeds]
+        diff = [a - b for a, b in zip(full, short)]
+        out.append(f"| {ds} | {base} | {len(seeds)} | {_ms(full)} | {_ms(short)} | {_ms(diff, signed=True)} |")
+    return "\n".join(out)
+
+
+def _ms(xs: list[float], nd: int = 4, signed: bool = False) -> str:
+    f = f"{{:+.{nd}f}}" if signed else f"{{:.{nd}f}}"
+    if len(xs) > 1:
+        return f"{f.format(statistics.mean(xs))} ± {statistics.stdev(xs):.{nd}f}"
+    return f.format(xs[0])
+
+
+def table(rows: list[dict]) -> str:
     out = ["| dataset | model | seeds | test AUC | test GAUC | logloss | train samples/s | epochs (best) |",
            "|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["dataset"], r["model"]) for r in rows})
     for ds, m in keys:
         rs = [r for r in rows if r["dataset"] == ds and r["model"] == m]
-        out.append(f"| {ds} | {m} | {len(rs)} | {ms([r['auc'] for r in rs])} | {ms([r['gauc'] for r in rs])} | "
-                   f"{ms([r['logloss'] for r in rs])} | {statistics.mean(r['samples_per_s'] for r in rs):,.0f} | "
+        out.append(f"| {ds} | {m} | {len(rs)} | {_ms([r['auc'] for r in rs])} | {_ms([r['gauc'] for r in rs])} | "
+                   f"{_ms([r['logloss'] for r in rs])} | {statistics.mean(r['samples_per_s'] for r in rs):,.0f} | "
                    f"{statistics.mean(r['epochs'] for r in rs):.1f} ({statistics.mean(r['best_epoch'] for r in rs):.1f}) |")
     return "\n".join(out)
 
@@ -111,6 +156,10 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--content", action="store_true",
                     help="embed item titles (MiniLM, PCA 64) where a dataset has them; muse and qin then use them")
+    ap.add_argument("--split", default="time", choices=["time", "leave-last-out"])
+    ap.add_argument("--sampler", default="uniform", choices=["uniform", "popularity", "category"])
+    ap.add_argument("--ablate-long", action="store_true",
+                    help="also run every lifelong model with long_len = short_len (rows '<model>@short')")
     args = ap.parse_args()
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -121,37 +170,45 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         work = Path(args.workdir)
         models = [e.name for e in list_models()] if args.models == "all" else args.models.split(",")
-        have = {(r["dataset"], r["model"], r["seed"]) for r in done
-                if (r["max_epochs"], r["patience"]) == (args.epochs, args.patience)}
+        want = (args.split, args.sampler, args.epochs, args.patience)
+        have = {(r["dataset"], r["model"], r["seed"]) for r in done if protocol(r) == want}
+        runs = [(m, m, args.long_len) for m in models]
+        if args.ablate_long:
+            runs += [(f"{m}@short", m, 50) for m in models if is_lifelong(m)]  # short_len is 50 by default
         for ds in args.datasets.split(","):
-            data = prepared(ds, work, args.content)
-            for m in models:
+            data = prepared(ds, work, args.content, args.split, args.sampler)
+            for label, m, long_len in runs:
                 for seed in (int(s) for s in args.seeds.split(",")):
-                    if (ds, m, seed) in have:
+                    if (ds, label, seed) in have:
                         continue
                     cfg = resolve_config(m, {"seed": seed, "epochs": args.epochs, "patience": args.patience,
-                                             "long_len": args.long_len, "threads": args.threads})
+                                             "long_len": long_len, "threads": args.threads})
                     content = data.content() is not None
-                    run = work / "runs" / ds / m / str(seed)
+                    run = work / "runs" / f"{args.split}-{args.sampler}" / ds / label / str(seed)
                     t0 = time.perf_counter()
                     res = fit(data, cfg, run, show_progress=False, log=lambda s: None)
                     ev = evaluate_run(run)
-                    row = {"dataset": ds, "model": m, "seed": seed, "auc": ev["auc"], "gauc": ev["gauc"],
+                    row = {"dataset": ds, "model": label, "seed": seed, "auc": ev["auc"], "gauc": ev["gauc"],
                            "logloss": ev["logloss"], "n_test": ev["n"], "samples_per_s": res.train_samples_per_s,
                            "epochs": res.epochs_run, "best_epoch": res.best_epoch,
                            "wall_s": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d"),
                            "torch": torch.__version__, "threads": args.threads, "content": content,
-                           "max_epochs": args.epochs, "patience": args.patience}
+                           "max_epochs": args.epochs, "patience": args.patience, "split": args.split,
+                           "sampler": args.sampler, "long_len": long_len}
                     done.append(row)
                     with open(results, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
-    same = [r for r in done if (r["max_epochs"], r["patience"]) == (args.epochs, args.patience)]
-    print(f"protocol: at most {args.epochs} epochs, patience {args.patience} ({len(same)} of {len(done)} rows)")
+    want = (args.split, args.sampler, args.epochs, args.patience)
+    same = [r for r in done if protocol(r) == want]
+    print(f"protocol: {args.split} split, {args.sampler} negatives, at most {args.epochs} epochs, patience "
+          f"{args.patience} ({len(same)} of {len(done)} rows)")
     print(table(same))
     if same:
         print()
-        print(matrix(same))
+        print(matrix([r for r in same if not r["model"].endswith("@short")]))
+        print()
+        print(ablation(same))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@
   hundreds of behaviors back; the recent window is pure noise. Models that
   search the whole history (SIM, ETA, TWIN …) find the signal; a model that
   reads only the recent window (DIN) stays near AUC 0.5.
+* :func:`interest_family_log`: a *family* of lifelong logs built differently from
+  :func:`lifelong_interest_log` (skewed catalogues, Zipf-popular noise behaviors,
+  few and early interest clicks, label noise), each member an :class:`InterestFamily`.
+  The label depends only on interests clicked long ago; an oracle score comes with
+  each impression, so a test can require "finds the signal where the oracle does".
 * :func:`long_history_log`: many behaviors per user (prepare benchmarks).
 """
 
@@ -32,6 +37,7 @@ class SyntheticLog:
     behaviors: pl.DataFrame
     impressions: pl.DataFrame | None
     items: pl.DataFrame
+    oracle: np.ndarray | None = None  # per impression row: the true rule's score (never written to files)
 
     def write(self, directory: str | Path) -> dict[str, Path]:
         """Write ``behaviors``/``impressions``/``items`` Parquet files; returns their paths."""
@@ -215,3 +221,91 @@ def lifelong_interest_log(
     impressions = pl.DataFrame({"user_id": iu, "item_id": draw(cand), "timestamp": times[iu, k] + 30,
                                 "label": label, "split": sp})
     return SyntheticLog(behaviors, impressions, items)
+
+
+@dataclass(frozen=True)
+class InterestFamily:
+    """One member of the lifelong-interest family (:func:`interest_family_log`).
+
+    Each user clicks ``interest_clicks`` items of their ``n_interests`` interest
+    categories, at random positions inside the oldest ``interest_span`` share of a
+    history of ``interest_clicks + noise_len`` behaviors; every other behavior is
+    noise: an item drawn by global Zipf popularity (``noise_popularity``, 0 =
+    uniform) whatever the user. Category sizes follow Zipf(``category_skew``)
+    (0 = equal). Impressions come after the whole history: half a random item of
+    an interest category (click), half one of another category (no click), labels
+    flipped with probability ``label_noise``; users are split into train / valid /
+    test (10% / 10%), so nothing can be memorised per user.
+    """
+
+    name: str
+    n_users: int = 400
+    n_items: int = 5000
+    n_categories: int = 200
+    category_skew: float = 0.0
+    n_interests: int = 3
+    interest_clicks: int = 20
+    interest_span: float = 0.3
+    noise_len: int = 400
+    noise_popularity: float = 1.0
+    impressions_per_user: int = 30
+    label_noise: float = 0.05
+
+
+#: Members used by the robustness tests and benchmarks: catalogue, category shape, how many and how early
+#: the interest clicks are, noise length and structure, label noise all differ from ``lifelong_interest_log``.
+FAMILY: tuple[InterestFamily, ...] = (
+    InterestFamily("few-early-clicks", n_items=20_000, n_categories=1000, category_skew=1.0, n_interests=4,
+                   interest_clicks=16, interest_span=0.2, noise_len=800, noise_popularity=1.1),
+    InterestFamily("small-catalogue", n_items=1500, n_categories=30, n_interests=2, interest_clicks=40,
+                   interest_span=0.5, noise_len=300, noise_popularity=0.0, label_noise=0.02),
+    InterestFamily("long-noise", n_users=300, n_items=8000, n_categories=300, category_skew=0.5, interest_clicks=24,
+                   interest_span=0.1, noise_len=2000, noise_popularity=0.8),
+    InterestFamily("noisy-labels", n_items=5000, n_categories=150, interest_clicks=30, interest_span=0.4,
+                   noise_len=500, label_noise=0.12),
+)
+
+
+def interest_family_log(member: InterestFamily, seed: int = 0) -> SyntheticLog:
+    """The log of one :class:`InterestFamily` member; ``oracle`` = 1 where the candidate's category is an interest."""
+    m, rng = member, np.random.default_rng(seed)
+    sizes = (np.arange(1, m.n_categories + 1, dtype=np.float64) ** -m.category_skew)
+    item_cat = np.concatenate([np.arange(m.n_categories),  # every category has at least one item
+                               rng.choice(m.n_categories, size=m.n_items - m.n_categories, p=sizes / sizes.sum())])
+    rng.shuffle(item_cat)
+    items = pl.DataFrame({"item_id": np.arange(m.n_items), "category": [f"c{c}" for c in item_cat]})
+    order = np.argsort(item_cat, kind="stable")
+    starts = np.searchsorted(item_cat[order], np.arange(m.n_categories + 1))
+
+    def draw(cats: np.ndarray) -> np.ndarray:  # one random item of each category
+        span = starts[cats + 1] - starts[cats]
+        return order[starts[cats] + (rng.random(len(cats)) * span).astype(np.int64)]
+
+    pop = np.arange(1, m.n_items + 1, dtype=np.float64) ** -m.noise_popularity
+    pop_items = rng.permutation(m.n_items)  # which items are popular is unrelated to their category
+    T = m.interest_clicks + m.noise_len
+    far = max(int(T * m.interest_span), m.interest_clicks)
+    interests = np.stack([rng.choice(m.n_categories, size=m.n_interests, replace=False) for _ in range(m.n_users)])
+    hist = pop_items[rng.choice(m.n_items, size=(m.n_users, T), p=pop / pop.sum())]
+    for u in range(m.n_users):  # the interest clicks replace noise at random positions of the oldest `far`
+        at = rng.choice(far, size=m.interest_clicks, replace=False)
+        hist[u, at] = draw(interests[u, rng.integers(0, m.n_interests, size=m.interest_clicks)])
+    times = T0 + np.arange(m.n_users)[:, None] * 11 + np.arange(T)[None, :] * 60
+    behaviors = pl.DataFrame({"user_id": np.repeat(np.arange(m.n_users), T), "item_id": hist.ravel(),
+                              "timestamp": times.ravel()})
+    n_imp = m.impressions_per_user
+    iu = np.repeat(np.arange(m.n_users), n_imp)
+    positive = rng.random(len(iu)) < 0.5
+    other = rng.integers(0, m.n_categories - m.n_interests, size=len(iu))
+    for j in range(m.n_interests):  # the (other)-th category that is not an interest of the user
+        other = other + (other >= np.sort(interests[iu], axis=1)[:, j])
+    cand_cat = np.where(positive, interests[iu, rng.integers(0, m.n_interests, size=len(iu))], other)
+    label = positive.astype(np.int8)
+    flip = rng.random(len(iu)) < m.label_noise
+    label[flip] = 1 - label[flip]
+    r = rng.random(m.n_users)[iu]
+    split = np.where(r < 0.1, "valid", np.where(r < 0.2, "test", "train"))
+    impressions = pl.DataFrame({"user_id": iu, "item_id": draw(cand_cat),
+                                "timestamp": times[iu, -1] + 30 + np.tile(np.arange(n_imp), m.n_users),
+                                "label": label, "split": split})
+    return SyntheticLog(behaviors, impressions, items, oracle=positive.astype(np.float64))

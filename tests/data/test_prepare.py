@@ -387,7 +387,7 @@ def test_skipped_rows_are_recorded_in_meta(tmp_path: Path) -> None:
     assert on_disk == meta["bad_rows"]
     assert on_disk["skipped_rows"] == 4
     by = {p["problem"].split(": column ", 1)[1]: (p["rows"], p["first_line"]) for p in on_disk["by_problem"]}
-    assert by == {"'user_id': empty id (null or blank; a truncated line?)": (1, 5),
+    assert by == {"'user_id': empty id (null, blank or NaN; a truncated line?)": (1, 5),
                   "'timestamp': empty timestamp (a truncated line?)": (1, 9),
                   "'timestamp': cannot parse the timestamp": (1, 3),
                   "'timestamp': absurd timestamp (before 1990-01-01 or in the future)": (1, 7)}
@@ -439,3 +439,14 @@ def test_dropping_every_impression_user_is_an_input_error(tmp_path: Path) -> Non
 def test_context_columns_need_impressions(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="context columns need an impressions table"):
         _run(tmp_path, BEH, context_columns=("device",))
+
+
+def test_tables_sharing_no_ids_get_a_warning(tmp_path: Path) -> None:
+    beh = pl.DataFrame({"user_id": [f"u{k}" for k in range(20)], "item_id": [f"i{k}" for k in range(20)],
+                        "timestamp": [T + k for k in range(20)]})
+    imp = pl.DataFrame({"user_id": [f"u{k}" for k in range(20)], "item_id": [f"item-{k}" for k in range(20)],
+                        "timestamp": [T + 100] * 20, "label": [k % 2 for k in range(20)]})
+    _, meta = _run(tmp_path, beh, imp)
+    notes = meta["bad_rows"]["notes"]
+    assert any("warning: behaviors and impressions (item_id) share 0 of 20 ids" in n for n in notes), notes
+    assert not any("(user_id) share" in n for n in notes)

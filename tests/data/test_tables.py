@@ -143,7 +143,7 @@ def test_blank_id(tmp_path: Path, column: str, blank: str) -> None:
     row = {"user_id": "u", "item_id": "i", "timestamp": str(T)}
     row[column] = blank
     p = _csv(tmp_path, f"user_id,item_id,timestamp\nu,i,{T}\n{','.join(row.values())}\n")
-    msg = _row_error(p, "line 3", column, "empty id (null or blank; a truncated line?)", f"give every row a {column}")
+    msg = _row_error(p, "line 3", column, "empty id (null, blank or NaN; a truncated line?)", f"give every row a {column}")
     with pytest.raises(InputError, match=msg):
         _validate(p)
 
@@ -151,7 +151,7 @@ def test_blank_id(tmp_path: Path, column: str, blank: str) -> None:
 def test_null_id_in_parquet_names_the_row(tmp_path: Path) -> None:
     p = tmp_path / "b.parquet"
     pl.DataFrame({"user_id": [1, 2, 3], "item_id": [5, None, 6], "timestamp": [T, T, T]}).write_parquet(p)
-    msg = _row_error(p, "row 2", "item_id", "empty id (null or blank; a truncated line?)", "give every row a item_id")
+    msg = _row_error(p, "row 2", "item_id", "empty id (null, blank or NaN; a truncated line?)", "give every row a item_id")
     with pytest.raises(InputError, match=msg):
         _validate(p)
 
@@ -271,8 +271,8 @@ def test_skip_removes_exactly_the_bad_rows_and_counts_each_problem(tmp_path: Pat
     assert out["item_id"].to_list() == ["i1", "i4", "i8", "i9"]
     key = f"{p}: column "
     assert report.counts == {
-        key + "'user_id': empty id (null or blank; a truncated line?)": 1,
-        key + "'item_id': empty id (null or blank; a truncated line?)": 1,
+        key + "'user_id': empty id (null, blank or NaN; a truncated line?)": 1,
+        key + "'item_id': empty id (null, blank or NaN; a truncated line?)": 1,
         key + "'timestamp': empty timestamp (a truncated line?)": 1,
         key + "'timestamp': cannot parse the timestamp": 1,
         key + "'timestamp': absurd timestamp (before 1990-01-01 or in the future)": 2,
@@ -418,3 +418,73 @@ def test_context_columns_are_kept_as_text_and_required(tmp_path: Path) -> None:
     assert out["device"].to_list() == ["ios", ""]
     with pytest.raises(InputError, match=re.escape("missing required column 'page'; found")):
         _validate(p, "impressions", context_columns=("page",))
+
+
+# --------------------------------------------------------------------------- ids are never reinterpreted silently
+
+
+def test_float_ids_match_integer_ids_and_nan_is_a_null_id(tmp_path: Path) -> None:
+    p = tmp_path / "b.parquet"
+    pl.DataFrame({"user_id": [1.0, 2.0, float("nan"), 3.5], "item_id": [1, 2, 3, 4],
+                  "timestamp": [T] * 4}).write_parquet(p)
+    with pytest.raises(InputError, match=r"b\.parquet:row 3: column 'user_id': empty id \(null, blank or NaN"):
+        validate(read_table(p), "behaviors")
+    report = SkipReport()
+    out = validate(read_table(p), "behaviors", policy="skip", report=report)
+    assert out["user_id"].dtype == pl.Int64 and out["user_id"].to_list() == [1, 2]
+    assert report.counts == {f"{p}: column 'user_id': empty id (null, blank or NaN; a truncated line?)": 1,
+                             f"{p}: column 'user_id': a numeric id that is not an integer": 1}
+    assert any("2 float user_ids (like 1.0) read as integers" in n for n in report.notes)
+
+
+def test_whitespace_in_ids_is_removed_counted_and_merges_reported(tmp_path: Path) -> None:
+    p = _csv(tmp_path, f"user_id,item_id,timestamp\nu1,a,{T}\nu1,a\u00a0,{T}\nu1, b ,{T}\n")
+    report = SkipReport()
+    out = validate(read_table(p), "behaviors", report=report)
+    assert out["item_id"].to_list() == ["a", "a", "b"]
+    assert any("2 item_ids had leading/trailing whitespace" in n and "1 distinct raw ids became equal" in n
+               for n in report.notes)
+
+
+def test_text_nan_id_is_a_null_id(tmp_path: Path) -> None:
+    p = _csv(tmp_path, f"user_id,item_id,timestamp\nu1,NaN,{T}\n")
+    with pytest.raises(InputError, match=r"line 2: column 'item_id': empty id"):
+        validate(read_table(p), "behaviors")
+
+
+# --------------------------------------------------------------------------- unreadable files, named
+
+
+def test_duplicate_header_column_is_refused(tmp_path: Path) -> None:
+    p = _csv(tmp_path, f"user_id,item_id,user_id\n1,2,3\n")
+    with pytest.raises(InputError, match=r"t\.csv:line 1: duplicate column 'user_id' in the header \(columns \[1, 3\]\)"):
+        read_table(p)
+
+
+def test_latin1_csv_names_the_line_and_the_fix(tmp_path: Path) -> None:
+    p = tmp_path / "t.csv"
+    p.write_bytes(f"user_id,item_id,timestamp\nu,ok,{T}\nu,caf\xe9,{T}\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"t\.csv:line 3: not UTF-8 text \(byte 0xe9.*iconv -f latin1"):
+        read_table(p)
+
+
+def test_garbage_parquet_and_directories_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "b.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(InputError, match=r"b\.parquet: cannot read as Parquet .*Fix: export the table again"):
+        read_table(bad)
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(InputError, match=r"d\.csv: is a directory, not a file"):
+        read_table(tmp_path / "d.csv")
+
+
+def test_line_numbers_are_physical_after_a_quoted_newline(tmp_path: Path) -> None:
+    p = _csv(tmp_path, f'user_id,item_id,timestamp\nu1,"two\nlines",{T}\nu2,x,{T}\nu3,y,oops\n')
+    with pytest.raises(InputError, match=r"t\.csv:line 5: column 'timestamp': cannot parse"):
+        validate(read_table(p), "behaviors")
+
+
+def test_unclosed_quote_names_the_line_it_opens(tmp_path: Path) -> None:
+    p = _csv(tmp_path, f'user_id,item_id,timestamp\nu1,a,{T}\nu2,"open,{T}\nu3,b,{T}\n')
+    with pytest.raises(InputError, match=r"t\.csv:line 3: a quote \(\"\) opens a value that is never closed"):
+        read_table(p)

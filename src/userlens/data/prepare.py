@@ -245,7 +245,21 @@ def validate_sources(sources: Sources, opt: PrepareOptions, report: SkipReport
     items = validate(sources.items, "items", **vkw) if sources.items is not None else None
     beh, imp, items = unify_id_types(beh, imp, items, column="item_id")
     beh, imp, _ = unify_id_types(beh, imp, None, column="user_id")
+    for name, other in (("impressions", imp), ("items", items)):
+        for col in ("item_id", "user_id") if name == "impressions" else ("item_id",):
+            if other is not None:
+                _warn_disjoint(beh[col], other[col], f"behaviors and {name} ({col})", report)
     return beh, imp, items  # type: ignore[return-value]
+
+
+def _warn_disjoint(a: pl.Series, b: pl.Series, what: str, report: SkipReport, below: float = 0.01) -> None:
+    """A note when two tables share (almost) no ids: usually different id spaces or types, not real data."""
+    ua, ub = a.unique(), b.unique()
+    shared = int(ua.is_in(ub.implode()).sum())
+    smaller = min(len(ua), len(ub))
+    if smaller >= 10 and shared < below * smaller:
+        report.notes.append(f"warning: {what} share {shared} of {smaller} ids: are they the same id space "
+                            "(types, prefixes, zero-padding)? Histories and samples will not connect")
 
 
 def _drop_small_users(beh: pl.DataFrame, imp: pl.DataFrame | None, minimum: int,

@@ -96,37 +96,135 @@ def _first_ragged_line(p: Path, sep: str) -> int | str:
     return "?"
 
 
+def _line_of_byte(p: Path, offset: int) -> int:
+    """1-based physical line holding byte ``offset`` (streamed: error paths only)."""
+    line, seen = 1, 0
+    with open(p, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            if seen + len(chunk) > offset:
+                return line + chunk.count(b"\n", 0, offset - seen)
+            line += chunk.count(b"\n")
+            seen += len(chunk)
+    return line
+
+
+def _first_non_utf8(p: Path) -> tuple[int, int] | None:
+    """(physical line, byte value) of the first byte sequence that is not UTF-8, or None."""
+    import codecs
+
+    dec, seen = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(p, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            try:
+                dec.decode(chunk)
+            except UnicodeDecodeError as e:
+                return _line_of_byte(p, seen + e.start), chunk[e.start]
+            seen += len(chunk)
+    return None
+
+
+def _record_lines(p: Path, sep: str) -> tuple[list[int], int | None]:
+    """Physical start line of every CSV record after the header, and the line of an unclosed quote (or None).
+
+    A quoted field may span lines, so record k does not start on line k + 2; this
+    walks the file once with the same RFC-4180 quoting polars applies.
+    """
+    starts: list[int] = []
+    inside, opened = False, 0
+    with open(p, encoding="utf-8", errors="replace", newline="") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not inside and n > 1:  # a record (a blank line is a null record for polars too) starts here
+                starts.append(n)
+            if line.count('"') % 2:
+                inside = not inside
+                if inside:
+                    opened = n
+    return starts, (opened if inside else None)
+
+
+def _header(p: Path, sep: str) -> list[str]:
+    import csv
+
+    with open(p, encoding="utf-8", errors="replace", newline="") as fh:
+        return next(csv.reader(fh, delimiter=sep), [])
+
+
+def _read_csv(p: Path, sep: str) -> pl.DataFrame:
+    """A delimited text file with a header, every value as text, ``LINE`` = the physical line of each record."""
+    head = _header(p, sep)
+    dup = sorted({c for c in head if head.count(c) > 1})
+    if dup:
+        cols = [i + 1 for i, c in enumerate(head) if c == dup[0]]
+        raise InputError(f"{p}:line 1: duplicate column {dup[0]!r} in the header (columns {cols}). "
+                         "Fix: give every column a distinct name.")
+    try:
+        frame = pl.read_csv(p, separator=sep, infer_schema=False)
+    except pl.exceptions.NoDataError:
+        raise InputError(f"{p}: the file is empty. Fix: point to a file with a header and rows.") from None
+    except pl.exceptions.ComputeError as exc:
+        bad = _first_non_utf8(p)
+        if bad is not None:
+            raise InputError(f"{p}:line {bad[0]}: not UTF-8 text (byte 0x{bad[1]:02x}; Latin-1 or Windows-1252?). "
+                             "Fix: re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`.") from None
+        _, unclosed = _record_lines(p, sep)
+        if unclosed is not None:
+            raise InputError(f"{p}:line {unclosed}: a quote (\") opens a value that is never closed. "
+                             "Fix: close the quote, or double quotes inside quoted values (\"\").") from None
+        raise InputError(f"{p}:line {_first_ragged_line(p, sep)}: cannot read the file as CSV "
+                         f"({str(exc).splitlines()[0]}). Fix: make every line have the header's fields "
+                         f"(quote values that contain {sep!r}).") from None
+    lines = None
+    if frame.height and p.stat().st_size < (1 << 31):  # a quoted newline shifts every later record's line
+        with open(p, "rb") as fh:
+            newlines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 22), b""))
+        if newlines > frame.height + 1 or (newlines == frame.height and not _ends_with_newline(p)):
+            starts, _ = _record_lines(p, sep)
+            if len(starts) >= frame.height:
+                lines = starts[: frame.height]
+    if lines is None:
+        return frame.with_row_index(LINE, offset=2).with_columns(pl.col(LINE).cast(pl.Int64))
+    return frame.with_columns(pl.Series(LINE, lines, dtype=pl.Int64)).select(LINE, *frame.columns)
+
+
+def _ends_with_newline(p: Path) -> bool:
+    with open(p, "rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
+
+
 def read_table(path: str | Path, rename: dict[str, str] | None = None) -> RawTable:
     """Read a CSV / TSV / Parquet file as-is (CSV values stay text; parsing happens in :func:`validate`).
 
     Raises:
-        InputError: the file is missing, empty, or of an unknown extension.
+        InputError: the file is missing, a directory, empty, unreadable (not UTF-8, an unclosed quote, a
+        damaged Parquet file), has a duplicate header column, or an unknown extension; always naming the
+        file and, for text, the physical line.
     """
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, not a file. Fix: point to the CSV or Parquet file inside it.")
     if not p.is_file():
         raise InputError(f"{p}: file not found. Fix: check the path.")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: the file is empty (0 bytes). Fix: point to a file with a header and rows.")
     suffix = p.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        frame = pl.read_parquet(p)
-        label, first = "row", 1
-    elif suffix in (".csv", ".tsv", ".txt", ".dat"):
-        sep = "\t" if suffix in (".tsv", ".dat") else ","
         try:
-            frame = pl.read_csv(p, separator=sep, infer_schema=False)
-        except pl.exceptions.NoDataError:
-            raise InputError(f"{p}: the file is empty. Fix: point to a file with a header and rows.") from None
-        except pl.exceptions.ComputeError as exc:  # e.g. a line with more fields than the header
-            raise InputError(f"{p}:line {_first_ragged_line(p, sep)}: cannot read the file as CSV "
-                             f"({str(exc).splitlines()[0]}). Fix: make every line have the header's fields "
-                             f"(quote values that contain {sep!r}).") from None
-        label, first = "line", 2  # line 1 is the header
+            frame = pl.read_parquet(p)
+        except Exception as exc:  # polars / arrow raise several types for a damaged file
+            raise InputError(f"{p}: cannot read as Parquet ({str(exc).splitlines()[0][:200]}); the file is "
+                             "truncated or not Parquet. Fix: export the table again.") from None
+        if len(set(frame.columns)) != len(frame.columns):
+            raise InputError(f"{p}: duplicate column names {frame.columns}. Fix: give every column a distinct name.")
+        frame = frame.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
+        label = "row"
+    elif suffix in (".csv", ".tsv", ".txt", ".dat"):
+        frame = _read_csv(p, "\t" if suffix in (".tsv", ".dat") else ",")
+        label = "line"
     else:
         raise InputError(f"{p}: unknown file type {suffix!r}. Fix: use .csv, .tsv or .parquet.")
     if rename:
         frame = frame.rename({k: v for k, v in rename.items() if k in frame.columns})
-    frame = frame.with_row_index(LINE, offset=first).with_columns(pl.col(LINE).cast(pl.Int64))
     return RawTable(frame, str(p), label)
 
 
@@ -164,6 +262,43 @@ class _RowChecker:
             )
         self.report.add(key, n, first)
         self.bad = self.bad | mask
+
+
+EMPTY_ID = "empty id (null, blank or NaN; a truncated line?)"
+
+
+def _normalised_ids(s: pl.Series, c: str, t: RawTable, chk: _RowChecker, report: SkipReport) -> pl.Series:
+    """Ids as given, made comparable across tables; every normalisation is counted in ``report.notes``.
+
+    * null, blank or NaN → an empty-id row defect (named, or skipped and counted);
+    * a float id must be integral (``1.0`` → ``1``, matching integer ids elsewhere); ``1.5`` is a row defect;
+    * text loses leading / trailing whitespace (no-break space included): counted, and distinct raw
+      ids that become one are reported, since they merge;
+    * text that is exactly a canonical integer becomes an integer (``"007"`` stays text).
+    """
+    if s.dtype.is_float():
+        nan = s.is_nan().fill_null(False)
+        chk.flag(s.is_null() | nan, c, EMPTY_ID, f"give every row a {c}")
+        frac = ~nan & s.is_not_null() & (s != s.round(0))
+        chk.flag(frac, c, "a numeric id that is not an integer", "use integer or text ids")
+        ok = s.is_not_null() & ~nan & ~frac
+        n_float = int(ok.sum())
+        if n_float:
+            report.notes.append(f"{t.source}: {n_float} float {c}s (like 1.0) read as integers")
+        return pl.Series(c, s.to_numpy(), dtype=pl.Float64).fill_nan(None).cast(pl.Int64, strict=False)
+    if s.dtype != pl.Utf8:
+        chk.flag(s.is_null(), c, EMPTY_ID, f"give every row a {c}")
+        return s
+    stripped = s.str.strip_chars()
+    empty = s.is_null() | (stripped == "") | (stripped.str.to_lowercase() == "nan")
+    chk.flag(empty, c, EMPTY_ID, f"give every row a {c}")
+    changed = (stripped != s).fill_null(False) & ~empty
+    if changed.any():
+        merged = s.filter(~empty).n_unique() - stripped.filter(~empty).n_unique()
+        report.notes.append(f"{t.source}: {int(changed.sum())} {c}s had leading/trailing whitespace, removed"
+                            + (f"; {merged} distinct raw ids became equal to another id" if merged else ""))
+    # Blank ids are flagged above (and dropped under "skip"); as null they cannot keep the rest text.
+    return _maybe_int_ids(stripped.replace("", None).replace({"NaN": None, "nan": None, "NAN": None}))
 
 
 def _maybe_int_ids(s: pl.Series) -> pl.Series:
@@ -255,12 +390,7 @@ def validate(
 
     for c in ("user_id", "item_id"):
         if c in out:
-            s = out[c]
-            empty = s.is_null() | (s.cast(pl.Utf8).str.strip_chars() == "") if s.dtype == pl.Utf8 else s.is_null()
-            chk.flag(empty, c, "empty id (null or blank; a truncated line?)", f"give every row a {c}")
-            if s.dtype == pl.Utf8:
-                # Blank ids are flagged above (and dropped under "skip"); as null they cannot keep the rest text.
-                out[c] = _maybe_int_ids(s.str.strip_chars().replace("", None))
+            out[c] = _normalised_ids(out[c], c, t, chk, report)
 
     if "timestamp" in out:
         raw = out["timestamp"]
