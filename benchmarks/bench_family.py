@@ -15,6 +15,7 @@ when it comes close to the oracle; ``din`` (recent window only) should not.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -33,11 +34,12 @@ from userlens.training.trainer import fit
 MODELS = "din,history_match,sim_hard,sim_soft,eta,sdim,twin,dare,muse,qin"
 
 
-def prepared(member: str, seed: int, work: Path) -> tuple[PreparedData, float]:
-    """The prepared member log and the oracle's test AUC."""
-    m = next(f for f in FAMILY if f.name == member)
+def prepared(member: str, seed: int, work: Path, **changes: object) -> tuple[PreparedData, float]:
+    """The prepared member log (``changes``: :class:`InterestFamily` fields to override) and the oracle's test AUC."""
+    m = dataclasses.replace(next(f for f in FAMILY if f.name == member), **changes)
     log = interest_family_log(m, seed=seed)
-    out = work / f"{member}-{seed}"
+    tag = "".join(f"-{k}{v}" for k, v in sorted(changes.items()))
+    out = work / f"{member}-{seed}{tag}"
     if not (out / "data" / "meta.json").exists():
         p = log.write(out / "raw")
         prepare(sources_from_files(p["behaviors"], p["impressions"], p["items"]), out / "data", log=lambda s: None)
@@ -52,16 +54,19 @@ def main() -> None:
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--seeds", default="1")
     ap.add_argument("--set", action="append", default=[], help="key=value applied to every run (default: none)")
+    ap.add_argument("--member-set", action="append", default=[],
+                    help="InterestFamily field=value applied to every member, e.g. n_users=2000 (default: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default="/tmp/userlens-bench-family")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.workdir)
     overrides = dict(kv.split("=", 1) for kv in args.set)
+    changes = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.member_set)}
     rows = []
     for member in args.members.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            data, oracle = prepared(member, seed, work)
+            data, oracle = prepared(member, seed, work, **changes)
             for model in args.models.split(","):
                 cfg = resolve_config(model, {"seed": seed, "threads": args.threads, **overrides})
                 run = work / "runs" / member / model / str(seed)
@@ -70,7 +75,7 @@ def main() -> None:
                 ev = evaluate_run(run)
                 row = {"member": member, "seed": seed, "model": model, "auc": round(ev["auc"], 4),
                        "oracle": round(oracle, 4), "epochs": res.epochs_run, "best_epoch": res.best_epoch,
-                       "wall_s": round(time.perf_counter() - t0, 1), "set": overrides}
+                       "wall_s": round(time.perf_counter() - t0, 1), "set": overrides, "member_set": changes}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     members = list(dict.fromkeys(r["member"] for r in rows))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from userlens.metrics import auc, evaluate_predictions, gauc, logloss
+from userlens.metrics import auc, evaluate_predictions, gauc, logloss, sigmoid
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -112,11 +112,51 @@ def test_logloss_by_hand() -> None:
     assert logloss([1, 0], [0.8, 0.4]) == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2)
 
 
-def test_evaluate_predictions_bundles_the_three() -> None:
-    y, p, u = np.array([1, 0, 1, 0]), np.array([0.9, 0.2, 0.4, 0.6]), np.array([1, 1, 2, 2])
-    out = evaluate_predictions(y, p, u)
-    assert out == {"auc": auc(y, p), "gauc": gauc(y, p, u), "logloss": logloss(y, p), "n": 4}
+def test_evaluate_predictions_takes_logits() -> None:
+    y, z, u = np.array([1, 0, 1, 0]), np.array([2.2, -1.4, -0.4, 0.4]), np.array([1, 1, 2, 2])
+    out = evaluate_predictions(y, z, u)
+    p = 1 / (1 + np.exp(-z))
+    assert out == {"auc": auc(y, z), "gauc": gauc(y, z, u), "logloss": logloss(y, p), "n": 4}
     assert out["gauc"] == 0.5 and out["auc"] == 0.75
+    assert out["logloss"] == pytest.approx(log_loss(y, p), abs=1e-12)
+
+
+def test_saturated_float32_sigmoids_keep_distinct_ranks() -> None:
+    """Logits 20 and 25 both have float32 sigmoid exactly 1.0; ranking the logits keeps them apart."""
+    y = np.array([1, 0, 1, 0, 0, 1])
+    z = np.array([25.0, 20.0, 30.0, -3.0, 18.0, -2.0], dtype=np.float32)
+    p32 = 1 / (1 + np.exp(-z))  # float32
+    assert p32[0] == p32[1] == p32[2] == p32[4] == 1.0
+    assert auc(y, p32) != roc_auc_score(y, z)  # what ranking float32 probabilities used to give
+    out = evaluate_predictions(y, z, np.zeros(6))
+    assert out["auc"] == roc_auc_score(y, z) == out["gauc"]
+    want = log_loss(y, np.clip(sigmoid(z), 1e-7, 1 - 1e-7))
+    assert out["logloss"] == pytest.approx(want, abs=1e-12)
+
+
+def test_sigmoid_is_float64_and_never_overflows() -> None:
+    z = np.array([-1000.0, -40.0, -1.0, 0.0, 1.0, 40.0, 1000.0])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is fine
+        p = sigmoid(z)
+    assert p.dtype == np.float64
+    np.testing.assert_allclose(p[1:-1], 1 / (1 + np.exp(-z[1:-1])), rtol=1e-15)
+    assert p[0] == 0.0 and p[-1] == 1.0 and 0 < p[1] < 1e-17
+    np.testing.assert_allclose(p + sigmoid(-z), 1.0, rtol=1e-15)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scores_raise(bad: float) -> None:
+    y, u = np.array([1, 0, 1, 0]), np.array([1, 1, 2, 2])
+    s = np.array([0.3, bad, 0.2, 0.1], dtype=np.float32)
+    msg = r"contain 1 NaN/inf value\(s\) of 4 \(first at index 1: .*\).*Fix: the model diverged"
+    with pytest.raises(ValueError, match="scores " + msg):
+        auc(y, s)
+    with pytest.raises(ValueError, match="scores " + msg):
+        gauc(y, s, u)
+    with pytest.raises(ValueError, match="probabilities " + msg):
+        logloss(y, s)
+    with pytest.raises(ValueError, match="logits " + msg):
+        evaluate_predictions(y, s, u)
 
 
 def test_auc_and_gauc_handle_millions_of_scores() -> None:

@@ -71,3 +71,26 @@ def test_no_label_leakage(tmp_path: Path) -> None:
     leaky = _leaky_copy(data, tmp_path / "leaky")
     fit(leaky, cfg, tmp_path / "leaky_run", **QUIET)
     assert evaluate_run(tmp_path / "leaky_run")["auc"] > 0.75
+
+
+def test_no_label_leakage_into_the_zero_parameter_baselines(tmp_path: Path) -> None:
+    """The same coin-flip labels: `popularity` counts only behaviors strictly before the sample and
+    `history_match` reads only the history range, so both stay near 0.5. Controls: counting the
+    behaviors *at* the sample's time, or histories that include them, scores far above."""
+    from userlens.metrics import auc
+
+    log = leakage_log(n_users=200, n_items=100, behaviors_per_user=10, impressions_per_user=40, seed=5)
+    data = _prepared(log, tmp_path)
+    for name in ("popularity", "history_match"):
+        fit(data, resolve_config(name), tmp_path / name, **QUIET)
+        assert abs(evaluate_run(tmp_path / name)["auc"] - 0.5) < 0.05, name
+
+    s = data.samples("test")
+    item, t, y = np.asarray(s.item), np.asarray(s.time), np.asarray(s.label)
+    tl_item, tl_time = np.asarray(data.timeline["item"]), np.asarray(data.timeline["time"])
+    at_or_before = np.array([((tl_item == i) & (tl_time <= u)).sum() for i, u in zip(item, t)])  # `<=`
+    leak = at_or_before - data.item_counts.before(item, t)  # what counting `<=` would add: the click itself
+    assert auc(y, leak) > 0.9
+    leaky = _leaky_copy(data, tmp_path / "leaky")
+    fit(leaky, resolve_config("history_match"), tmp_path / "leaky_match", **QUIET)
+    assert evaluate_run(tmp_path / "leaky_match")["auc"] > 0.75

@@ -23,7 +23,8 @@ from torch import Tensor
 #: ``long`` attaches the whole history before each sample as a :class:`LongHistory`; ``long_category``
 #: adds its category index (SIM hard search) and ``long_content`` the item content vectors.
 HIST_FIELDS = ("hist_item", "hist_category", "hist_behavior", "hist_time")
-TARGET_FIELDS = ("user", "target_item", "target_category", "time")
+#: ``target_count`` is how often the target item occurred (any user) strictly before the sample (popularity).
+TARGET_FIELDS = ("user", "target_item", "target_category", "time", "target_count")
 LONG_FIELD = "long"
 LONG_EXTRAS = ("long_category", "long_content")
 ALL_FIELDS = frozenset(HIST_FIELDS + TARGET_FIELDS + (LONG_FIELD,) + LONG_EXTRAS)
@@ -146,8 +147,8 @@ class Batch:
     """One training / scoring batch.
 
     ``label`` is float32 (B,) in {0, 1} (absent when scoring online).
-    ``target`` holds ``user``, ``target_item``, ``target_category``, ``time`` (B,)
-    int64 tensors, as requested by the model; ``context`` the declared context
+    ``target`` holds ``user``, ``target_item``, ``target_category``, ``time``,
+    ``target_count`` (B,) int64 tensors, as requested by the model; ``context`` the declared context
     feature indices (B,).
     """
 

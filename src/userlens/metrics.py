@@ -6,11 +6,37 @@
   mean of per-user AUC over users that have both a positive and a negative:
   ``Σ_u n_u · AUC_u / Σ_u n_u``, where ``n_u`` is the user's number of samples.
 * **logloss** is binary cross-entropy with probabilities clipped to [1e-7, 1 − 1e-7].
+
+AUC and GAUC depend only on the order of the scores, so pass **logits**: a
+float32 sigmoid rounds every logit above ~17 to exactly 1.0 and would turn
+distinct scores into ties. :func:`evaluate_predictions` takes logits and derives
+probabilities in float64 for the logloss. Every metric raises ``ValueError`` on a
+NaN or infinite score: a diverged model must not get a finite AUC.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def _finite(scores: np.ndarray | list, what: str) -> np.ndarray:
+    """``scores`` as float64, or a ValueError naming how many are NaN/inf and where the first is."""
+    s = np.asarray(scores, dtype=np.float64)
+    bad = ~np.isfinite(s)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{what} contain {int(bad.sum())} NaN/inf value(s) of {len(s)} (first at index {first}: {s[first]}); "
+            "metrics of non-finite scores are meaningless. Fix: the model diverged or overflowed, e.g. lower `lr`."
+        )
+    return s
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Float64 probabilities of ``logits`` without overflow warnings (``1 / (1 + e^-x)``)."""
+    x = np.asarray(logits, dtype=np.float64)
+    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _average_ranks(scores: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
@@ -41,9 +67,13 @@ def _average_ranks(scores: np.ndarray, groups: np.ndarray | None = None) -> np.n
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve; NaN when only one class is present."""
+    """Area under the ROC curve of any monotone scores (logits preferred); NaN when only one class is present.
+
+    Raises:
+        ValueError: a score is NaN or infinite.
+    """
     y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
+    s = _finite(scores, "scores")
     n_pos = int(y.sum())
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -53,9 +83,13 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
-    """Impression-weighted mean of per-user AUC over users having both labels; NaN if none has."""
+    """Impression-weighted mean of per-user AUC over users having both labels; NaN if none has.
+
+    Raises:
+        ValueError: a score is NaN or infinite.
+    """
     y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
+    s = _finite(scores, "scores")
     _, g = np.unique(np.asarray(users), return_inverse=True)
     if len(y) == 0:
         return float("nan")
@@ -72,13 +106,26 @@ def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
 
 
 def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
-    """Mean binary cross-entropy of probabilities (not logits)."""
+    """Mean binary cross-entropy of probabilities (not logits), clipped to ``[eps, 1 − eps]``.
+
+    Raises:
+        ValueError: a probability is NaN or infinite.
+    """
     y = np.asarray(labels, dtype=np.float64)
-    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
+    p = np.clip(_finite(probs, "probabilities"), eps, 1 - eps)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, users: np.ndarray) -> dict[str, float]:
-    """``{"auc", "gauc", "logloss", "n"}`` of probabilities."""
-    return {"auc": auc(labels, probs), "gauc": gauc(labels, probs, users),
-            "logloss": logloss(labels, probs), "n": int(len(labels))}
+def evaluate_predictions(labels: np.ndarray, logits: np.ndarray, users: np.ndarray) -> dict[str, float]:
+    """``{"auc", "gauc", "logloss", "n"}`` of **logits** (ranks on the logits, logloss on their float64 sigmoid).
+
+    Example:
+        >>> evaluate_predictions([1, 0], [30.0, 25.0], [7, 7])["auc"]  # float32 sigmoids would tie at 1.0
+        1.0
+
+    Raises:
+        ValueError: a logit is NaN or infinite.
+    """
+    s = _finite(logits, "logits")
+    return {"auc": auc(labels, s), "gauc": gauc(labels, s, users),
+            "logloss": logloss(labels, sigmoid(s)), "n": int(len(s))}

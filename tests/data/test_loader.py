@@ -269,3 +269,30 @@ def test_long_history_ranges_are_the_whole_history_strictly_before_the_sample(da
     assert next(iter(BatchLoader(data, "test", {"target_item"}, prefetch=0))).long is None
     bare = next(iter(BatchLoader(data, "test", {"target_item", "long"}, prefetch=0))).long
     assert bare.category_index is None and bare.content is None  # built / loaded only when a model asks
+
+
+# --------------------------------------------------------------------------- target_count (popularity)
+
+
+def test_item_counts_on_a_tiny_example() -> None:
+    from userlens.data.prepared import ItemCounts
+
+    c = ItemCounts(np.array([5, 6, 5, 5, 6]), np.array([30, 10, 10, 20, 10]))  # not time-sorted, ties at 10
+    item = np.array([5, 5, 5, 5, 6, 6, 7, 0])
+    time = np.array([10, 11, 30, 31, 10, 11, 99, 99])
+    assert c.before(item, time).tolist() == [0, 1, 2, 3, 0, 2, 0, 0]  # strictly before; unseen items: 0
+    assert ItemCounts(np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)).before(item, time).tolist() == [0] * 8
+
+
+def test_target_count_is_the_items_behaviors_by_anyone_strictly_before_the_sample(data: PreparedData) -> None:
+    tl_item, tl_time = np.asarray(data.timeline["item"]), np.asarray(data.timeline["time"])
+    same_time = 0
+    for split in ("train", "valid", "test"):
+        loader = BatchLoader(data, split, {"target_item", "time", "target_count"}, batch_size=50, prefetch=0)
+        for b in loader:
+            item, t = b.target["target_item"].numpy(), b.target["time"].numpy()
+            want = [int(((tl_item == i) & (tl_time < s)).sum()) for i, s in zip(item, t)]
+            assert b.target["target_count"].dtype == torch.int64 and b.target["target_count"].tolist() == want
+            same_time += sum(int(((tl_item == i) & (tl_time == s)).sum()) for i, s in zip(item, t))
+    assert same_time > 0, "the data must hold behaviors at a sample's own time (they must not count)"
+    assert data.item_counts is data.item_counts  # built once per dataset

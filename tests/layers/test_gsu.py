@@ -12,7 +12,6 @@ from userlens.layers.gsu import (
     SimHash,
     bucket_sum,
     hamming_topk,
-    simtier,
     table_topk,
 )
 
@@ -67,6 +66,28 @@ def test_table_topk_equals_brute_force(budget: int) -> None:
         assert _as_lists(sel)[b] == _rank_topk(scores, 9)
 
 
+@pytest.mark.parametrize("budget", [64, 1 << 22])
+def test_table_topk_with_a_per_behavior_bias_equals_brute_force(budget: int) -> None:
+    """A bias per timeline position (TWIN's time-gap term) is added to the item score before ranking."""
+    long = _long(seed=7)
+    rng = np.random.default_rng(8)
+    table = torch.from_numpy(rng.integers(-2, 3, size=(N_ITEMS, 4)).astype(np.float32))
+    query = torch.from_numpy(rng.integers(-2, 3, size=(len(long.lo), 4)).astype(np.float32))
+    offset = torch.from_numpy(rng.integers(-3, 4, size=len(long.timeline["item"])).astype(np.float32))
+    seen: list[torch.Tensor] = []
+
+    def bias(pos: torch.Tensor) -> torch.Tensor:
+        seen.append(pos)
+        return offset[pos]
+
+    sel = table_topk(long, query, table, k=9, budget=budget, bias=bias)
+    assert all(int(p.min()) >= 0 and int(p.max()) < len(offset) for p in seen)
+    for b in range(len(long.lo)):
+        scores = {p: float(query[b] @ table[long.timeline["item"][p]]) + float(offset[p])
+                  for p in range(long.lo[b], long.hi[b])}
+        assert _as_lists(sel)[b] == _rank_topk(scores, 9)
+
+
 def test_hamming_topk_equals_brute_force() -> None:
     long = _long(seed=4)
     hasher = SimHash(6, bits=16, seed=0)
@@ -110,22 +131,6 @@ def test_bucket_sum_and_its_gradient_equal_a_dense_reference() -> None:
     (g_out,) = torch.autograd.grad((out * w).sum(), table)
     (g_ref,) = torch.autograd.grad((ref * w).sum(), table)
     torch.testing.assert_close(g_out, g_ref)
-
-
-def test_simtier_equals_brute_force_histogram() -> None:
-    long = _long(seed=6)
-    g = torch.Generator().manual_seed(2)
-    content = torch.nn.functional.normalize(torch.randn(N_ITEMS, 8, generator=g), dim=1)
-    content[3] = 0  # an item without content: cosine 0
-    target = torch.nn.functional.normalize(torch.randn(len(long.lo), 8, generator=g), dim=1)
-    out = simtier(long, content, target, tiers=6, budget=30)
-    for b in range(len(long.lo)):
-        ref = torch.zeros(6)
-        for p in range(long.lo[b], long.hi[b]):
-            cos = float(content[long.timeline["item"][p]] @ target[b])
-            ref[min(int((cos + 1) / 2 * 6), 5)] += 1
-        ref /= max(long.hi[b] - long.lo[b], 1)
-        torch.testing.assert_close(out[b], ref)
 
 
 def test_a_scan_never_materialises_more_than_its_budget() -> None:

@@ -33,7 +33,9 @@ def random_batch(spec: FeatureSpec = SPEC, batch: int = 8, max_len: int = 12, se
               "target_category": torch.randint(2, spec.n_categories, (b,), generator=g),
               "time": torch.full((b,), 60_000_000)}
     ctx = {k: torch.randint(2, v, (b,), generator=g) for k, v in spec.context.items()}
-    return Batch(target, hist, torch.randint(0, 2, (b,), generator=g).float(), ctx, random_long(spec, b, seed))
+    label = torch.randint(0, 2, (b,), generator=g).float()
+    target["target_count"] = torch.randint(0, 1000, (b,), generator=g)  # drawn last: earlier fields unchanged
+    return Batch(target, hist, label, ctx, random_long(spec, b, seed))
 
 
 def random_long(spec: FeatureSpec, batch: int, seed: int = 0, n: int = 400, content_dim: int = 0) -> LongHistory:

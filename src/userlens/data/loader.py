@@ -3,6 +3,9 @@
 Each sample's history is the ``short_len`` most recent behaviors of
 ``timeline[offsets[user] : cutoff]``, gathered with one fancy-index per field
 for the whole batch into the left-aligned :class:`~userlens.batch.History`.
+``target_count`` (the target item's behaviors by anyone strictly before the
+sample's time) comes from :attr:`PreparedData.item_counts`: two binary searches
+per batch, never a scan.
 """
 
 from __future__ import annotations
@@ -111,12 +114,14 @@ class BatchLoader:
         target: dict[str, torch.Tensor] = {}
         if "user" in self.fields:
             target["user"] = torch.from_numpy(user)
-        if "target_item" in self.fields or "target_category" in self.fields:
+        if self.fields & {"target_item", "target_category", "target_count"}:
             item = self._item[idx]
             if "target_item" in self.fields:
                 target["target_item"] = torch.from_numpy(item)
             if "target_category" in self.fields:
                 target["target_category"] = torch.from_numpy(self.data.item_category[item].astype(np.int64))
+            if "target_count" in self.fields:  # item index built once per dataset, on demand
+                target["target_count"] = torch.from_numpy(self.data.item_counts.before(item, self._time[idx]))
         if "time" in self.fields:
             target["time"] = torch.from_numpy(self._time[idx])
         context = {

@@ -67,51 +67,94 @@ class TargetAttention(nn.Module):
         return torch.zeros_like(target).index_add(0, rows, w.unsqueeze(-1) * keys)
 
 
+def rms_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``x / rms(x)`` over the last dim: unit mean square whatever the scale of ``x``; a zero row stays 0."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
 class MultiHeadTargetAttention(nn.Module):
     """Scaled dot-product attention of one target query over a padded behavior set (the ESU of TWIN and ETA).
 
-    ``q = W_q t``, ``k_j = W_k h_j``, ``v_j = W_v h_j`` split into ``heads``;
-    per head ``softmax_j(q·k_j / √d_h)`` over real behaviors only, outputs
-    concatenated and projected back to ``dim``. :meth:`logits` exposes the
-    head-averaged relevance so a GSU can score behaviors with the **same**
-    function the ESU attends with (TWIN's consistency). ``W_k`` starts equal to
-    ``W_q``, so before training the logit is a similarity (``(W t)·(W h)``) and a
-    top-k over it already favours behaviors like the target; with independent
-    random inits a GSU that ranks by it starts from a random selection and, on
-    small data, may never bootstrap.
+    Per head ``h``: ``logit_hj = q_h·k_hj / √d_h + bias_hj`` with ``q = W_q n(t)``,
+    ``k_j = W_k n(x_j)`` (``x_j``: the behavior's *inherent* features, so ``W_k n(x)``
+    can be computed once per item; ``n``: see ``qk_norm``) and an optional per-behavior scalar ``bias``
+    (TWIN's cross features compressed to a scalar); ``softmax_j`` over real
+    behaviors only averages ``v_j = W_v u_j`` (``u_j``: the value features,
+    ``x_j`` unless given), heads are concatenated and projected back to ``dim``.
+    :meth:`logits` is the head-averaged logit, and :meth:`query` with :meth:`key_table`
+    lets a GSU compute the same number from a per-item key table (TWIN's consistency).
 
-    The output also carries, per head, ``log Σ_j exp(logit_j)`` (0 for an empty
-    row): softmax discards how much evidence there is (50 strong matches and one
-    weak one give the same mean), and this restores it.
+    Departures from the papers' attention (every model using this unit lists them too):
 
-    Shapes: ``target (B, dim)``, ``keys (B, K, dim)``, ``mask (B, K)`` →
-    ``(B, dim + heads)``; a row without behaviors gets zeros.
+    * ``W_k`` starts equal to ``W_q`` (and ``W_q``'s bias at 0), so before
+      training the logit is a similarity ``(W t)·(W x)``: a top-k over it already
+      favours behaviors like the target. With independent random inits a GSU that
+      ranks by it starts from a random selection and, on small data, may never
+      bootstrap.
+    * ``qk_norm`` (default on): query and keys read RMS-normalised features
+      ``n(x) = x / rms(x)`` and ``W_q = W_k`` start as ``N(0, 1/dim)``, so the logits
+      have a transformer's unit scale from the first step: the same item scores
+      ``≈ √d_h`` (4 for ``d_h = 16``), the same category with another item ``≈ √d_h / 2``,
+      unrelated behaviors ``≈ N(0, 1)``. Without it the logits scale with the
+      squared embedding norm (tables start at std 0.02, so every logit is ``~1e-3``):
+      the softmax stays uniform over the ``k`` retrieved behaviors for a whole
+      short training, the output is their plain mean and the evidence below is
+      ``log k`` for every sample. ``n`` is per vector, so a per-item key table
+      still gives the ESU's exact logit.
+    * The output also carries, per head, the "evidence" ``log Σ_j exp(logit_hj)``
+      (0 for an empty row): softmax discards how much evidence there is (50 strong
+      matches and one weak one give the same mean), and this restores it.
+
+    Shapes: ``target (B, dim)``, ``keys (B, K, dim)``, ``mask (B, K)``, ``bias (B, heads, K)``,
+    ``values (B, K, value_dim)`` → ``(B, dim + heads)``; a row without behaviors gets zeros.
     """
 
-    def __init__(self, dim: int, heads: int = 2, head_dim: int = 16) -> None:
+    def __init__(self, dim: int, heads: int = 2, head_dim: int = 16, value_dim: int | None = None,
+                 qk_norm: bool = True) -> None:
         super().__init__()
-        self.heads, self.head_dim = heads, head_dim
+        self.heads, self.head_dim, self.qk_norm = heads, head_dim, qk_norm
         self.out_dim = dim + heads
         self.q = nn.Linear(dim, heads * head_dim)
         self.k = nn.Linear(dim, heads * head_dim, bias=False)
-        self.v = nn.Linear(dim, heads * head_dim, bias=False)
+        self.v = nn.Linear(value_dim or dim, heads * head_dim, bias=False)
         self.out = nn.Linear(heads * head_dim, dim)
         with torch.no_grad():  # start as a similarity search: q·k = (W t)·(W h), so like items score high
+            if qk_norm:  # unit-variance features in, unit-variance q and k out: logits of order 1
+                nn.init.normal_(self.q.weight, std=dim**-0.5)
             self.k.weight.copy_(self.q.weight)
             self.q.bias.zero_()
 
-    def query(self, target: Tensor) -> Tensor:
-        """``(B, heads·head_dim)`` query, pre-scaled so that ``query · W_k h`` is the head-averaged logit."""
-        return self.q(target) / (self.heads * self.head_dim**0.5)
+    def _norm(self, x: Tensor) -> Tensor:
+        return rms_normalize(x) if self.qk_norm else x
 
-    def forward(self, target: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+    def key_table(self, features: Tensor) -> Tensor:
+        """``(n, heads·head_dim)`` keys of inherent ``features (n, dim)`` (e.g. one row per item) for a GSU."""
+        return self.k(self._norm(features))
+
+    def query(self, target: Tensor) -> Tensor:
+        """``(B, heads·head_dim)`` query, pre-scaled so that ``query · key_table(x)`` is the head-averaged ``q·k`` term."""
+        return self.q(self._norm(target)) / (self.heads * self.head_dim**0.5)
+
+    def head_logits(self, target: Tensor, keys: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``(B, heads, K)`` logits ``q_h·k_hj / √d_h (+ bias_hj)``, padding not masked."""
         b, n, _ = keys.shape
-        q = self.q(target).view(b, self.heads, 1, self.head_dim)
-        k = self.k(keys).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        v = self.v(keys).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        s = (q @ k.transpose(-1, -2)) / self.head_dim**0.5  # (B, H, 1, K)
-        s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+        q = self.q(self._norm(target)).view(b, self.heads, 1, self.head_dim)
+        k = self.key_table(keys).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        s = (q @ k.transpose(-1, -2)).squeeze(2) / self.head_dim**0.5  # (B, H, K)
+        return s if bias is None else s + bias
+
+    def logits(self, target: Tensor, keys: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``(B, K)`` head-averaged logits: the relevance a consistent GSU ranks by."""
+        return self.head_logits(target, keys, bias).mean(1)
+
+    def forward(self, target: Tensor, keys: Tensor, mask: Tensor, bias: Tensor | None = None,
+                values: Tensor | None = None) -> Tensor:
+        b, n, _ = keys.shape
+        u = keys if values is None else values
+        v = self.v(u).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, H, K, dh)
+        s = self.head_logits(target, keys, bias).masked_fill(~mask[:, None, :], float("-inf"))  # (B, H, K)
         w = torch.softmax(s, dim=-1).nan_to_num(0.0)  # empty rows: all -inf → 0
-        evidence = torch.logsumexp(s, dim=-1).reshape(b, self.heads)
+        evidence = torch.logsumexp(s, dim=-1)  # (B, H)
         evidence = torch.where(mask.any(1, keepdim=True), evidence, torch.zeros_like(evidence))
-        return torch.cat([self.out((w @ v).reshape(b, self.heads * self.head_dim)), evidence], dim=-1)
+        pooled = (w.unsqueeze(2) @ v).reshape(b, self.heads * self.head_dim)
+        return torch.cat([self.out(pooled), evidence], dim=-1)

@@ -24,9 +24,12 @@ The units:
   Hamming distance between SimHash signatures.
 * :func:`bucket_sum` — SDIM (Cao et al., CIKM 2022): per hash round, the sum of
   behaviors whose bucket code equals the target's (no top-k at all).
-* :func:`simtier` — MUSE (Wu et al., 2024): histogram of target–behavior content
-  cosine similarities; content cosine top-k is :func:`table_topk` over
-  normalised content vectors.
+* MUSE's content-cosine top-k is :func:`table_topk` over normalised content vectors.
+
+Devices: the timeline is NumPy, so scans run on the CPU. Inputs that may live on
+an accelerator are moved with ``.detach().cpu()`` here (selection needs no
+gradient); :func:`bucket_sum`, which must keep its gradient, runs on the
+device of its ``table`` and moves each chunk's item ids there.
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ def _chunks(long: LongHistory, width: int):  # type: ignore[no-untyped-def]
 
 
 def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], dim: int = 1,
-                 budget: int = CHUNK_BUDGET) -> Selection:
+                 budget: int = CHUNK_BUDGET, bias: Callable[[Tensor], Tensor] | None = None) -> Selection:
     """The ``k`` highest-scoring behaviors of every range (ties → more recent), scanned newest first in chunks.
 
     Args:
@@ -144,14 +147,21 @@ def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], d
         k: behaviors to keep per row.
         score: item ids ``(B, C)`` int64 → ``(B, C)`` float scores (invalid entries are masked after).
         dim: floats the scorer materialises per behavior (sizes the chunk to ``budget``).
+        bias: optional global timeline positions ``(B, C)`` int64 → ``(B, C)`` float added to
+            the score: per-behavior terms that depend on more than the item (TWIN's
+            time-gap bias). Positions are always inside the timeline; invalid ones are masked after.
     """
     lo, hi = long.lo, long.hi
     b = len(lo)
     longest = long.longest
     best = torch.empty((b, 0), dtype=torch.int64)
+    lo_t = torch.from_numpy(np.asarray(lo, dtype=np.int64))[:, None]
     if b and k:
         for ids, valid, recency in _chunks(long, _chunk_len(b, dim, longest, budget)):
-            keys = _rank_keys(score(ids), recency).masked_fill_(~valid, _NONE)
+            s = score(ids)
+            if bias is not None:
+                s = s + bias(recency + lo_t)
+            keys = _rank_keys(s, recency).masked_fill_(~valid, _NONE)
             cand = torch.cat([best, keys], 1)
             best = cand.topk(min(k, cand.shape[1]), dim=1, sorted=False).values
     picked = best.numpy()
@@ -161,23 +171,26 @@ def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], d
     return _oldest_first(positions)
 
 
-def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: int = CHUNK_BUDGET) -> Selection:
-    """Top-k behaviors by ``<query_b, table[item_j]>`` (SIM soft, TWIN, DARE, MUSE content cosine).
+def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: int = CHUNK_BUDGET,
+               bias: Callable[[Tensor], Tensor] | None = None) -> Selection:
+    """Top-k behaviors by ``<query_b, table[item_j]> (+ bias(position))`` (SIM soft, TWIN, DARE, MUSE).
 
-    ``query (B, d)``, ``table (n_items, d)``; selection only, so no gradient. When
-    ``B × n_items`` fits the budget the full score matrix is formed once and each
-    chunk is a gather of scalars; otherwise each chunk gathers table rows.
+    ``query (B, d)``, ``table (n_items, d)`` on any device (copied to the CPU);
+    selection only, so no gradient. When ``B × n_items`` fits the budget the
+    full score matrix is formed once and each chunk is a gather of scalars;
+    otherwise each chunk gathers table rows. ``bias``: see :func:`chunked_topk`.
     """
+    extra = 0 if bias is None else 3  # positions, times and bias per behavior
     with torch.no_grad():
-        query, table = query.detach().float(), table.detach().float()
+        query, table = query.detach().cpu().float(), table.detach().cpu().float()
         if query.shape[0] * table.shape[0] <= 4 * budget:
             full = query @ table.t()  # (B, n_items)
-            return chunked_topk(long, k, lambda ids: full.gather(1, ids), dim=1, budget=budget)
+            return chunked_topk(long, k, lambda ids: full.gather(1, ids), dim=1 + extra, budget=budget, bias=bias)
 
         def score_rows(ids: Tensor) -> Tensor:
             return torch.bmm(table[ids], query.unsqueeze(-1)).squeeze(-1)  # (B, C, d) @ (B, d, 1)
 
-        return chunked_topk(long, k, score_rows, dim=table.shape[1], budget=budget)
+        return chunked_topk(long, k, score_rows, dim=table.shape[1] + extra, budget=budget, bias=bias)
 
 
 class SimHash(torch.nn.Module):
@@ -197,20 +210,23 @@ class SimHash(torch.nn.Module):
         self.register_buffer("projection", torch.randn(dim, bits, generator=g))
 
     def forward(self, x: Tensor) -> np.ndarray:
-        """``(..., dim)`` → ``(...)`` unsigned signatures (NumPy, ``uint{bits}``)."""
+        """``(..., dim)`` on any device → ``(...)`` unsigned signatures (NumPy on the CPU, ``uint{bits}``)."""
         with torch.no_grad():
-            on = (x.detach().float() @ self.projection > 0).numpy()
+            on = (x.detach().float() @ self.projection > 0).cpu().numpy()
         packed = np.packbits(on, axis=-1, bitorder="little")
         return np.ascontiguousarray(packed).view(f"<u{self.bits // 8}")[..., 0]
 
     def codes(self, x: Tensor, rounds: int, width: int) -> Tensor:
-        """SDIM bucket codes: ``rounds`` integers of ``width`` sign bits each → ``(..., rounds)`` int64."""
+        """SDIM bucket codes: ``rounds`` integers of ``width`` sign bits each → ``(..., rounds)`` int64.
+
+        Computed on the device of ``x``.
+        """
         if rounds * width > self.bits:
             raise ValueError(f"rounds × width = {rounds * width} exceeds the {self.bits} projection bits")
         with torch.no_grad():
             on = (x.detach().float() @ self.projection[:, : rounds * width] > 0).long()
             on = on.reshape(*on.shape[:-1], rounds, width)
-            return (on << torch.arange(width)).sum(-1)
+            return (on << torch.arange(width, device=on.device)).sum(-1)
 
 
 def hamming_topk(long: LongHistory, target_sig: np.ndarray, item_sig: np.ndarray, k: int,
@@ -252,10 +268,11 @@ class _BucketSum(torch.autograd.Function):
 
 
 def _matches(long: LongHistory, codes: Tensor, query: Tensor, dim: int, budget: int):  # type: ignore[no-untyped-def]
-    """Yield ``(item ids (B, C), match (B, C, rounds) float)`` per chunk of the ranges."""
+    """Yield ``(item ids (B, C), match (B, C, rounds) float)`` per chunk, on the device of ``codes``."""
     b = len(long.lo)
     longest = long.longest
     for ids, valid, _ in _chunks(long, _chunk_len(b, dim + codes.shape[1], longest, budget)):
+        ids, valid = ids.to(codes.device), valid.to(codes.device)
         match = (codes[ids] == query[:, None, :]) & valid.unsqueeze(-1)
         yield ids, match.to(torch.float32)
 
@@ -273,24 +290,3 @@ def bucket_sum(long: LongHistory, table: Tensor, codes: Tensor, query: Tensor,
     if top < 128:
         codes, query = codes.to(torch.int8), query.to(torch.int8)  # 1 byte per code: 8x less to gather
     return _BucketSum.apply(table, codes, query, long, budget)
-
-
-def simtier(long: LongHistory, content: Tensor, target: Tensor, tiers: int = 10,
-            budget: int = CHUNK_BUDGET) -> Tensor:
-    """MUSE's SimTier: share of the history in each of ``tiers`` equal cosine bins over [-1, 1], ``(B, tiers)``.
-
-    ``content (n_items, d)`` and ``target (B, d)`` must be L2-normalised (rows of
-    zeros, i.e. items without content, have cosine 0). Frozen inputs: no gradient.
-    """
-    b = target.shape[0]
-    hist = torch.zeros(b, tiers)
-    with torch.no_grad():
-        full = target.float() @ content.float().t() if b * content.shape[0] <= 4 * budget else None
-        longest = long.longest
-        width = _chunk_len(b, 1 if full is not None else content.shape[1], longest, budget)
-        for ids, valid, _ in _chunks(long, width):
-            cos = full.gather(1, ids) if full is not None else torch.bmm(content[ids], target.unsqueeze(-1)).squeeze(-1)
-            tier = ((cos.clamp(-1, 1) + 1) / 2 * tiers).long().clamp_(0, tiers - 1)
-            hist.scatter_add_(1, tier, valid.float())
-    n = torch.from_numpy((long.hi - long.lo).astype(np.float32)).clamp_min(1.0)
-    return hist / n.unsqueeze(1)

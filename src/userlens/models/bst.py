@@ -57,7 +57,8 @@ class BST(nn.Module):
         hist = batch.history
         mask = hist.mask()  # (B, L)
         target = self.embedding.target(batch)
-        pos = (hist.lengths.unsqueeze(1) - torch.arange(hist.max_len)).clamp(1, self.cfg.max_len) * mask
+        rank = hist.lengths.unsqueeze(1) - torch.arange(hist.max_len, device=mask.device)  # 1 = most recent
+        pos = rank.clamp(1, self.cfg.max_len) * mask
         seq = torch.cat([target.unsqueeze(1) + self.position.weight[0], self.embedding.history(hist)
                          + self.position(pos)], dim=1)
         keep = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)

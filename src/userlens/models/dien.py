@@ -3,19 +3,24 @@ Click-Through Rate Prediction", AAAI 2019, arXiv:1809.03672).
 
 **Interest extractor**: a GRU over the recent behaviors, supervised by an
 auxiliary loss — each hidden state must tell the next real behavior from a
-negative (a behavior at the same step of another user in the batch, as in the
-DIEN's public code samples them from other users' sequences too).
+negative (a behavior at the same step of another user in the batch; DIEN's
+public code samples them from other users' sequences too). A negative whose
+item equals the positive is dropped (:func:`auxiliary_pairs`): it would train
+the state to reject the behavior that really came next.
 **Interest evolving**: an AUGRU (GRU whose update
 gate is scaled by the target attention weight of each step) runs over the
 extracted interests; its final state is the user's interest in the candidate.
 
-The trainer adds :meth:`DIEN.auxiliary_loss` (``aux_weight`` × the auxiliary
-BCE) to the click loss. Departures: the auxiliary classifier is a dot product
-of a projected hidden state and the behavior embedding (the paper uses a small
-MLP); the AUGRU attention is DIN's MLP over ``[h, t, h − t, h ⊙ t]`` (the paper
-uses a bilinear ``h W e``) with sigmoid hidden units when ``activation`` is
-``dice``, since Dice's batch statistics over padded steps would break padding
-invariance.
+``forward`` returns the click logits only. The auxiliary loss is returned, not
+stored: :meth:`DIEN.forward_train` gives ``(logits, {"auxiliary": aux_weight ×
+auxiliary BCE})`` and the trainer adds the extra terms to the click loss.
+
+Departures: the auxiliary classifier is a dot product of a projected hidden
+state and the behavior embedding (the paper uses a small MLP); the AUGRU
+attention is DIN's MLP over ``[h, t, h − t, h ⊙ t]`` (the paper uses a bilinear
+``h W e``) with sigmoid hidden units when ``activation`` is ``dice``, since
+Dice's batch statistics over padded steps would break padding invariance;
+negatives come from the batch (the paper samples them from the item pool).
 """
 
 from __future__ import annotations
@@ -47,6 +52,21 @@ class DIENConfig:
     use_user: bool = False
 
 
+def auxiliary_pairs(item: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The steps the auxiliary loss scores and their negatives, for ``item``/``mask`` ``(B, L)``.
+
+    Returns ``pair (B, L-1)`` (step ``t`` has a real next behavior: a positive),
+    ``neg_row (B,)`` (the row whose behavior at ``t + 1`` is row ``b``'s negative:
+    the previous row of the batch) and ``neg_ok (B, L-1)`` (that negative exists,
+    comes from another row, and its item differs from the positive's).
+    """
+    rows = torch.arange(item.shape[0], device=item.device)
+    neg_row = torch.roll(rows, 1)
+    pair = mask[:, :-1] & mask[:, 1:]
+    neg_ok = pair & mask[neg_row, 1:] & (neg_row != rows).unsqueeze(1) & (item[neg_row, 1:] != item[:, 1:])
+    return pair, neg_row, neg_ok
+
+
 class DIEN(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: DIENConfig) -> None:
         super().__init__()
@@ -66,14 +86,8 @@ class DIEN(nn.Module):
         self.aug_x = nn.Linear(h, 3 * h)
         self.aug_h = nn.Linear(h, 3 * h, bias=False)
         self.tower = MLP(d + h + self.embedding.side_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1)
-        self._aux: Tensor | None = None
         #: batch fields the loader must build for this model
         self.fields: frozenset[str] = fields_for(cfg.use_user)
-
-    def auxiliary_loss(self) -> Tensor:
-        """``aux_weight`` × the next-behavior BCE of the last training forward (0 outside training)."""
-        aux, self._aux = self._aux, None
-        return self.cfg.aux_weight * aux if aux is not None else torch.zeros(())
 
     def _extract(self, e: Tensor, lengths: Tensor, mask: Tensor) -> Tensor:
         packed = pack_padded_sequence(e, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
@@ -81,13 +95,12 @@ class DIEN(nn.Module):
         out = pad_packed_sequence(out, batch_first=True, total_length=e.shape[1])[0]
         return out * mask.unsqueeze(-1)
 
-    def _aux_loss(self, states: Tensor, e: Tensor, mask: Tensor) -> Tensor:
-        pair = mask[:, :-1] & mask[:, 1:]  # step t has a real next behavior
-        perm = torch.roll(torch.arange(e.shape[0]), 1)  # another row's behavior (never the row itself when B > 1)
-        neg_ok = pair & mask[perm, 1:] & (perm != torch.arange(e.shape[0])).unsqueeze(1)
+    def _aux_loss(self, states: Tensor, e: Tensor, item: Tensor, mask: Tensor) -> Tensor:
+        """Mean BCE of next-behavior positives (label 1) and other rows' behaviors (label 0)."""
+        pair, neg_row, neg_ok = auxiliary_pairs(item, mask)
         pred = self.aux_proj(states[:, :-1])
         pos = (pred * e[:, 1:]).sum(-1)[pair]
-        neg = (pred * e[perm, 1:]).sum(-1)[neg_ok]
+        neg = (pred * e[neg_row, 1:]).sum(-1)[neg_ok]
         if pos.numel() == 0:
             return states.sum() * 0.0
         return (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="sum")
@@ -107,19 +120,32 @@ class DIEN(nn.Module):
             hid = torch.where(mask[:, t : t + 1], (1 - u) * hid + u * n, hid)
         return hid
 
-    def forward(self, batch: Batch) -> Tensor:
+    def _score(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(logits (B,), GRU states (B, L, h), behavior embeddings (B, L, D), mask (B, L))``."""
         hist = batch.history
         mask = hist.mask()
         target = self.embedding.target(batch)
         e = self.embedding.history(hist)
         states = self._extract(e, hist.lengths, mask)  # (B, L, h)
-        if self.training and hist.max_len > 1:
-            self._aux = self._aux_loss(states, e, mask)
         t = self.target_proj(target).unsqueeze(1).expand_as(states)
         s = self.att_mlp(torch.cat([states, t, states - t, states * t], -1)).squeeze(-1)
         w = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)
         interest = self._evolve(states, w, mask)
-        return self.tower(torch.cat([target, interest, self.embedding.side(batch)], -1)).squeeze(-1)
+        logits = self.tower(torch.cat([target, interest, self.embedding.side(batch)], -1)).squeeze(-1)
+        return logits, states, e, mask
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Click logits ``(B,)``."""
+        return self._score(batch)[0]
+
+    def forward_train(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(logits (B,), {"auxiliary": aux_weight × next-behavior BCE})``: the trainer adds the extra terms."""
+        logits, states, e, mask = self._score(batch)
+        if batch.history.max_len > 1:
+            aux = self._aux_loss(states, e, batch.history["item"], mask)
+        else:
+            aux = states.sum() * 0.0
+        return logits, {"auxiliary": self.cfg.aux_weight * aux}
 
 
 @register_model("dien", DIENConfig, "DIEN: GRU interest extractor with auxiliary loss + AUGRU evolution (AAAI 2019)")

@@ -1,20 +1,29 @@
-"""QIN: Quadratic Interest Network (Li et al., "Quadratic Interest Network for Multimodal
-Click-Through Rate Prediction", WWW 2025 MMCTR challenge, arXiv:2504.17699).
+"""QIN-style model: a lifelong variant built from the two ideas of QIN (Li et al., "Quadratic Interest
+Network for Multimodal Click-Through Rate Prediction", WWW 2025 MMCTR challenge, arXiv:2504.17699).
 
-Two parts: **adaptive sparse target attention** — scaled dot-product attention
-of the candidate over behaviors (ID ⊕ projected content features) whose
-weights are a *sparsemax* with a learned temperature, so irrelevant behaviors
-get exactly zero weight and the sparsity adapts during training; and a
-**quadratic neural network** tower, each layer ``(A·x) ⊙ (B·x) + C·x``, which
-models high-order feature interactions explicitly.
+**Not the paper's model.** What it takes from QIN: an **adaptive sparse target
+attention** of the candidate over behaviors (ID ⊕ projected content features),
+here a *sparsemax* with a learned temperature, so irrelevant behaviors get
+exactly zero weight; and a **quadratic** tower, each layer
+``LayerNorm((A·x + a) ⊙ (B·x + b) + C·x)``, modelling high-order feature
+interactions explicitly.
 
-Departures: the behaviors attended over are the ``k`` most recent of the
-candidate's category in the whole history (a SIM-hard GSU), so QIN joins the
-lifelong family; content features are used when ``embed-items`` has run. The
-released code's attention is an unnormalised ``ReLU(q·k/√d)`` and its QNN layer
-``x ⊙ (Σ_r W_r x)`` with PReLU and a residual; we use sparsemax (exactly sparse,
-normalised, with a learned temperature) and a LayerNorm'd ``(A·x)⊙(B·x) + C·x``
-layer, and have not compared the two.
+Departures (every one):
+
+* the core attention is replaced: the released QIN code scores behaviors with
+  an unnormalised ``ReLU(q·k/√d)``; here weights are sparsemax
+  (Martins & Astudillo, 2016) of ``q·k/√d`` scaled by a learned temperature
+  (exactly sparse and normalised);
+* the tower is replaced: the released QNN layer is ``x ⊙ (Σ_r W_r x)`` with
+  PReLU and a residual; here ``LayerNorm((A·x)⊙(B·x) + C·x)``. The two have not
+  been compared;
+* the behaviors attended over are the ``k`` most recent of the candidate's
+  category in the whole history (a SIM-hard GSU), so the model joins the
+  lifelong family; QIN attends over the given recent sequence;
+* it adds the shared short-term DIN view (:class:`~userlens.models.lifelong.LifelongModel`)
+  to the tower input, which QIN does not have;
+* content features are used only when ``embed-items`` has run (QIN uses the
+  challenge's multimodal embeddings); otherwise behaviors are IDs only.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ def sparsemax(scores: Tensor, mask: Tensor) -> Tensor:
     """Sparsemax (Martins & Astudillo, 2016) over the last dim, real positions only; empty rows → 0."""
     z = scores.masked_fill(~mask, -1e9)
     zs = z.sort(dim=-1, descending=True).values
-    ks = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+    ks = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=z.device)
     cs = zs.cumsum(-1)
     support = (1 + ks * zs > cs).sum(-1, keepdim=True).clamp_min(1)
     tau = (cs.gather(-1, support - 1) - 1) / support.to(z.dtype)
@@ -91,9 +100,9 @@ class QIN(LifelongModel):
         long = batch.need_long()
         if long.category_index is None:
             raise ValueError("qin needs the category index on the LongHistory (the loader attaches it)")
-        sel = long.category_index.search(batch.target["target_category"].numpy().astype(np.int64),
-                                         long.lo, long.hi, self.cfg.k)
-        hist = selected_history(long, sel, ("item", "category"))
+        category = batch.target["target_category"].detach().cpu().numpy().astype(np.int64)
+        sel = long.category_index.search(category, long.lo, long.hi, self.cfg.k)
+        hist = selected_history(long, sel, ("item", "category"), device=target.device)
         content = self.content(self.embedding, long) if self.content is not None else None
         t = self._features(target, batch.target["target_item"], content)
         h = self._features(self.embedding.history(hist), hist["item"], content)
@@ -102,6 +111,7 @@ class QIN(LifelongModel):
         return (w.unsqueeze(-1) * self.v(h)).sum(1)
 
 
-@register_model("qin", QINConfig, "QIN: adaptive sparse target attention + quadratic interaction tower (WWW 2025)")
+@register_model("qin", QINConfig, "QIN-style (not the paper's model): category GSU + sparsemax target attention "
+                "+ quadratic tower, after QIN (WWW 2025)")
 def build_qin(spec: FeatureSpec, cfg: QINConfig) -> QIN:
     return QIN(spec, cfg)

@@ -65,4 +65,6 @@ def build_model(name: str, spec: FeatureSpec, config: Any | None = None) -> nn.M
 
 def _load_builtin() -> None:
     # Importing the model modules runs their @register_model decorators.
-    from userlens.models import avgpool, bst, dare, dien, din, eta, muse, qin, sdim, sim_hard, sim_soft, tin, twin  # noqa: F401
+    from userlens.models import (  # noqa: F401
+        avgpool, bst, dare, dien, din, eta, history_match, muse, popularity, qin, sdim, sim_hard, sim_soft, tin, twin,
+    )

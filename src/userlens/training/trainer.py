@@ -1,19 +1,29 @@
-"""The training loop: Adam(W) on BCE-with-logits, early stopping on validation AUC, best weights kept."""
+"""The training loop: Adam(W) on BCE-with-logits, early stopping on validation AUC, best weights kept.
+
+A model may define ``forward_train(batch) -> (logits (B,), {name: loss term})``:
+training then uses it and adds the sum of the (already weighted) extra terms to
+the BCE, e.g. DIEN's auxiliary next-behavior loss; ``forward`` stays pure
+scoring. A model without trainable parameters (``popularity``, ``history_match``)
+is not optimised: :func:`fit` validates it once and saves the run.
+"""
 
 from __future__ import annotations
 
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch import nn
+from torch import Tensor, nn
 
+from userlens.batch import Batch
 from userlens.data.loader import BatchLoader
 from userlens.data.prepared import PreparedData
 from userlens.layers.activation import compile_hot_layers
@@ -34,9 +44,68 @@ class FitResult:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (initialisation, dropout); the loader shuffles with its own seed.
+
+    Seeding alone does not make two runs equal. With more than one intra-op thread,
+    the backward of advanced indexing (``x[rows]``, e.g. the target gathered per
+    behavior in target attention) is ``index_put_(accumulate=True)``, which torch
+    runs on CPU with parallel atomic float adds: their order, hence the rounding,
+    depends on thread timing, so it varies more under CPU load. Measured on the
+    2-core dev machine (torch 2.13 CPU, DIN, 120 users, 2 epochs, identical seeds,
+    same process): max |Δweight| 0.5–1.9e-7, max |Δlogit| 3–6e-8, |ΔAUC| up to
+    3.5e-5, in most pairs of runs; one thread, or deterministic algorithms, gave
+    bitwise-equal runs every time. Neither torch.compile (the drift shows with
+    ``compile=False``), MKL_DYNAMIC, OMP_DYNAMIC nor MKL_CBWR changed it.
+
+    So :func:`fit` also turns on ``torch.use_deterministic_algorithms`` while it
+    runs (``TrainConfig.deterministic``, default on; the previous setting is
+    restored): the accumulation becomes a sorted, serial scatter. On CPU this cost
+    nothing measurable (0.8–1.1× step time over din, avgpool, dien, sim_soft, sdim,
+    twin). Reproduce: ``benchmarks/seed_drift.py`` (see its docstring).
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """Turn torch's deterministic algorithms on for the block (``enabled``), then restore the previous setting.
+
+    ``warn_only``: an op without a deterministic implementation warns rather than
+    stopping training (none of the registered models has one on CPU).
+    """
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def training_loss(model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    """(loss to minimise, the model's extra loss terms) of one training batch.
+
+    ``loss = BCE(logits, label) + Σ extra``, where ``logits, extra = model.forward_train(batch)``
+    when the model defines it (terms already weighted, e.g. DIEN's auxiliary loss),
+    else ``model(batch), {}``.
+    """
+    train_step = getattr(model, "forward_train", None)
+    if train_step is None:
+        logits, extra = model(batch), {}
+    else:
+        out = train_step(batch)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+            raise TypeError(f"{type(model).__name__}.forward_train must return (logits, dict of loss terms), "
+                            f"got {type(out).__name__}")
+        logits, extra = out
+    loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+    for term in extra.values():
+        loss = loss + term
+    return loss, extra
 
 
 def _progress(enabled: bool) -> Progress:
@@ -49,21 +118,37 @@ def _progress(enabled: bool) -> Progress:
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader: BatchLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probabilities, labels, user indices) over the loader, in sample order."""
+    """(logits, labels, user indices) over the loader, in sample order.
+
+    Logits, not probabilities: a float32 sigmoid saturates to exactly 1.0 above
+    ~17 and would tie distinct scores; metrics rank the logits and take the
+    float64 sigmoid for logloss (:func:`userlens.metrics.evaluate_predictions`).
+    """
     was_training = model.training
     model.eval()
-    probs, labels, users = [], [], []
+    logits, labels, users = [], [], []
     order_users = np.asarray(loader.samples.user)
     seen = 0
     for batch in loader:
-        probs.append(torch.sigmoid(model(batch)).numpy())
+        logits.append(model(batch).numpy())
         labels.append(batch.label.numpy())
         users.append(order_users[seen : seen + len(batch)])
         seen += len(batch)
     model.train(was_training)
-    if not probs:
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
-    return np.concatenate(probs), np.concatenate(labels), np.concatenate(users)
+    if not logits:
+        return np.zeros(0, dtype=np.float32), np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(logits), np.concatenate(labels), np.concatenate(users)
+
+
+def _validate(model: nn.Module, loader: BatchLoader, epoch: int) -> dict[str, float]:
+    """Validation metrics after ``epoch`` ({} without validation samples); non-finite logits raise."""
+    logits, labels, users = predict(model, loader)
+    if not len(labels):
+        return {}
+    try:
+        return evaluate_predictions(labels, logits, users)
+    except ValueError as e:
+        raise ValueError(f"validation after epoch {epoch}: {e}") from None
 
 
 def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
@@ -71,13 +156,27 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
     """Train ``cfg.model`` on ``data`` and write the run directory ``out``.
 
     Per epoch: one pass over shuffled training samples, validation AUC/GAUC/logloss
-    appended to ``metrics.jsonl``. Stops after ``patience`` epochs without a better
-    validation ``monitor`` (AUC, higher is better, or logloss, lower is better: a model
-    can rank well while over-confident) and saves the best epoch's weights.
+    appended to ``metrics.jsonl``. Stops after ``patience`` consecutive epochs without
+    a better validation ``monitor`` (AUC, higher is better, or logloss, lower is
+    better: a model can rank well while over-confident) and saves the best epoch's
+    weights. The loss is BCE plus the extra terms of the model's ``forward_train``
+    when it has one (:func:`training_loss`); each extra term's mean is logged as
+    ``train_extra_<name>``.
+
+    A model without trainable parameters is evaluation-only: no optimiser, one
+    ``metrics.jsonl`` row with ``epoch`` 0 and ``evaluation_only: true``, the run
+    saved with its buffers (possibly none), ``epochs_run == best_epoch == 0``.
+
+    With ``deterministic`` (default) two calls with the same config and data give
+    bitwise-equal weights and metrics (see :func:`seed_everything`).
     """
+    cfg.train.check()
+    with deterministic_algorithms(cfg.train.deterministic):
+        return _fit(data, cfg, Path(out), show_progress, log)
+
+
+def _fit(data: PreparedData, cfg: RunConfig, out: Path, show_progress: bool, log: Callable[[str], None]) -> FitResult:
     t = cfg.train
-    t.check()
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -94,11 +193,17 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
                                long_len=t.long_len)
     if len(train_loader.samples) == 0:
         raise ValueError(f"{data.path}: the train split is empty. Fix: prepare with a different split.")
-    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    loss_fn = nn.BCEWithLogitsLoss()
-    epochs = 1 if t.fast_dev_run else t.epochs
     (out / METRICS).write_text("")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # a fixed scoring rule: nothing to optimise, validate once
+        valid = _validate(model, valid_loader, 0)
+        _log_row(out, log, {"epoch": 0, "evaluation_only": True, "train_samples": 0,
+                            **{f"valid_{k}": v for k, v in valid.items()}})
+        save_run(out, model, cfg, spec, data.path)
+        return FitResult(0, valid or {"auc": float("nan")}, 0, 0.0, 0.0)
+    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    epochs = 1 if t.fast_dev_run else t.epochs
     sign = 1.0 if t.monitor == "auc" else -1.0  # compare sign * metric, higher is better
     best_state, best_epoch, best_valid, best_score, bad = None, -1, {}, float("-inf"), 0
     timings: list[tuple[int, float]] = []  # (samples, seconds) per epoch
@@ -108,31 +213,28 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
             model.train()
             task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=len(train_loader), rate="", loss="")
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            extra_sum: dict[str, float] = {}
             for step, batch in enumerate(train_loader):
-                loss = loss_fn(model(batch), batch.label)
-                aux = getattr(model, "auxiliary_loss", None)  # e.g. DIEN's next-behavior loss
-                if aux is not None:
-                    loss = loss + aux()
+                loss, extra = training_loss(model, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 seen += len(batch)
                 loss_sum += loss.item() * len(batch)
+                for name, term in extra.items():
+                    extra_sum[name] = extra_sum.get(name, 0.0) + float(term.detach()) * len(batch)
                 if step % 10 == 0 or step == len(train_loader) - 1:
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.update(task, completed=step + 1, rate=f"{rate:,.0f} samples/s", loss=f"{loss_sum / seen:.4f}")
             secs = time.perf_counter() - t0
             timings.append((seen, secs))
             epochs_run = epoch + 1
-            probs, labels, users = predict(model, valid_loader)
-            valid = evaluate_predictions(labels, probs, users) if len(labels) else {}
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_samples": seen,
-                   "train_seconds": round(secs, 3),
-                   "train_samples_per_s": round(seen / max(secs, 1e-9), 1),
-                   **{f"valid_{k}": v for k, v in valid.items()}}
-            with open(out / METRICS, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            log(json.dumps(row))
+            valid = _validate(model, valid_loader, epoch + 1)
+            _log_row(out, log, {
+                "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_samples": seen,
+                "train_seconds": round(secs, 3), "train_samples_per_s": round(seen / max(secs, 1e-9), 1),
+                **{f"train_extra_{k}": v / max(seen, 1) for k, v in extra_sum.items()},
+                **{f"valid_{k}": v for k, v in valid.items()}})
             score = sign * valid.get(t.monitor, float("nan"))
             improved = not np.isnan(score) and score > best_score
             if improved or best_state is None or not valid:  # no validation split: keep the latest epoch
@@ -141,10 +243,16 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
                 best_score = score if not np.isnan(score) else float("-inf")
             else:
                 bad += 1
-                if bad > t.patience:
+                if bad >= t.patience:  # `patience` consecutive epochs without a better monitor
                     break
     save_run(out, model, cfg, spec, data.path, state=best_state)
     steady = timings[1:] or timings
     rate = sum(n for n, _ in steady) / max(sum(s for _, s in steady), 1e-9)
     overall = sum(n for n, _ in timings) / max(sum(s for _, s in timings), 1e-9)
     return FitResult(best_epoch, best_valid, epochs_run, rate, overall)
+
+
+def _log_row(out: Path, log: Callable[[str], None], row: dict) -> None:
+    with open(out / METRICS, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    log(json.dumps(row))
