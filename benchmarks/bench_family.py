@@ -10,6 +10,10 @@ when it comes close to the oracle; ``din`` (recent window only) should not.
 
     .venv/bin/python benchmarks/bench_family.py
     .venv/bin/python benchmarks/bench_family.py --members long-noise --models sdim,dare --seeds 1,2
+    .venv/bin/python benchmarks/bench_family.py --members few-early-clicks --member-set n_users=400  # smaller
+
+Under load, pass ``--threads 1``: two runs of 2 intra-op threads each on 2 shared cores
+slowed epochs up to 20x here. ``tests/test_lifelong.py -m slow`` asserts the same runs.
 """
 
 from __future__ import annotations

@@ -70,8 +70,9 @@ class HistoryMatch(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         long = batch.need_long()
-        item = batch.target["target_item"].to(torch.int64)[:, None]  # (B, 1)
-        cat = batch.target["target_category"].to(torch.int64)
+        device = batch.target["target_item"].device  # the scan runs on the CPU, like the GSUs
+        item = batch.target["target_item"].detach().cpu().to(torch.int64)[:, None]  # (B, 1)
+        cat = batch.target["target_category"].detach().cpu().to(torch.int64)
         cat = torch.where(cat >= 2, cat, -1)[:, None]  # padding / unknown categories match nothing
         item_cat = torch.from_numpy(np.asarray(long.item_category, dtype=np.int64))
         score = torch.zeros(len(long.lo), dtype=torch.float64)
@@ -81,7 +82,7 @@ class HistoryMatch(nn.Module):
             weight = torch.pow(self.decay, (newest - recency).clamp_min(0).to(torch.float64))  # γ^rank
             match = self.item_weight * (ids == item) + (item_cat[ids] == cat)  # (B, C)
             score += (weight * match * valid).sum(1)
-        return score.to(torch.float32)
+        return score.to(device=device, dtype=torch.float32)
 
 
 @register_model("history_match", HistoryMatchConfig,

@@ -23,7 +23,13 @@ Departures (every one):
 * it adds the shared short-term DIN view (:class:`~userlens.models.lifelong.LifelongModel`)
   to the tower input, which QIN does not have;
 * content features are used only when ``embed-items`` has run (QIN uses the
-  challenge's multimodal embeddings); otherwise behaviors are IDs only.
+  challenge's multimodal embeddings); otherwise behaviors are IDs only;
+* the long-term output also carries ``log(1 + n)``, ``n`` the behaviors the
+  category GSU returned (at most ``k``): sparsemax weights sum to 1, so how many
+  behaviors of the candidate's category the user has (the signal when every
+  category also collects noise behaviors) is otherwise lost. Family log long-noise
+  (1000 users, default settings): test AUC 0.773 without, 0.901 with (sim_hard,
+  whose DIN unit sums unnormalised weights over the same selection: 0.934).
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ class QINConfig(LifelongConfig):
 
 class QIN(LifelongModel):
     def __init__(self, spec: FeatureSpec, cfg: QINConfig) -> None:
-        super().__init__(spec, cfg, long_dim=cfg.attention_dim, tower=lambda d: QuadraticTower(d, cfg.qnn),
+        super().__init__(spec, cfg, long_dim=cfg.attention_dim + 1, tower=lambda d: QuadraticTower(d, cfg.qnn),
                          extras=("long_category", "long_content") if spec.content_dim else ("long_category",))
         d = self.embedding.item_dim
         self.content = ContentTable(self.embedding.item_dim, spec.content_dim) if spec.content_dim else None
@@ -108,7 +114,8 @@ class QIN(LifelongModel):
         h = self._features(self.embedding.history(hist), hist["item"], content)
         s = (self.k(h) @ self.q(t).unsqueeze(-1)).squeeze(-1) / (self.cfg.attention_dim ** 0.5)
         w = sparsemax(s * torch.exp(-self.log_temperature), hist.mask())  # (B, k), exact zeros allowed
-        return (w.unsqueeze(-1) * self.v(h)).sum(1)
+        count = torch.log1p(hist.lengths.to(w.dtype)).unsqueeze(-1)  # (B, 1): how many matched, which sparsemax discards
+        return torch.cat([(w.unsqueeze(-1) * self.v(h)).sum(1), count], dim=-1)
 
 
 @register_model("qin", QINConfig, "QIN-style (not the paper's model): category GSU + sparsemax target attention "
