@@ -48,3 +48,19 @@ def test_mlp_shapes_and_unknown_activation() -> None:
     assert m(torch.zeros(2, 5)).shape == (2, 1) and m.out_dim == 1
     with pytest.raises(ValueError, match="unknown activation 'gelu2'; known"):
         make_activation("gelu2", 3)
+
+
+def test_mlp_batch_norm_normalises_hidden_layers_and_takes_a_one_row_batch() -> None:
+    from userlens.layers.mlp import BatchNorm
+
+    torch.manual_seed(0)
+    mlp = MLP(6, (5, 3), "relu", out_dim=1, batch_norm=True)
+    assert sum(isinstance(m, BatchNorm) for m in mlp.modules()) == 2
+    x = torch.randn(64, 6) * 50 + 7
+    mlp.train()
+    h = mlp.net[1](mlp.net[0](x))  # after Linear → BatchNorm: zero mean, unit variance per feature
+    torch.testing.assert_close(h.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(h.var(0, unbiased=False), torch.ones(5), atol=1e-3, rtol=0)
+    one = mlp(x[:1])  # a one-row training batch uses the running statistics instead of raising
+    mlp.eval()
+    torch.testing.assert_close(one, mlp(x[:1]))

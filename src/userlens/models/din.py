@@ -7,6 +7,14 @@ weighted by an MLP of [behavior, target, difference, product]; the weighted sum
 (no softmax, preserving interest intensity) joins the target, user and context
 embeddings in a Dice MLP tower. Items are embedded as item id ⊕ category.
 
+The tower batch-normalises each hidden layer before Dice (``batch_norm``, default
+on): the paper's reference code batch-normalises the tower, and RecBole's DIN does
+it per layer as here. The attention sums are unnormalised (no softmax), so their
+scale follows the history length; without it DIN scored 0.739 ± 0.014 test AUC on
+the Taobao peer samples against 0.785 ± 0.012 with it (3 seeds each; also +0.010 on
+ML-latest, +0.003 on Amazon, lower logloss and fewer epochs everywhere;
+``benchmarks/RESULTS.md``, "DIN against RecBole's DIN").
+
 Departures: the attention skips padded positions entirely (exact padding
 invariance); no mini-batch-aware L2 regulariser (use ``weight_decay`` instead).
 """
@@ -34,6 +42,7 @@ class DINConfig:
     activation: str = "dice"
     dropout: float = 0.0
     use_user: bool = False
+    batch_norm: bool = True  # BatchNorm1d before each tower activation (see the module docstring)
 
 
 class DIN(nn.Module):
@@ -61,5 +70,6 @@ def build_din(spec: FeatureSpec, cfg: DINConfig) -> DIN:
     emb = FeatureEmbedding(spec.n_items, spec.n_categories, cfg.embed_dim,
                            n_users=spec.n_users if cfg.use_user else 0, context=spec.context)
     att = TargetAttention(emb.item_dim, cfg.attention_mlp, cfg.attention_activation)
-    tower = MLP(2 * emb.item_dim + emb.side_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1)
+    tower = MLP(2 * emb.item_dim + emb.side_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1,
+                batch_norm=cfg.batch_norm)
     return DIN(emb, att, tower)
