@@ -99,7 +99,7 @@ def main() -> None:
             cfg = resolve_config("dare", {"embed_dim": args.embed_dim, "attention_dim": a, "seed": seed,
                                           "epochs": args.epochs, "threads": args.threads})
             run = Path(args.workdir) / "runs-dare" / f"{args.dataset}-a{a}-s{seed}"
-            res = fit(data, cfg, run, show_progress=False, log=lambda s: None)
+            res = fit(data, cfg, run, show_progress=False, log=lambda s: None, force=True)
             GSU_SECONDS[0] = 0.0
             ev = evaluate_run(run)
             gsu.append(GSU_SECONDS[0] * 1000 / n_test * 1000)

@@ -75,7 +75,7 @@ def main() -> None:
                 cfg = resolve_config(model, {"seed": seed, "threads": args.threads, **overrides})
                 run = work / "runs" / member / model / str(seed)
                 t0 = time.perf_counter()
-                res = fit(data, cfg, run, show_progress=False, log=lambda s: None)
+                res = fit(data, cfg, run, show_progress=False, log=lambda s: None, force=True)
                 ev = evaluate_run(run)
                 row = {"member": member, "seed": seed, "model": model, "auc": round(ev["auc"], 4),
                        "oracle": round(oracle, 4), "epochs": res.epochs_run, "best_epoch": res.best_epoch,

@@ -63,7 +63,7 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
     if auc_epochs:
         cfg = resolve_config(name, {"short_len": short, "long_len": length, "epochs": auc_epochs, "batch_size": batch,
                                     "threads": threads, "compile": False})
-        res = fit(data, cfg, work / "runs" / f"{model}-{length}", show_progress=False, log=lambda s: None)
+        res = fit(data, cfg, work / "runs" / f"{model}-{length}", show_progress=False, log=lambda s: None, force=True)
         row.update(auc=evaluate_run(work / "runs" / f"{model}-{length}")["auc"],
                    train_samples_per_s=res.train_samples_per_s_overall)
     else:

@@ -186,7 +186,7 @@ def main() -> None:
                     content = data.content() is not None
                     run = work / "runs" / f"{args.split}-{args.sampler}" / ds / label / str(seed)
                     t0 = time.perf_counter()
-                    res = fit(data, cfg, run, show_progress=False, log=lambda s: None)
+                    res = fit(data, cfg, run, show_progress=False, log=lambda s: None, force=True)
                     ev = evaluate_run(run)
                     row = {"dataset": ds, "model": label, "seed": seed, "auc": ev["auc"], "gauc": ev["gauc"],
                            "logloss": ev["logloss"], "n_test": ev["n"], "samples_per_s": res.train_samples_per_s,

@@ -79,7 +79,7 @@ def main() -> None:
                 cfg = resolve_config(args.model, {"short_len": L, "seed": seed, "epochs": 10, "patience": 2,
                                                   "batch_size": 1024, "lr": 1e-3, "compile": args.compile})
                 run = work / f"run_{ds}_{L}_{seed}"
-                res = fit(data, cfg, run, show_progress=False, log=lambda s: None)
+                res = fit(data, cfg, run, show_progress=False, log=lambda s: None, force=True)
                 test = evaluate_run(run)
                 rows.append((ds, L, seed, res, test))
                 print(f"| {ds} | {L} | {seed} | {res.best_epoch} | {res.epochs_run} | {test['auc']:.4f} | "

@@ -51,7 +51,7 @@ def main() -> None:
         out = root / "runs" / f"{args.model}_{seed}_{time.time_ns()}"
         t0 = time.perf_counter()
         fit(PreparedData(d / "data"), resolve_config(args.model, {**SETTINGS, **over}), out,
-            show_progress=False, log=lambda s: None)
+            show_progress=False, log=lambda s: None, force=True)
         auc = evaluate_run(out)["auc"]
         print(json.dumps({"model": args.model, "seed": seed, "set": over, "auc": round(auc, 4),
                           "seconds": round(time.perf_counter() - t0, 1)}), flush=True)

@@ -65,7 +65,7 @@ def main() -> None:
     try:
         for r in range(a.runs):
             t0 = time.perf_counter()
-            fit(data, cfg, tmp / f"run{r}", show_progress=False, log=lambda s: None)
+            fit(data, cfg, tmp / f"run{r}", show_progress=False, log=lambda s: None, force=True)
             w = load_file(str(tmp / f"run{r}" / "model.safetensors"))
             model, _, _ = load_run(tmp / f"run{r}")
             logits, labels, _ = predict(model, BatchLoader(data, "valid", model.fields, 8192, cfg.train.short_len,

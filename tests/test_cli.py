@@ -49,3 +49,23 @@ def test_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
     (tmp_path / "empty.csv").write_text("")
     r = runner.invoke(app, ["prepare", "--behaviors", str(tmp_path / "empty.csv"), "--out", str(tmp_path / "d")])
     assert r.exit_code == 1 and "empty" in r.output
+
+
+def test_training_log_reads_in_order_in_a_file(tmp_path: Path) -> None:
+    """stderr is not a terminal here: no bars; quarter-epoch lines, validation, then each epoch's JSON, in order."""
+    p = planted_interest_log(n_users=60, n_items=100, n_categories=10, behaviors_per_user=40,
+                             impressions_per_user=10, seed=1).write(tmp_path / "raw")
+    r = runner.invoke(app, ["prepare", "--behaviors", str(p["behaviors"]), "--impressions", str(p["impressions"]),
+                            "--out", str(tmp_path / "data")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", str(tmp_path / "data"), "--model", "avgpool", "--out", str(tmp_path / "run"),
+                            "--set", "epochs=2", "--set", "batch_size=16", "--set", "patience=5"])
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    kinds = [("json" if x.startswith("{") else x.split(":")[0]) for x in lines if not x.startswith("config")]
+    epoch1 = kinds.index("json")
+    assert kinds[:epoch1] == ["epoch 1/2"] * 3 + ["epoch 1"], lines  # 25 / 50 / 75 %, then "validating"
+    assert kinds[epoch1 + 1] == "run" and "at most" in lines[[i for i, x in enumerate(lines)
+                                                             if x.startswith("run:")][0]]
+    assert json.loads(lines[[i for i, x in enumerate(lines) if x.startswith("{")][1]])["epoch"] == 2
+    assert "\x1b[" not in r.stderr and "━" not in r.stderr  # no bars, no escape codes

@@ -3,26 +3,50 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from userlens.errors import UserlensError
+from userlens.errors import Interrupted, UserlensError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Lifelong user-interest modeling: prepare logs, train CTR models, evaluate.")
-err = Console(stderr=True)
+# soft_wrap: a message is one line even when stderr is a file (Rich would wrap at 80 columns)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _say(line: str) -> None:
+    """A plain line on stderr: never read as Rich markup (``[content]`` stays in the text)."""
+    err.print(line, markup=False, highlight=False)
+
+
+def _error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-    """Call fn; a UserlensError becomes a one-line cause and exit code 1 (no traceback)."""
+    """Call fn; an error becomes a one-line cause and exit code 1 (130 when interrupted), never a traceback.
+
+    ``USERLENS_DEBUG=1`` re-raises unexpected exceptions with their traceback (for bug reports).
+    """
     try:
         return fn(*args, **kwargs)
+    except (Interrupted, KeyboardInterrupt) as e:
+        _error(str(e) or "interrupted")
+        raise typer.Exit(130) from None
     except UserlensError as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        _error(str(e))
+        raise typer.Exit(1) from None
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        if os.environ.get("USERLENS_DEBUG"):
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        _error(f"{type(e).__name__}: {first} (unexpected: set USERLENS_DEBUG=1 for the traceback and report it)")
         raise typer.Exit(1) from None
 
 
@@ -46,6 +70,7 @@ def prepare(
     negative_sampler: Annotated[str, typer.Option(help="uniform | popularity (∝ count^alpha before t) | category (hard negatives)")] = "uniform",
     negative_alpha: Annotated[float, typer.Option(help="popularity sampler exponent in [0, 1]")] = 0.75,
     seed: Annotated[int, typer.Option(help="negative-sampling seed")] = 2024,
+    force: Annotated[bool, typer.Option(help="replace an existing prepared directory at --out")] = False,
 ) -> None:
     """Validate raw logs and write a prepared directory (vocabularies, timeline, samples, meta.json)."""
     from userlens.data.prepare import PrepareOptions
@@ -70,13 +95,13 @@ def prepare(
             split=split, min_history=min_history, negatives=negatives, seed=seed,  # type: ignore[arg-type]
             negative_sampler=negative_sampler, negative_alpha=negative_alpha,  # type: ignore[arg-type]
         )
-        return do_prepare(sources, out, opts, log=lambda s: err.print(s, highlight=False))
+        return do_prepare(sources, out, opts, log=_say, force=force)
 
     meta = _run(go)
     c, s = meta["counts"], meta["samples"]
-    err.print(f"prepared {out}: {c['behaviors']:,} behaviors of {c['users']:,} users (max history "
-              f"{c['max_history']:,}); samples train {s['train']['samples']:,} / valid {s['valid']['samples']:,} / "
-              f"test {s['test']['samples']:,}; {meta['prepare_seconds']} s", highlight=False)
+    _say(f"prepared {out}: {c['behaviors']:,} behaviors of {c['users']:,} users (max history "
+         f"{c['max_history']:,}); samples train {s['train']['samples']:,} / valid {s['valid']['samples']:,} / "
+         f"test {s['test']['samples']:,}; {meta['prepare_seconds']} s")
 
 
 @app.command()
@@ -88,9 +113,15 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="key=value override (repeatable)")] = None,
     limit_batches: Annotated[Optional[int], typer.Option(help="debug: batches per epoch")] = None,
     fast_dev_run: Annotated[bool, typer.Option(help="debug: one train and one valid batch")] = False,
-    progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
+    progress: Annotated[bool, typer.Option(help="show progress (bars on a terminal, lines in a file)")] = True,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted run at --out from its last checkpoint")] = False,
+    force: Annotated[bool, typer.Option(help="replace an existing run (or interrupted run) at --out")] = False,
 ) -> None:
-    """Train a model; writes config.json, model.safetensors and metrics.jsonl to --out."""
+    """Train a model; writes config.json, model.safetensors and metrics.jsonl to --out.
+
+    The run is built in OUT.partial with a checkpoint per epoch and moved to OUT when finished; a killed
+    or interrupted run continues with the same command plus --resume (--model may then be omitted).
+    """
     from userlens.data.prepared import PreparedData
     from userlens.errors import ConfigError
     from userlens.training.config import load_config_file, parse_sets, resolve_config
@@ -100,6 +131,13 @@ def train(
         overrides = load_config_file(config) if config else {}
         name = model or overrides.pop("model", None)
         overrides.pop("model", None)
+        if resume and not name and not overrides and not set_:  # the interrupted run's own config
+            from userlens.artifacts import read_json
+            from userlens.training.checkpoint import STATE_META, partial_dir
+
+            saved = read_json(partial_dir(out) / STATE_META, "training checkpoint", "train without --resume")
+            name = saved["run"]["config"]["model"]
+            overrides = {**saved["run"]["config"]["model_config"], **saved["run"]["config"]["train"]}
         if not name:
             raise ConfigError("no model given. Fix: pass --model NAME (see `userlens models`).")
         overrides.update(parse_sets(set_ or []))
@@ -109,10 +147,10 @@ def train(
             overrides["fast_dev_run"] = True
         cfg = resolve_config(name, overrides)  # validated before any data is touched
         data = PreparedData(data_dir)
-        err.print(f"config: {json.dumps(cfg.to_json())}", highlight=False)
-        res = fit(data, cfg, out, show_progress=progress, log=lambda s: err.print(s, highlight=False))
-        err.print(f"best epoch {res.best_epoch}: valid {json.dumps(res.best_valid)}; "
-                  f"{res.train_samples_per_s:,.0f} train samples/s; run saved to {out}", highlight=False)
+        res = fit(data, cfg, out, resume=resume, force=force, show_progress=progress, log=_say)
+        valid = {k: (None if isinstance(v, float) and v != v else v) for k, v in res.best_valid.items()}
+        _say(f"best epoch {res.best_epoch}: valid {json.dumps(valid)}; "
+             f"{res.train_samples_per_s:,.0f} train samples/s; run saved to {out}")
 
     _run(go)
 
@@ -128,7 +166,7 @@ def evaluate(
     from userlens.training.evaluate import evaluate_run
 
     result = _run(evaluate_run, run_dir, data, split, predictions)
-    typer.echo(json.dumps(result))
+    typer.echo(json.dumps(result, allow_nan=False))
 
 
 @app.command("embed-items")

@@ -35,7 +35,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 4, models: tuple[str, 
     for name in models:
         console.print(f"3/3 training {name}")
         cfg = resolve_config(name, {"epochs": epochs})
-        fit_res = fit(data, cfg, out / "runs" / name, log=lambda s: None)
+        fit_res = fit(data, cfg, out / "runs" / name, log=lambda s: None, force=True)
         results[name] = {**evaluate_run(out / "runs" / name), "samples_per_s": fit_res.train_samples_per_s}
     table = Table(title="test split (generated log with a planted interest)")
     for col in ("model", "AUC", "GAUC", "logloss", "n", "train samples/s"):

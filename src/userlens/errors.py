@@ -13,3 +13,11 @@ class InputError(UserlensError, ValueError):
 
 class ConfigError(UserlensError, ValueError):
     """An invalid or unknown configuration key or value."""
+
+
+class TrainingError(UserlensError, ValueError):
+    """Training cannot go on meaningfully (a diverged loss, non-finite validation scores)."""
+
+
+class Interrupted(UserlensError):
+    """The user interrupted a long command (SIGINT); the message says what was kept and how to go on."""

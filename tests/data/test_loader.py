@@ -275,7 +275,7 @@ def test_long_history_ranges_are_the_whole_history_strictly_before_the_sample(da
 
 
 def test_item_counts_on_a_tiny_example() -> None:
-    from userlens.data.prepared import ItemCounts
+    from userlens.data.sampling import ItemCounts
 
     c = ItemCounts(np.array([5, 6, 5, 5, 6]), np.array([30, 10, 10, 20, 10]))  # not time-sorted, ties at 10
     item = np.array([5, 5, 5, 5, 6, 6, 7, 0])

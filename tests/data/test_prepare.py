@@ -87,7 +87,9 @@ def test_layout_is_plain_files_readable_without_userlens(small: tuple[Path, dict
     for rel in expected:
         assert (d / rel).is_file(), rel
     on_disk = json.loads((d / "meta.json").read_text())
-    assert on_disk["schema_version"] == 1 and on_disk["time_unit"] == "ms"
+    assert on_disk["schema_version"] == 2 and on_disk["storage_time_unit"] == "ms"
+    assert on_disk["input_time_units"] and set(on_disk["input_time_units"].values()) <= {"s", "ms", "iso", "datetime"}
+    assert set(on_disk["files"]) >= set(expected) - {"meta.json"} and on_disk["fingerprint"].startswith("sha256:")
     assert on_disk["counts"] == meta["counts"]
     assert on_disk["counts"]["behaviors"] == BEH.height
     for name in ("user", "item", "category", "behavior", "ctx_device"):
@@ -324,7 +326,11 @@ def test_min_user_behaviors_drops_users_and_counts_them(tmp_path: Path) -> None:
     d, meta = _run(tmp_path, beh, imp, min_user_behaviors=5)
     assert meta["counts"]["users_dropped"] == len(small)
     assert json.loads((d / "meta.json").read_text())["counts"]["users_dropped"] == len(small)
-    assert f"dropped {len(small)} users with < 5 behaviors" in meta["bad_rows"]["notes"]
+    n_beh = sum(counts[u] for u in small)
+    assert (meta["counts"]["behaviors_dropped_with_users"], meta["counts"]["impressions_dropped_with_users"]) == (
+        n_beh, len(small))
+    assert (f"dropped {len(small)} users with < 5 behaviors, with their {n_beh} behaviors and {len(small)} "
+            "impressions") in meta["bad_rows"]["notes"]
     assert set(_decode(d, "user").values()) == set(counts) - small
     assert sum(meta["samples"][s]["samples"] for s in SPLITS) == len(counts) - len(small)
     assert meta["counts"]["behaviors"] == sum(n for u, n in counts.items() if u not in small)

@@ -64,9 +64,9 @@ def _script_monitor(monkeypatch, aucs: list[float]) -> list[dict]:
     states: list[dict] = []
     real_predict = trainer.predict
 
-    def predict(model, loader):  # type: ignore[no-untyped-def]
+    def predict(model, loader, on_batch=None):  # type: ignore[no-untyped-def]
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})  # the weights validated
-        return real_predict(model, loader)
+        return real_predict(model, loader, on_batch)
 
     def scripted(labels, logits, users):  # type: ignore[no-untyped-def]
         a = next(seq)

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from userlens.artifacts import describe, write_atomic
 from userlens.data.prepare import FIRST_INDEX, _sha256
 from userlens.data.prepared import PreparedData
 from userlens.data.tables import LINE, _closest, read_table
@@ -218,7 +219,9 @@ def _finish(data: PreparedData, ids: pl.Series, index: np.ndarray, vectors: np.n
         "unknown_id_examples": [str(v) for v in ids.filter(pl.Series(index < 0)).head(5).to_list()],
         "files": [f"items/{n}" for n in _FILES if (d / n).exists()] + ["items/content.json"],
     }
-    (d / "content.json").write_text(json.dumps(meta, indent=2))
+    arrays = [n for n in _FILES if n != "content.json" and (d / n).exists()]
+    meta["manifest"] = describe(d, arrays)  # sizes and checksums, verified when the vectors are loaded
+    write_atomic(d / "content.json", meta)
     return meta
 
 

@@ -34,12 +34,13 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from userlens.artifacts import check_output_path, describe, staged_directory, write_atomic
 from userlens.data.attributes import attribute_cutoff, item_categories
 from userlens.data.sampling import SAMPLERS, NegativeSampler, Sampler, stable_id_hash
 from userlens.data.tables import LINE, SPLITS, BadRowPolicy, RawTable, SkipReport, unify_id_types, validate
 from userlens.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: fingerprint, file manifest, leakage-free attributes and negatives
 PAD, UNK = 0, 1
 FIRST_INDEX = 2
 
@@ -79,6 +80,9 @@ class PrepareOptions:
     seed: int = 2024
 
     def check(self) -> None:
+        if self.timestamp_unit not in ("auto", "s", "ms"):
+            raise InputError(f"--timestamp-unit must be one of ['auto', 's', 'ms'] (epoch seconds or milliseconds), "
+                             f"got {self.timestamp_unit!r}")
         if self.on_bad_rows not in ("error", "skip"):
             raise InputError(f"--on-bad-rows must be 'error' or 'skip', got {self.on_bad_rows!r}")
         if not (0 <= self.valid_fraction < 1 and 0 < self.test_fraction < 1 and
@@ -263,24 +267,29 @@ def _warn_disjoint(a: pl.Series, b: pl.Series, what: str, report: SkipReport, be
 
 
 def _drop_small_users(beh: pl.DataFrame, imp: pl.DataFrame | None, minimum: int,
-                      report: SkipReport) -> tuple[pl.DataFrame, pl.DataFrame | None, int]:
-    """Users with fewer than ``minimum`` behaviors are dropped, counted, reported (never silently)."""
+                      report: SkipReport) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, int]]:
+    """Users with fewer than ``minimum`` behaviors are dropped with their rows, all counted and reported."""
+    none = {"users": 0, "behaviors": 0, "impressions": 0}
     if minimum <= 1:
-        return beh, imp, 0
+        return beh, imp, none
     counts = beh.group_by("user_id").len()
     small = counts.filter(pl.col("len") < minimum)["user_id"]
     if imp is not None:  # users seen only in impressions have 0 behaviors: below any minimum
         small = pl.concat([small, imp.select("user_id").unique().join(counts, on="user_id", how="anti")["user_id"]])
     if len(small) == 0:
-        return beh, imp, 0
+        return beh, imp, none
+    n_beh, n_imp = beh.height, imp.height if imp is not None else 0
     beh = beh.filter(~pl.col("user_id").is_in(small.implode()))
     if imp is not None:
         imp = imp.filter(~pl.col("user_id").is_in(small.implode()))
         if imp.height == 0:
             raise InputError(f"no samples: every impression belongs to a user with < {minimum} behaviors. "
                              "Fix: lower --min-user-behaviors.")
-    report.notes.append(f"dropped {len(small)} users with < {minimum} behaviors")
-    return beh, imp, len(small)
+    dropped = {"users": len(small), "behaviors": n_beh - beh.height,
+               "impressions": n_imp - (imp.height if imp is not None else 0)}
+    report.notes.append(f"dropped {len(small)} users with < {minimum} behaviors, with their "
+                        f"{dropped['behaviors']} behaviors and {dropped['impressions']} impressions")
+    return beh, imp, dropped
 
 
 def _timeline(beh: pl.DataFrame, user_v: pl.DataFrame, item_v: pl.DataFrame, beh_v: pl.DataFrame
@@ -316,10 +325,8 @@ def _item_table(item_v: pl.DataFrame, cats: pl.DataFrame, has_categories: bool) 
 
 def _write(out: Path, vocabs: dict[str, pl.DataFrame], offsets: np.ndarray, tl: dict[str, np.ndarray],
            item_cat: np.ndarray, s: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
-    if out.exists() and any(out.iterdir()) and not (out / "meta.json").exists():
-        raise InputError(f"{out}: exists, is not empty and is not a prepared directory. Fix: choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab").mkdir(exist_ok=True)
+    """Every array and vocabulary into ``out`` (a staged directory); meta.json is written after, last."""
+    (out / "vocab").mkdir(parents=True, exist_ok=True)
     for name, v in vocabs.items():
         v.write_parquet(out / "vocab" / f"{name}.parquet")
     _save(out / "timeline", {"offsets": offsets, **tl})
@@ -336,9 +343,40 @@ def _write(out: Path, vocabs: dict[str, pl.DataFrame], offsets: np.ndarray, tl: 
 # --------------------------------------------------------------------------- main entry
 
 
+def fingerprint(vocabs: dict[str, pl.DataFrame]) -> str:
+    """Hash of every vocabulary (raw id ↔ index): equal iff each index means the same raw value.
+
+    A run records the fingerprint of the data it was trained on; scoring other data (permuted ids,
+    a re-prepared directory, another dataset of the same sizes) is refused instead of producing a
+    plausible-looking AUC.
+    """
+    h = hashlib.sha256()
+    for name in sorted(vocabs):
+        v = vocabs[name]
+        h.update(f"{name}:{len(v)}:".encode())
+        h.update("\x1f".join(v["raw"].cast(pl.Utf8).to_list()).encode())
+        h.update(v["index"].to_numpy().astype(np.int64).tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _split_warnings(s: dict[str, np.ndarray], report: SkipReport) -> None:
+    """Notes for splits that make results meaningless or fragile: empty, or one class only."""
+    for k, name in enumerate(SPLITS):
+        lab = s["label"][s["split"] == k]
+        if len(lab) == 0:
+            report.notes.append(f"warning: the {name} split is empty" + (
+                "; training is impossible" if name == "train" else f"; `evaluate --split {name}` will refuse it"))
+        elif lab.min() == lab.max():
+            report.notes.append(f"warning: the {name} split has only label {int(lab[0])}: AUC is undefined there")
+
+
 def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = None,
-            log: callable = print) -> dict:  # type: ignore[valid-type]
+            log: callable = print, force: bool = False) -> dict:  # type: ignore[valid-type]
     """Validate, encode and write a prepared directory; returns the meta dict (also in ``out/meta.json``).
+
+    The directory is built in a temporary sibling under a lock and swapped in only when complete,
+    ``meta.json`` (with the size and checksum of every file) written last; an existing prepared
+    directory is replaced only with ``force``. A failure leaves ``out`` as it was.
 
     Example:
         >>> from userlens.data.tables import read_table
@@ -348,9 +386,10 @@ def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = 
     opt.check()
     started = time.perf_counter()
     out = Path(out)
+    check_output_path(out, "prepared directory", "meta.json", force)  # fail before the work, not after
     report = SkipReport(notes=list(sources.notes))
     beh, imp, items = validate_sources(sources, opt, report)
-    beh, imp, dropped_users = _drop_small_users(beh, imp, opt.min_user_behaviors, report)
+    beh, imp, dropped = _drop_small_users(beh, imp, opt.min_user_behaviors, report)
 
     user_v = _vocab(beh["user_id"], imp["user_id"] if imp is not None else None)
     item_v = _vocab(beh["item_id"], imp["item_id"] if imp is not None else None,
@@ -384,34 +423,19 @@ def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = 
 
     vocabs = {"user": user_v, "item": item_v, "category": cat_v, "behavior": beh_v,
               **{f"ctx_{c}": v for c, v in ctx_vocabs.items()}}
-    split_counts = _write(out, vocabs, offsets, tl, item_cat, s)
-    hist_len = np.diff(offsets)
-    n_items = len(item_v) + FIRST_INDEX
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "dataset": sources.name,
-        "created_unix": int(time.time()),
-        "time_unit": "ms",
-        "counts": {
-            "behaviors": int(offsets[-1]),
-            "users": int((hist_len > 0).sum()),
-            "max_history": int(hist_len.max()) if len(hist_len) else 0,
-            "items_without_category": int((item_cat[FIRST_INDEX:] == UNK).sum()) if has_cat else n_items - FIRST_INDEX,
-            "users_dropped": dropped_users,
-        },
-        "vocab_sizes": {"user": len(user_v) + FIRST_INDEX, "item": n_items, "category": len(cat_v) + FIRST_INDEX,
-                        "behavior": len(beh_v) + FIRST_INDEX,
-                        **{f"ctx_{c}": len(v) + FIRST_INDEX for c, v in ctx_vocabs.items()}},
-        "context_columns": list(opt.context_columns),
-        "samples": {"source": source_of_samples, "split": split_how, **split_counts},
-        "item_attributes": cat_report.to_json(),
-        "negatives": negatives,
-        "options": asdict(opt),
-        "sources": {str(p): _sha256(Path(p)) for p in sources.files},
-        "bad_rows": report.to_json(),
-        "prepare_seconds": round(time.perf_counter() - started, 3),
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    _split_warnings(s, report)
+    if imp is not None:
+        dup = imp.drop(LINE).is_duplicated()
+        if dup.any():
+            report.notes.append(f"warning: {int(dup.sum())} impression rows are exact duplicates of another row "
+                                "(kept: each is a sample)")
+    with staged_directory(out, "prepared directory", "meta.json", force) as staged:
+        split_counts = _write(staged, vocabs, offsets, tl, item_cat, s)
+        meta = _meta(sources, opt, report, offsets, item_cat, has_cat, vocabs, ctx_vocabs, split_counts,
+                     source_of_samples, split_how, cat_report.to_json(), negatives, dropped, started)
+        names = sorted(str(f.relative_to(staged)) for f in staged.rglob("*") if f.is_file())
+        meta["files"] = describe(staged, names)
+        write_atomic(staged / "meta.json", meta)
     if report.total:
         log(f"skipped {report.total} defective rows:")
         for k, v in report.counts.items():
@@ -419,6 +443,43 @@ def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = 
     for note in report.notes:
         log(f"note: {note}")
     return meta
+
+
+def _meta(sources: Sources, opt: PrepareOptions, report: SkipReport, offsets: np.ndarray, item_cat: np.ndarray,
+          has_cat: bool, vocabs: dict[str, pl.DataFrame], ctx_vocabs: dict[str, pl.DataFrame],
+          split_counts: dict, source_of_samples: str, split_how: str, item_attributes: dict, negatives: dict | None,
+          dropped: dict[str, int], started: float) -> dict:
+    hist_len = np.diff(offsets)
+    n_items = len(vocabs["item"]) + FIRST_INDEX
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": sources.name,
+        "created_unix": int(time.time()),
+        "fingerprint": fingerprint(vocabs),
+        "storage_time_unit": "ms",  # every stored time is epoch milliseconds, whatever the input
+        "input_time_units": dict(report.time_units),  # per input file: s, ms, iso or datetime (as detected)
+        "counts": {
+            "behaviors": int(offsets[-1]),
+            "users": int((hist_len > 0).sum()),
+            "max_history": int(hist_len.max()) if len(hist_len) else 0,
+            "items_without_category": int((item_cat[FIRST_INDEX:] == UNK).sum()) if has_cat else n_items - FIRST_INDEX,
+            "users_dropped": dropped["users"],
+            "behaviors_dropped_with_users": dropped["behaviors"],
+            "impressions_dropped_with_users": dropped["impressions"],
+        },
+        "vocab_sizes": {"user": len(vocabs["user"]) + FIRST_INDEX, "item": n_items,
+                        "category": len(vocabs["category"]) + FIRST_INDEX,
+                        "behavior": len(vocabs["behavior"]) + FIRST_INDEX,
+                        **{f"ctx_{c}": len(v) + FIRST_INDEX for c, v in ctx_vocabs.items()}},
+        "context_columns": list(opt.context_columns),
+        "samples": {"source": source_of_samples, "split": split_how, **split_counts},
+        "item_attributes": item_attributes,
+        "negatives": negatives,
+        "options": asdict(opt),
+        "sources": {str(p): _sha256(Path(p)) for p in sources.files},
+        "bad_rows": report.to_json(),
+        "prepare_seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def sources_from_files(behaviors: str | Path, impressions: str | Path | None = None,

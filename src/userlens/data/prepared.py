@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from userlens.artifacts import read_json, verify
 from userlens.data.prepare import SCHEMA_VERSION, _sha256
+from userlens.data.sampling import ItemCounts
 from userlens.data.tables import SPLITS
 from userlens.errors import InputError
 
@@ -30,36 +32,6 @@ class Samples:
         return len(self.user)
 
 
-class ItemCounts:
-    """How often each item occurred in the timeline (any user) strictly before a given time.
-
-    The timeline is grouped by user, not sorted by time; this index sorts it once by
-    (item, time) into one int64 key per behavior, ``item · T + time_rank`` (``T`` =
-    number of distinct timestamps + 1), so a batch query is three ``searchsorted``
-    calls whatever the history sizes. Memory: 8 bytes per behavior plus the distinct
-    timestamps.
-
-    Example:
-        >>> c = ItemCounts(np.array([5, 5, 6, 5]), np.array([10, 30, 10, 20]))
-        >>> c.before(np.array([5, 5, 6, 7]), np.array([20, 31, 10, 99])).tolist()
-        [1, 3, 0, 0]
-    """
-
-    def __init__(self, item: np.ndarray, time: np.ndarray) -> None:
-        self.times, rank = np.unique(np.asarray(time, dtype=np.int64), return_inverse=True)
-        self.span = len(self.times) + 1
-        n_items = int(np.max(item)) + 1 if len(item) else 1
-        if n_items * self.span >= 2**63:
-            raise ValueError(f"{n_items} items × {self.span} timestamps overflow the int64 (item, time) keys")
-        self.keys = np.sort(np.asarray(item, dtype=np.int64) * self.span + rank.reshape(-1))
-
-    def before(self, item: np.ndarray, time: np.ndarray) -> np.ndarray:
-        """``(B,)`` int64: behaviors of ``item[b]`` with a timestamp ``< time[b]``."""
-        base = np.asarray(item, dtype=np.int64) * self.span
-        rank = np.searchsorted(self.times, np.asarray(time, dtype=np.int64), side="left")  # times < t
-        return (np.searchsorted(self.keys, base + rank) - np.searchsorted(self.keys, base)).astype(np.int64)
-
-
 class PreparedData:
     """A prepared directory (see :mod:`userlens.data.prepare` for the layout).
 
@@ -74,14 +46,27 @@ class PreparedData:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         meta_file = self.path / "meta.json"
+        if not self.path.is_dir():
+            raise InputError(f"{self.path}: no such prepared directory. Fix: run `userlens prepare --out "
+                             f"{self.path}` first, or check the path.")
         if not meta_file.is_file():
             raise InputError(f"{self.path}: not a prepared directory (no meta.json). Fix: run `userlens prepare` first.")
-        self.meta: dict = json.loads(meta_file.read_text())
-        if self.meta.get("schema_version") != SCHEMA_VERSION:
+        self.meta: dict = read_json(meta_file, "prepared meta.json", "run `userlens prepare --force` again")
+        if not isinstance(self.meta, dict) or self.meta.get("schema_version") != SCHEMA_VERSION:
+            version = self.meta.get("schema_version") if isinstance(self.meta, dict) else None
             raise InputError(
-                f"{self.path}: prepared with schema version {self.meta.get('schema_version')}, this userlens "
-                f"reads {SCHEMA_VERSION}. Fix: run `userlens prepare` again."
+                f"{self.path}: prepared with schema version {version}, this userlens "
+                f"reads {SCHEMA_VERSION}. Fix: run `userlens prepare --force` again."
             )
+        # every file against meta.json's manifest, once per open: ~1 s per GB (BLAKE2b), small beside
+        # training or scoring, and a flipped byte is reported here, before anything reads it
+        for rel, want in self.meta.get("files", {}).items():
+            verify(self.path / rel, want, "run `userlens prepare --force` again")
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the vocabularies: a run trained here can only score data with the same one."""
+        return str(self.meta["fingerprint"])
 
     def _load(self, rel: str) -> np.ndarray:
         return np.load(self.path / rel, mmap_mode="r")
@@ -151,6 +136,9 @@ class PreparedData:
         d = self.path / "items"
         if not (d / "content.json").is_file():  # written last: absent or half-written reads as None
             return None
+        info = read_json(d / "content.json", "content vectors description", "run `userlens embed-items` again")
+        for name, want in info.get("manifest", {}).items():
+            verify(d / name, want, "run `userlens embed-items` again")
         vectors = self._load("items/content.npy")
         if vectors.dtype == np.int8:
             vectors = vectors.astype(np.float32) * np.load(d / "content_scale.npy")

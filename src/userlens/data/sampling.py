@@ -88,6 +88,36 @@ class NegativeReport:
                 "category_fallbacks": self.category_fallbacks, "exact_fallbacks": self.exact_fallbacks}
 
 
+class ItemCounts:
+    """How often each item occurred in the timeline (any user) strictly before a given time.
+
+    The timeline is grouped by user, not sorted by time; this index sorts it once by
+    (item, time) into one int64 key per behavior, ``item · T + time_rank`` (``T`` =
+    number of distinct timestamps + 1), so a batch query is three ``searchsorted``
+    calls whatever the history sizes. Memory: 8 bytes per behavior plus the distinct
+    timestamps.
+
+    Example:
+        >>> c = ItemCounts(np.array([5, 5, 6, 5]), np.array([10, 30, 10, 20]))
+        >>> c.before(np.array([5, 5, 6, 7]), np.array([20, 31, 10, 99])).tolist()
+        [1, 3, 0, 0]
+    """
+
+    def __init__(self, item: np.ndarray, time: np.ndarray) -> None:
+        self.times, rank = np.unique(np.asarray(time, dtype=np.int64), return_inverse=True)
+        self.span = len(self.times) + 1
+        n_items = int(np.max(item)) + 1 if len(item) else 1
+        if n_items * self.span >= 2**63:
+            raise ValueError(f"{n_items} items × {self.span} timestamps overflow the int64 (item, time) keys")
+        self.keys = np.sort(np.asarray(item, dtype=np.int64) * self.span + rank.reshape(-1))
+
+    def before(self, item: np.ndarray, time: np.ndarray) -> np.ndarray:
+        """``(B,)`` int64: behaviors of ``item[b]`` with a timestamp ``< time[b]``."""
+        base = np.asarray(item, dtype=np.int64) * self.span
+        rank = np.searchsorted(self.times, np.asarray(time, dtype=np.int64), side="left")  # times < t
+        return (np.searchsorted(self.keys, base + rank) - np.searchsorted(self.keys, base)).astype(np.int64)
+
+
 def _pick(pool: np.ndarray, start: np.ndarray | int, n: np.ndarray, u: np.ndarray) -> np.ndarray:
     """``pool[start + floor(u·n)]`` per element, ``-1`` where ``n == 0``."""
     if len(pool) == 0:
@@ -117,7 +147,7 @@ class NegativeSampler:
         n_users = len(offsets) - 1
         self.tl_user = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(offsets))
         # dense time ranks keep every composite key far from int64 overflow
-        self.times, tr = np.unique(self.time, return_inverse=True)
+        self.times = np.unique(self.time)
         self.span = len(self.times) + 1
         # items by first appearance (ties: item index = raw-id order), for "seen before t"
         first = np.full(n_items, np.iinfo(np.int64).max, dtype=np.int64)
@@ -142,8 +172,7 @@ class NegativeSampler:
         # events in time order (popularity) and each item's event times (counts before t)
         eorder = np.lexsort((np.arange(len(self.time)), self.time))
         self.ev_time, self.ev_item = self.time[eorder], self.item[eorder]
-        iorder = np.lexsort((tr, self.item))
-        self.item_keys = self.item[iorder] * self.span + tr[iorder]
+        self.counts = ItemCounts(self.item, self.time)
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -153,9 +182,7 @@ class NegativeSampler:
 
     def count_before(self, item: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Behaviors of ``item`` (by anyone) strictly before ``t``."""
-        item = item.astype(np.int64)
-        base = item * self.span
-        return np.searchsorted(self.item_keys, base + self._rank_of(t)) - np.searchsorted(self.item_keys, base)
+        return self.counts.before(item, t)
 
     def touched(self, user: np.ndarray, item: np.ndarray, t: np.ndarray) -> np.ndarray:
         """True where ``user`` interacted with ``item`` at or before ``t``."""
@@ -264,4 +291,4 @@ class NegativeSampler:
         return out, report
 
 
-__all__ = ("SAMPLERS", "NegativeReport", "NegativeSampler", "counter_uniform", "stable_id_hash")
+__all__ = ("SAMPLERS", "ItemCounts", "NegativeReport", "NegativeSampler", "counter_uniform", "stable_id_hash")

@@ -50,6 +50,7 @@ class SkipReport:
     counts: dict[str, int] = field(default_factory=dict)
     first_line: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    time_units: dict[str, str] = field(default_factory=dict)  # input file → timestamp unit as detected
 
     def add(self, key: str, n: int, first: int) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -314,24 +315,28 @@ def _maybe_int_ids(s: pl.Series) -> pl.Series:
     return s
 
 
-def _parse_timestamp(col: pl.Series, unit: Literal["auto", "s", "ms"]) -> pl.Series:
-    """Epoch seconds / milliseconds (integers) or ISO-8601 text → int64 epoch **milliseconds** (null = unparsable)."""
+def _parse_timestamp(col: pl.Series, unit: Literal["auto", "s", "ms"]) -> tuple[pl.Series, str]:
+    """Epoch seconds / milliseconds (integers) or ISO-8601 text → (int64 epoch **milliseconds**, unit read).
+
+    Unparsable values become null. The unit read is ``s``, ``ms``, ``iso``, ``iso+s`` / ``iso+ms``
+    (a text column mixing both) or ``datetime`` (a Parquet timestamp column).
+    """
     if col.dtype.is_temporal():
-        return col.cast(pl.Datetime("ms")).dt.epoch("ms")
+        return col.cast(pl.Datetime("ms")).dt.epoch("ms"), "datetime"
     if col.dtype.is_float():
-        as_int = col.round(0).cast(pl.Int64, strict=False)
-    elif col.dtype.is_integer():
-        as_int = col.cast(pl.Int64)
-    else:
-        text = col.cast(pl.Utf8).str.strip_chars()
-        as_int = text.cast(pl.Int64, strict=False)
-        as_float = text.cast(pl.Float64, strict=False)
-        as_int = as_int.fill_null(as_float.round(0).cast(pl.Int64, strict=False))
-        iso = _parse_iso(text)
-        # Numbers decide the unit; ISO strings are already milliseconds.
-        numeric_ms = _to_ms(as_int, unit)
-        return numeric_ms.fill_null(iso)
-    return _to_ms(as_int, unit)
+        return _to_ms(col.round(0).cast(pl.Int64, strict=False), unit)
+    if col.dtype.is_integer():
+        return _to_ms(col.cast(pl.Int64), unit)
+    text = col.cast(pl.Utf8).str.strip_chars()
+    as_int = text.cast(pl.Int64, strict=False)
+    as_float = text.cast(pl.Float64, strict=False)
+    as_int = as_int.fill_null(as_float.round(0).cast(pl.Int64, strict=False))
+    iso = _parse_iso(text)
+    # Numbers decide the unit; ISO strings are already milliseconds.
+    numeric_ms, numeric_unit = _to_ms(as_int, unit)
+    has_num, has_iso = as_int.null_count() < len(as_int), bool((as_int.is_null() & iso.is_not_null()).any())
+    label = f"iso+{numeric_unit}" if has_num and has_iso else ("iso" if has_iso else numeric_unit)
+    return numeric_ms.fill_null(iso), label
 
 
 # Tried in order, row by row, so one file may mix styles (``T`` or space, fractions, ``Z`` / ``±hh:mm``
@@ -349,12 +354,12 @@ def _parse_iso(text: pl.Series) -> pl.Series:
     return out
 
 
-def _to_ms(v: pl.Series, unit: Literal["auto", "s", "ms"]) -> pl.Series:
+def _to_ms(v: pl.Series, unit: Literal["auto", "s", "ms"]) -> tuple[pl.Series, str]:
     if unit == "auto":
         med = v.drop_nulls().abs().median()
         # 1e11 s is the year 5138; 1e11 ms is 1973. Decide once per file, never per row.
         unit = "ms" if med is not None and float(med) > 1e11 else "s"
-    return v * 1000 if unit == "s" else v
+    return (v * 1000 if unit == "s" else v), unit
 
 
 def validate(
@@ -396,7 +401,8 @@ def validate(
         raw = out["timestamp"]
         missing = raw.is_null() | ((raw.cast(pl.Utf8).str.strip_chars() == "") if raw.dtype == pl.Utf8 else False)
         chk.flag(missing, "timestamp", "empty timestamp (a truncated line?)", "give every row a timestamp")
-        ts = _parse_timestamp(raw, timestamp_unit)
+        ts, read_as = _parse_timestamp(raw, timestamp_unit)
+        report.time_units[t.source] = read_as
         chk.flag(
             ts.is_null() & ~missing,
             "timestamp",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -53,8 +54,12 @@ class TrainConfig:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.long_len >= 2**32:
             raise ConfigError(f"long_len must be < 2**32 (GSU recency keys are 32-bit), got {self.long_len}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a finite number > 0 (e.g. 1e-3), got {self.lr}")
+        if not math.isfinite(self.weight_decay):
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1 (or none for torch's default), got {self.threads}")
         if self.patience < 1:
             raise ConfigError(f"patience must be >= 1 (stop after that many consecutive epochs without a better "
                               f"validation `monitor`; use a large value to never stop early), got {self.patience}")
@@ -145,7 +150,43 @@ def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunCo
             raise ConfigError(f"unknown config key {key!r} for model {model!r}.{hint} Known keys: {', '.join(known)}")
     cfg = RunConfig(model, entry.config_cls(**m_kw), TrainConfig(**t_kw))
     cfg.train.check()
+    check_model_config(model, cfg.model_config)
     return cfg
+
+
+def check_model_config(model: str, config: Any) -> None:
+    """Range-check a model config by field kind, then build the model once on a tiny spec.
+
+    Rules: integer sizes (``embed_dim``, ``k``, ``heads`` …, every int but ``*seed``) >= 1; floats
+    finite and >= 0, ``dropout`` in [0, 1); layer sizes (``mlp`` …) all >= 1; ``activation`` names
+    known. Building on a 3-item spec surfaces the model's own constraints (e.g. SDIM's
+    ``rounds × width <= 64``) here, before any data is read.
+    """
+    from userlens.layers.activation import _ACTIVATIONS
+    from userlens.models.registry import build_model
+    from userlens.models.spec import FeatureSpec
+
+    for f in dataclasses.fields(config):
+        v, name = getattr(config, f.name), f.name
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int) and not name.endswith("seed") and v < 1:
+            raise ConfigError(f"{name} must be >= 1, got {v}")
+        if isinstance(v, float):
+            if not math.isfinite(v) or v < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
+            if name == "dropout" and not v < 1:
+                raise ConfigError(f"dropout must be in [0, 1), got {v}")
+        if isinstance(v, tuple) and any(not isinstance(x, int) or x < 1 for x in v):
+            raise ConfigError(f"{name} must be layer sizes >= 1 like 200,80; got {','.join(map(str, v))}")
+        if (name == "activation" or name.endswith("_activation")) and v not in _ACTIVATIONS:
+            close = difflib.get_close_matches(str(v), list(_ACTIVATIONS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{name} must be one of {sorted(_ACTIVATIONS)}, got {v!r}.{hint}")
+    try:
+        build_model(model, FeatureSpec(n_users=3, n_items=3, n_categories=3), config)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model {model!r}: {e}") from None
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:

@@ -10,7 +10,9 @@ is not optimised: :func:`fit` validates it once and saves the run.
 from __future__ import annotations
 
 import json
+import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
 from userlens.batch import Batch
@@ -30,7 +31,11 @@ from userlens.layers.activation import compile_hot_layers
 from userlens.metrics import evaluate_predictions
 from userlens.models.registry import build_model
 from userlens.models.spec import FeatureSpec
-from userlens.training.checkpoint import METRICS, save_run
+from userlens.artifacts import DirLock, check_output_path, swap_in, write_atomic
+from userlens.errors import ConfigError, InputError, Interrupted, TrainingError
+from userlens.training.checkpoint import (CONFIG, METRICS, STATE, STATE_META, load_checkpoint, partial_dir,
+                                          save_checkpoint, save_run)
+from userlens.training.progress import RunReporter
 from userlens.training.config import RunConfig
 
 
@@ -108,16 +113,9 @@ def training_loss(model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Ten
     return loss, extra
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-        disable=not enabled, transient=False,
-    )
-
-
 @torch.inference_mode()
-def predict(model: nn.Module, loader: BatchLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader: BatchLoader, on_batch: Callable[[], None] | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(logits, labels, user indices) over the loader, in sample order.
 
     Logits, not probabilities: a float32 sigmoid saturates to exactly 1.0 above
@@ -130,7 +128,9 @@ def predict(model: nn.Module, loader: BatchLoader) -> tuple[np.ndarray, np.ndarr
     order_users = np.asarray(loader.samples.user)
     seen = 0
     for batch in loader:
-        logits.append(model(batch).numpy())
+        logits.append(model(batch).detach().cpu().numpy())
+        if on_batch is not None:
+            on_batch()
         labels.append(batch.label.numpy())
         users.append(order_users[seen : seen + len(batch)])
         seen += len(batch)
@@ -140,28 +140,53 @@ def predict(model: nn.Module, loader: BatchLoader) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(logits), np.concatenate(labels), np.concatenate(users)
 
 
-def _validate(model: nn.Module, loader: BatchLoader, epoch: int) -> dict[str, float]:
-    """Validation metrics after ``epoch`` ({} without validation samples); non-finite logits raise."""
-    logits, labels, users = predict(model, loader)
+def _validate(model: nn.Module, loader: BatchLoader, epoch: int, on_batch: Callable[[], None] | None = None
+              ) -> dict[str, float]:
+    """Validation metrics after ``epoch`` ({} without validation samples); undefined ones (one class) are None.
+
+    Non-finite logits raise a :class:`TrainingError` (the model diverged).
+    """
+    logits, labels, users = predict(model, loader, on_batch)
     if not len(labels):
         return {}
     try:
-        return evaluate_predictions(labels, logits, users)
+        metrics = evaluate_predictions(labels, logits, users)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     except ValueError as e:
-        raise ValueError(f"validation after epoch {epoch}: {e}") from None
+        raise TrainingError(f"validation after epoch {epoch}: {e}. Fix: lower lr (the model diverged) or check "
+                            "the data") from None
 
 
-def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
-        log: Callable[[str], None] = print) -> FitResult:
+def _check_paths(out: Path, work: Path, resume: bool, force: bool) -> None:
+    """Refuse to overwrite a finished run (unless ``force``) or to silently restart an interrupted one."""
+    if resume:
+        if force:
+            raise ConfigError("--resume continues an interrupted run, --force starts over: give one of them")
+        if not (work / STATE_META).is_file():
+            raise InputError(f"{out}: nothing to resume (no checkpoint in {work}). Fix: train without --resume.")
+        return
+    if (work / STATE_META).is_file() and not force:
+        raise InputError(f"{out}: an interrupted run of it waits in {work}. Fix: --resume to continue it, or "
+                         "--force to start over.")
+    check_output_path(out, "run directory", CONFIG, force)
+
+
+def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,
+        show_progress: bool = True, log: Callable[[str], None] = print) -> FitResult:
     """Train ``cfg.model`` on ``data`` and write the run directory ``out``.
 
     Per epoch: one pass over shuffled training samples, validation AUC/GAUC/logloss
-    appended to ``metrics.jsonl``. Stops after ``patience`` consecutive epochs without
-    a better validation ``monitor`` (AUC, higher is better, or logloss, lower is
-    better: a model can rank well while over-confident) and saves the best epoch's
-    weights. The loss is BCE plus the extra terms of the model's ``forward_train``
+    appended to ``metrics.jsonl``, and a checkpoint. Stops after ``patience`` consecutive
+    epochs without a better validation ``monitor`` (AUC, higher is better, or logloss,
+    lower is better: a model can rank well while over-confident) and saves the best
+    epoch's weights. The loss is BCE plus the extra terms of the model's ``forward_train``
     when it has one (:func:`training_loss`); each extra term's mean is logged as
     ``train_extra_<name>``.
+
+    The run is built in ``<out>.partial`` under a lock and moved to ``out`` only when
+    finished; an existing run is replaced only with ``force``. A killed or interrupted
+    run keeps its last epoch's checkpoint there: ``resume=True`` continues it and ends
+    with the same weights as an uninterrupted run (same config, data and seed).
 
     A model without trainable parameters is evaluation-only: no optimiser, one
     ``metrics.jsonl`` row with ``epoch`` 0 and ``evaluation_only: true``, the run
@@ -171,18 +196,51 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, show_progress: b
     bitwise-equal weights and metrics (see :func:`seed_everything`).
     """
     cfg.train.check()
-    with deterministic_algorithms(cfg.train.deterministic):
-        return _fit(data, cfg, Path(out), show_progress, log)
+    out = Path(out)
+    work = partial_dir(out)
+    _check_paths(out, work, resume, force)
+    with DirLock(out):
+        if not resume:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            with deterministic_algorithms(cfg.train.deterministic):
+                result = _fit(data, cfg, work, resume, show_progress, log)
+        except KeyboardInterrupt:
+            kept = _checkpoint_epoch(work)
+            raise Interrupted(
+                f"interrupted; {out}: " + (f"kept the checkpoint after epoch {kept} in {work}. Fix: continue with the "
+                                          "same `userlens train` command plus --resume" if kept else
+                                          f"no epoch had finished, nothing kept. Fix: train again")) from None
+        except BaseException:
+            if _checkpoint_epoch(work) is None:  # nothing worth resuming: leave no half-made directory
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        for f in (STATE, STATE_META):
+            (work / f).unlink(missing_ok=True)
+        swap_in(work, out)
+    return result
 
 
-def _fit(data: PreparedData, cfg: RunConfig, out: Path, show_progress: bool, log: Callable[[str], None]) -> FitResult:
+def _checkpoint_epoch(work: Path) -> int | None:
+    try:
+        return int(json.loads((work / STATE_META).read_text())["progress"]["epoch"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_progress: bool,
+         log: Callable[[str], None]) -> FitResult:
     t = cfg.train
-    out.mkdir(parents=True, exist_ok=True)
     if t.threads:
         torch.set_num_threads(t.threads)
     seed_everything(t.seed)
     spec = FeatureSpec.from_meta(data.meta, content_dim=data.content_dim())
     model = build_model(cfg.model, spec, cfg.model_config)
+    notes = {"content_vectors": spec.content_dim > 0}
+    if getattr(model, "can_use_content", False) and spec.content_dim == 0:
+        log(f"note: {cfg.model} trains without item content vectors: {data.path} has none. Fix: run "
+            "`userlens embed-items` on it first to use them.")
     if t.compile:
         compile_hot_layers(model)
     limit = 1 if t.fast_dev_run else t.limit_batches
@@ -192,26 +250,38 @@ def _fit(data: PreparedData, cfg: RunConfig, out: Path, show_progress: bool, log
                                limit_batches=1 if t.fast_dev_run else None, prefetch=t.prefetch,
                                long_len=t.long_len)
     if len(train_loader.samples) == 0:
-        raise ValueError(f"{data.path}: the train split is empty. Fix: prepare with a different split.")
-    (out / METRICS).write_text("")
+        raise InputError(f"{data.path}: the train split is empty; nothing to train on. Fix: prepare with another "
+                         "split (e.g. larger --valid-fraction/--test-fraction leave less for training).")
+    log(f"config: {json.dumps(cfg.to_json())}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # a fixed scoring rule: nothing to optimise, validate once
+        (work / METRICS).write_text("")
         valid = _validate(model, valid_loader, 0)
-        _log_row(out, log, {"epoch": 0, "evaluation_only": True, "train_samples": 0,
-                            **{f"valid_{k}": v for k, v in valid.items()}})
-        save_run(out, model, cfg, spec, data.path)
+        _log_row(work, log, {"epoch": 0, "evaluation_only": True, "train_samples": 0,
+                             **{f"valid_{k}": v for k, v in valid.items()}})
+        save_run(work, model, cfg, spec, data.path, data.fingerprint, notes=notes)
         return FitResult(0, valid or {"auc": float("nan")}, 0, 0.0, 0.0)
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
     epochs = 1 if t.fast_dev_run else t.epochs
     sign = 1.0 if t.monitor == "auc" else -1.0  # compare sign * metric, higher is better
-    best_state, best_epoch, best_valid, best_score, bad = None, -1, {}, float("-inf"), 0
-    timings: list[tuple[int, float]] = []  # (samples, seconds) per epoch
-    epochs_run = 0
-    with _progress(show_progress) as bar:
-        for epoch in range(epochs):
+    run_id = {"config": cfg.to_json(), "data_fingerprint": data.fingerprint}
+    p = {"epoch": 0, "best_epoch": -1, "best_valid": {}, "best_score": None, "bad": 0, "timings": [],
+         "stopped": False}
+    best_state = None
+    if resume:
+        p, best_state = load_checkpoint(work, model, optimizer, run_id)
+        _keep_rows(work / METRICS, p["epoch"])
+        train_loader.epoch = p["epoch"]  # the shuffle of epoch e is seeded by seed + e
+        log(f"resuming after epoch {p['epoch']} of {epochs} (best so far: epoch {p['best_epoch']})")
+    else:
+        (work / METRICS).write_text("")
+    with RunReporter(show_progress, log, epochs, len(train_loader), first_epoch=p["epoch"]) as report:
+        for epoch in range(p["epoch"], epochs):
+            if p["stopped"]:
+                break
             model.train()
-            task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=len(train_loader), rate="", loss="")
+            report.epoch_start(epoch)
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             extra_sum: dict[str, float] = {}
             for step, batch in enumerate(train_loader):
@@ -223,36 +293,58 @@ def _fit(data: PreparedData, cfg: RunConfig, out: Path, show_progress: bool, log
                 loss_sum += loss.item() * len(batch)
                 for name, term in extra.items():
                     extra_sum[name] = extra_sum.get(name, 0.0) + float(term.detach()) * len(batch)
-                if step % 10 == 0 or step == len(train_loader) - 1:
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    bar.update(task, completed=step + 1, rate=f"{rate:,.0f} samples/s", loss=f"{loss_sum / seen:.4f}")
+                report.step(epoch, step, seen, loss_sum / seen)
             secs = time.perf_counter() - t0
-            timings.append((seen, secs))
-            epochs_run = epoch + 1
-            valid = _validate(model, valid_loader, epoch + 1)
-            _log_row(out, log, {
-                "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_samples": seen,
-                "train_seconds": round(secs, 3), "train_samples_per_s": round(seen / max(secs, 1e-9), 1),
-                **{f"train_extra_{k}": v / max(seen, 1) for k, v in extra_sum.items()},
-                **{f"valid_{k}": v for k, v in valid.items()}})
-            score = sign * valid.get(t.monitor, float("nan"))
-            improved = not np.isnan(score) and score > best_score
-            if improved or best_state is None or not valid:  # no validation split: keep the latest epoch
+            if not np.isfinite(loss_sum):
+                raise TrainingError(f"epoch {epoch + 1}: the training loss is {loss_sum / max(seen, 1)} (diverged). "
+                                    f"Fix: lower lr (now {t.lr}).")
+            valid = _validate(model, valid_loader, epoch + 1, report.validating(epoch + 1, len(valid_loader)))
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_samples": seen,
+                   "train_seconds": round(secs, 3), "train_samples_per_s": round(seen / max(secs, 1e-9), 1),
+                   **{f"train_extra_{k}": v / max(seen, 1) for k, v in extra_sum.items()},
+                   **{f"valid_{k}": v for k, v in valid.items()}}
+            _append_row(work, row)
+            report.epoch_end(epoch + 1, json_line(row))
+            p["timings"].append([seen, secs])
+            score = sign * valid[t.monitor] if valid and valid.get(t.monitor) is not None else None
+            if (score is not None and (p["best_score"] is None or score > p["best_score"])) or best_state is None \
+                    or not valid:  # no validation split: keep the latest epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best_epoch, best_valid, bad = epoch + 1, valid or {"auc": float("nan")}, 0
-                best_score = score if not np.isnan(score) else float("-inf")
+                p.update(best_epoch=epoch + 1, best_valid=valid, bad=0,
+                         best_score=score if score is not None else p["best_score"])
             else:
-                bad += 1
-                if bad >= t.patience:  # `patience` consecutive epochs without a better monitor
-                    break
-    save_run(out, model, cfg, spec, data.path, state=best_state)
+                p["bad"] += 1
+                p["stopped"] = p["bad"] >= t.patience  # `patience` consecutive epochs without a better monitor
+            p["epoch"] = epoch + 1
+            save_checkpoint(work, model, optimizer, best_state, p, run_id)
+            if p["stopped"]:
+                break
+    save_run(work, model, cfg, spec, data.path, data.fingerprint, state=best_state,
+             notes={**notes, "best_epoch": p["best_epoch"]})
+    timings = [tuple(x) for x in p["timings"]]
     steady = timings[1:] or timings
     rate = sum(n for n, _ in steady) / max(sum(s for _, s in steady), 1e-9)
     overall = sum(n for n, _ in timings) / max(sum(s for _, s in timings), 1e-9)
-    return FitResult(best_epoch, best_valid, epochs_run, rate, overall)
+    return FitResult(p["best_epoch"], p["best_valid"] or {"auc": float("nan")}, p["epoch"], rate, overall)
 
 
-def _log_row(out: Path, log: Callable[[str], None], row: dict) -> None:
-    with open(out / METRICS, "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-    log(json.dumps(row))
+def json_line(row: dict) -> str:
+    """One strict-JSON line: NaN / ±inf (never valid JSON) become null."""
+    return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+
+
+def _append_row(work: Path, row: dict) -> None:
+    with open(work / METRICS, "a") as fh:
+        fh.write(json_line(row) + "\n")
+
+
+def _log_row(work: Path, log: Callable[[str], None], row: dict) -> None:
+    _append_row(work, row)
+    log(json_line(row))
+
+
+def _keep_rows(path: Path, epochs: int) -> None:
+    """Drop the metrics rows of epochs after the checkpoint (redone on resume)."""
+    rows = [x for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    kept = [x for x in rows if json.loads(x).get("epoch", 0) <= epochs]
+    write_atomic(path, "".join(x + "\n" for x in kept))

@@ -1,0 +1,577 @@
+"""A catalogue of bad inputs, each generated here, fed through the CLI as a new user would.
+
+Every case must end with exit code 1 and exactly one line on stderr that starts with
+``error:``, names the file (where there is one) and the problem, and shows no traceback.
+Nothing here is committed as a file: each case writes what it needs under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from userlens.cli import app
+from userlens.synthetic import planted_interest_log
+
+T = 1_600_000_000
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A valid raw log, its prepared directory and a finished run: the things the cases break copies of."""
+    d = tmp_path_factory.mktemp("base")
+    raw = planted_interest_log(n_users=80, n_items=60, n_categories=6, behaviors_per_user=20,
+                               impressions_per_user=8, seed=3).write(d / "raw")
+    ok = runner.invoke(app, ["prepare", "--behaviors", str(raw["behaviors"]), "--impressions",
+                             str(raw["impressions"]), "--items", str(raw["items"]), "--out", str(d / "data")])
+    assert ok.exit_code == 0, ok.output
+    ok = runner.invoke(app, ["train", str(d / "data"), "--model", "din", "--out", str(d / "run"), "--set", "epochs=1",
+                             "--set", "compile=false", "--no-progress"])
+    assert ok.exit_code == 0, ok.output
+    return {"raw": d / "raw", "data": d / "data", "run": d / "run", **raw}
+
+
+def _csv(tmp: Path, text: str, name: str = "b.csv", encoding: str = "utf-8") -> Path:
+    p = tmp / name
+    p.write_bytes(text.encode(encoding))
+    return p
+
+
+def _prep(*args: str | Path, out: Path | None = None) -> list[str]:
+    return ["prepare", *map(str, args), "--out", str(out)]
+
+
+def _copy(src: Path, tmp: Path, name: str) -> Path:
+    dest = tmp / name
+    shutil.copytree(src, dest)
+    return dest
+
+
+def _flip_byte(path: Path, offset: int = -1) -> None:
+    b = bytearray(path.read_bytes())
+    b[offset] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+GOOD_HEAD = "user_id,item_id,timestamp\n"
+Case = Callable[[Path, dict[str, Path]], tuple[list[str], list[str]]]  # → (argv, substrings expected)
+CASES: dict[str, Case] = {}
+
+
+def case(name: str) -> Callable[[Case], Case]:
+    def deco(fn: Case) -> Case:
+        CASES[name] = fn
+        return fn
+    return deco
+
+
+# --------------------------------------------------------------------------- prepare: files
+
+
+@case("missing file")
+def _(t, b):
+    return _prep("--behaviors", t / "nope.csv", out=t / "o"), ["nope.csv", "file not found"]
+
+
+@case("directory as a file")
+def _(t, b):
+    (t / "dir.csv").mkdir()
+    return _prep("--behaviors", t / "dir.csv", out=t / "o"), ["dir.csv", "is a directory"]
+
+
+@case("empty file")
+def _(t, b):
+    return _prep("--behaviors", _csv(t, ""), out=t / "o"), ["b.csv", "empty"]
+
+
+@case("header only")
+def _(t, b):
+    return _prep("--behaviors", _csv(t, GOOD_HEAD), out=t / "o"), ["b.csv", "no rows"]
+
+
+@case("missing column")
+def _(t, b):
+    return _prep("--behaviors", _csv(t, f"item_id,timestamp\n1,{T}\n"), out=t / "o"), ["b.csv", "'user_id'"]
+
+
+@case("misspelt column")
+def _(t, b):
+    p = _csv(t, f"usr_id,item_id,timestamp\n1,1,{T}\n")
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv", "did you mean 'usr_id'"]
+
+
+@case("duplicate header column")
+def _(t, b):
+    p = _csv(t, f"user_id,item_id,timestamp,item_id\n1,1,{T},2\n")
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 1", "duplicate column 'item_id'"]
+
+
+@case("latin-1 csv")
+def _(t, b):
+    p = _csv(t, GOOD_HEAD + f"1,caf\xe9,{T}\n", encoding="latin-1")
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 2", "not UTF-8"]
+
+
+@case("unclosed quote")
+def _(t, b):
+    p = _csv(t, GOOD_HEAD + f'1,2,{T}\n1,"open,{T}\n2,3,{T}\n')
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 3", "never closed"]
+
+
+@case("quoted newline then a bad timestamp")
+def _(t, b):
+    p = _csv(t, GOOD_HEAD + f'1,"a\nb",{T}\n2,3,later\n')
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 4", "cannot parse the timestamp"]
+
+
+@case("truncated line")
+def _(t, b):
+    return _prep("--behaviors", _csv(t, GOOD_HEAD + f"1,2,{T}\n3,4\n"), out=t / "o"), ["b.csv", "line 3"]
+
+
+@case("unparsable timestamp")
+def _(t, b):
+    p = _csv(t, GOOD_HEAD + f"1,2,{T}\n1,3,yesterday\n")
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 3", "cannot parse the timestamp"]
+
+
+@case("absurd old timestamp")
+def _(t, b):
+    p = _csv(t, GOOD_HEAD + f"1,2,{T}\n1,3,1965-01-01\n")
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 3", "absurd timestamp"]
+
+
+@case("future timestamp")
+def _(t, b):
+    p = _csv(t, GOOD_HEAD + f"1,2,{T}\n1,3,2999-01-01\n")
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 3", "absurd timestamp"]
+
+
+@case("blank user id")
+def _(t, b):
+    p = _csv(t, GOOD_HEAD + f"1,2,{T}\n ,3,{T}\n")
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 3", "empty id"]
+
+
+@case("NaN float id in parquet")
+def _(t, b):
+    p = t / "b.parquet"
+    pl.DataFrame({"user_id": [1.0, float("nan")], "item_id": [1, 2], "timestamp": [T, T]}).write_parquet(p)
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet:row 2", "empty id"]
+
+
+@case("fractional float id")
+def _(t, b):
+    p = t / "b.parquet"
+    pl.DataFrame({"user_id": [1.0, 2.0], "item_id": [1.5, 2.0], "timestamp": [T, T]}).write_parquet(p)
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet:row 1", "not an integer"]
+
+
+@case("duplicate event id")
+def _(t, b):
+    p = _csv(t, f"user_id,item_id,timestamp,event_id\n1,2,{T},e1\n1,3,{T},e1\n")
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 3", "duplicate event_id"]
+
+
+@case("garbage parquet")
+def _(t, b):
+    p = t / "b.parquet"
+    p.write_bytes(b"PAR1 not really")
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet", "cannot read as Parquet"]
+
+
+@case("truncated parquet")
+def _(t, b):
+    p = t / "b.parquet"
+    p.write_bytes(b["behaviors"].read_bytes()[:300])
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet", "cannot read as Parquet"]
+
+
+@case("unknown extension")
+def _(t, b):
+    p = t / "b.xlsx"
+    p.write_bytes(b"x")
+    return _prep("--behaviors", p, out=t / "o"), ["b.xlsx", "unknown file type"]
+
+
+@case("label outside 0/1")
+def _(t, b):
+    i = _csv(t, f"user_id,item_id,timestamp,label\n1,2,{T},2\n", "i.csv")
+    return _prep("--behaviors", b["behaviors"], "--impressions", i, out=t / "o"), ["i.csv:line 2", "not 0 or 1"]
+
+
+@case("unknown split value")
+def _(t, b):
+    i = _csv(t, f"user_id,item_id,timestamp,label,split\n1,2,{T},1,holdout\n", "i.csv")
+    return _prep("--behaviors", b["behaviors"], "--impressions", i, out=t / "o"), ["i.csv:line 2", "split is not"]
+
+
+@case("duplicate item in the items table")
+def _(t, b):
+    it = _csv(t, "item_id,category\n1,a\n1,b\n", "items.csv")
+    return _prep("--behaviors", b["behaviors"], "--items", it, out=t / "o"), ["items.csv:line 3", "duplicate item_id"]
+
+
+@case("context column missing")
+def _(t, b):
+    args = _prep("--behaviors", b["behaviors"], "--impressions", b["impressions"], "--context", "device", out=t / "o")
+    return args, ["impressions.parquet", "missing required column 'device'"]
+
+
+@case("context without impressions")
+def _(t, b):
+    return _prep("--behaviors", b["behaviors"], "--context", "device", out=t / "o"), ["context columns need"]
+
+
+# --------------------------------------------------------------------------- prepare: options and outputs
+
+
+@case("timestamp unit spelled out")
+def _(t, b):
+    return _prep("--behaviors", b["behaviors"], "--timestamp-unit", "seconds", out=t / "o"), ["--timestamp-unit",
+                                                                                              "'seconds'"]
+
+
+@case("unknown bad-row policy")
+def _(t, b):
+    return _prep("--behaviors", b["behaviors"], "--on-bad-rows", "ignore", out=t / "o"), ["--on-bad-rows"]
+
+
+@case("unknown negative sampler")
+def _(t, b):
+    return _prep("--behaviors", b["behaviors"], "--negative-sampler", "hard", out=t / "o"), ["--negative-sampler"]
+
+
+@case("popularity exponent out of range")
+def _(t, b):
+    return _prep("--behaviors", b["behaviors"], "--negative-alpha", "2", out=t / "o"), ["--negative-alpha", "[0, 1]"]
+
+
+@case("fractions over one")
+def _(t, b):
+    args = _prep("--behaviors", b["behaviors"], "--valid-fraction", "0.6", "--test-fraction", "0.5", out=t / "o")
+    return args, ["valid/test fractions"]
+
+
+@case("min history above every user")
+def _(t, b):
+    return _prep("--behaviors", b["behaviors"], "--min-history", "1000", out=t / "o"), ["no samples", "--min-history"]
+
+
+@case("output path is a file")
+def _(t, b):
+    (t / "o").write_text("x")
+    return _prep("--behaviors", b["behaviors"], out=t / "o"), ["o: exists and is a file"]
+
+
+@case("output is an existing prepared directory")
+def _(t, b):
+    return _prep("--behaviors", b["behaviors"], out=b["data"]), ["data: a prepared directory already exists",
+                                                                 "--force"]
+
+
+@case("output is an unrelated non-empty directory")
+def _(t, b):
+    (t / "o").mkdir()
+    (t / "o" / "notes.txt").write_text("mine")
+    return _prep("--behaviors", b["behaviors"], out=t / "o"), ["is not a prepared directory"]
+
+
+@case("unknown dataset format")
+def _(t, b):
+    return ["prepare", "--format", "movielen", "--source", str(t), "--out", str(t / "o")], ["'movielen'",
+                                                                                            "Did you mean"]
+
+
+@case("dataset folder without its files")
+def _(t, b):
+    return ["prepare", "--format", "amazon", "--source", str(t), "--out", str(t / "o")], ["missing", "train.csv"]
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _train(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", str(data), "--model", "din", "--out", str(out), "--no-progress", "--set", "epochs=1",
+            "--set", "compile=false", *extra]
+
+
+@case("data directory missing")
+def _(t, b):
+    return _train(t / "nodata", t / "r"), ["nodata", "no such prepared directory"]
+
+
+@case("data directory not prepared")
+def _(t, b):
+    return _train(t, t / "r"), ["no meta.json"]
+
+
+@case("truncated meta.json")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    (d / "meta.json").write_text((d / "meta.json").read_text()[:100])
+    return _train(d, t / "r"), ["meta.json", "not valid JSON"]
+
+
+@case("old schema version")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "schema_version": 1}))
+    return _train(d, t / "r"), ["schema version 1", "prepare --force"]
+
+
+@case("flipped byte in an array")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    _flip_byte(d / "timeline" / "item.npy")
+    return _train(d, t / "r"), ["timeline/item.npy", "checksum mismatch"]
+
+
+@case("truncated array")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    p = d / "samples" / "train" / "label.npy"
+    p.write_bytes(p.read_bytes()[:-10])
+    return _train(d, t / "r"), ["samples/train/label.npy", "bytes, the manifest says"]
+
+
+@case("unknown model")
+def _(t, b):
+    return ["train", str(b["data"]), "--model", "dinn", "--out", str(t / "r")], ["unknown model 'dinn'"]
+
+
+@case("zero embedding size")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "embed_dim=0"), ["embed_dim must be >= 1"]
+
+
+@case("dropout above one")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "dropout=2"), ["dropout must be in [0, 1)"]
+
+
+@case("lr nan")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "lr=nan"), ["lr must be a finite number"]
+
+
+@case("lr inf")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "lr=inf"), ["lr must be a finite number"]
+
+
+@case("zero threads")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "threads=0"), ["threads must be >= 1"]
+
+
+@case("unknown activation")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "activation=relux"), ["activation must be one of", "'relu'"]
+
+
+@case("unknown config key")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "embedding_dim=8"), ["unknown config key 'embedding_dim'"]
+
+
+@case("set without equals")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "lr"), ["--set expects key=value"]
+
+
+@case("truncated config file")
+def _(t, b):
+    c = t / "c.json"
+    c.write_text('{"lr": 0.1, ')
+    return ["train", str(b["data"]), "--model", "din", "--config", str(c), "--out", str(t / "r")], [
+        "c.json", "cannot parse config"]
+
+
+@case("run output is a file")
+def _(t, b):
+    (t / "r").write_text("x")
+    return _train(b["data"], t / "r"), ["r: exists and is a file"]
+
+
+@case("run output is a finished run")
+def _(t, b):
+    return _train(b["data"], b["run"]), ["run: a run directory already exists", "--force"]
+
+
+@case("resume with nothing to resume")
+def _(t, b):
+    return _train(b["data"], t / "r", "--resume"), ["nothing to resume"]
+
+
+@case("empty train split")
+def _(t, b):
+    imp = pl.read_parquet(b["impressions"]).with_columns(pl.lit("test").alias("split"))
+    imp.write_parquet(t / "imp.parquet")
+    ok = runner.invoke(app, ["prepare", "--behaviors", str(b["behaviors"]), "--impressions", str(t / "imp.parquet"),
+                             "--out", str(t / "d")])
+    assert ok.exit_code == 0, ok.output
+    return _train(t / "d", t / "r"), ["the train split is empty"]
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@case("run directory missing")
+def _(t, b):
+    return ["evaluate", str(t / "norun")], ["norun", "not a run directory"]
+
+
+@case("run directory is a file")
+def _(t, b):
+    (t / "r").write_text("x")
+    return ["evaluate", str(t / "r")], ["is a file, not a run directory"]
+
+
+@case("truncated run config")
+def _(t, b):
+    r = _copy(b["run"], t, "r")
+    (r / "config.json").write_text((r / "config.json").read_text()[:50])
+    return ["evaluate", str(r)], ["config.json", "not valid JSON"]
+
+
+@case("corrupted weights")
+def _(t, b):
+    r = _copy(b["run"], t, "r")
+    _flip_byte(r / "model.safetensors", 200)
+    return ["evaluate", str(r)], ["model.safetensors", "checksum mismatch"]
+
+
+@case("foreign weights")
+def _(t, b):
+    r = _copy(b["run"], t, "r")
+    from safetensors.torch import save_file
+
+    import torch
+
+    save_file({"w": torch.zeros(3)}, str(r / "model.safetensors"))
+    from userlens.artifacts import describe
+
+    doc = json.loads((r / "config.json").read_text())
+    doc["weights"] = describe(r, ["model.safetensors"])["model.safetensors"]  # checksum right, content foreign
+    (r / "config.json").write_text(json.dumps(doc))
+    return ["evaluate", str(r)], ["model.safetensors", "do not fit model 'din'"]
+
+
+@case("data with permuted ids")
+def _(t, b):
+    beh = pl.read_parquet(b["behaviors"]).with_columns(("u" + pl.col("user_id").cast(pl.Utf8)).alias("user_id"))
+    beh.write_parquet(t / "b.parquet")
+    imp = pl.read_parquet(b["impressions"]).with_columns(("u" + pl.col("user_id").cast(pl.Utf8)).alias("user_id"))
+    imp.write_parquet(t / "i.parquet")
+    ok = runner.invoke(app, ["prepare", "--behaviors", str(t / "b.parquet"), "--impressions", str(t / "i.parquet"),
+                             "--items", str(b["items"]), "--out", str(t / "d")])
+    assert ok.exit_code == 0, ok.output
+    return ["evaluate", str(b["run"]), "--data", str(t / "d")], ["its vocabularies", "not those"]
+
+
+@case("moved data directory")
+def _(t, b):
+    r = _copy(b["run"], t, "r")
+    doc = json.loads((r / "config.json").read_text())
+    (r / "config.json").write_text(json.dumps({**doc, "data_dir": str(t / "gone")}))
+    return ["evaluate", str(r)], ["gone", "is gone or moved", "--data"]
+
+
+@case("predictions with an unknown extension")
+def _(t, b):
+    return ["evaluate", str(b["run"]), "--predictions", str(t / "p.txt")], ["p.txt", "unknown predictions format"]
+
+
+@case("unknown split")
+def _(t, b):
+    return ["evaluate", str(b["run"]), "--split", "holdout"], ["unknown split 'holdout'"]
+
+
+@case("embed-items without anything to embed")
+def _(t, b):
+    return ["embed-items", str(b["data"])], ["nothing to embed"]
+
+
+def test_the_catalogue_is_large() -> None:
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_gives_one_clear_line(name: str, base: dict[str, Path], tmp_path: Path) -> None:
+    argv, expected = CASES[name](tmp_path, base)
+    r = runner.invoke(app, argv)
+    err = r.stderr
+    assert r.exit_code == 1, (name, r.exit_code, r.output, r.exception)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+    assert "Traceback" not in r.output and "Traceback" not in err
+    for text in expected:
+        assert text in lines[0], (name, text, lines[0])
+
+
+def test_an_error_message_keeps_square_brackets(tmp_path: Path) -> None:
+    """Rich markup must not eat text: `pip install 'userlens[content]'` has to reach the user intact."""
+    from userlens.cli import _error
+    from rich.console import Console
+
+    import userlens.cli as cli
+
+    console = Console(file=open(tmp_path / "err.txt", "w"), soft_wrap=True)
+    old, cli.err = cli.err, console
+    try:
+        _error("Fix: pip install 'userlens[content]' and retry [bold]now[/]")
+    finally:
+        cli.err = old
+        console.file.close()
+    text = (tmp_path / "err.txt").read_text()
+    assert "userlens[content]" in text and "[bold]now[/]" in text
+
+
+def test_a_long_error_is_one_line_in_a_file(tmp_path: Path) -> None:
+    long_name = tmp_path / ("x" * 150 + ".csv")
+    r = runner.invoke(app, ["prepare", "--behaviors", str(long_name), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and len([x for x in r.stderr.splitlines() if x.strip()]) == 1
+
+
+def test_prepare_failure_keeps_the_previous_directory(base: dict[str, Path], tmp_path: Path) -> None:
+    """A failing `prepare --force` over an existing directory leaves it exactly as it was."""
+    d = _copy(base["data"], tmp_path, "d")
+    before = {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    bad = _csv(tmp_path, GOOD_HEAD + f"1,2,{T}\n1,3,yesterday\n")
+    r = runner.invoke(app, ["prepare", "--behaviors", str(bad), "--out", str(d), "--force"])
+    assert r.exit_code == 1
+    after = {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    assert after == before
+    assert not list(tmp_path.glob(".d.tmp-*")) and not (tmp_path / "d.lock").exists()
+
+
+def test_no_nan_reaches_json(base: dict[str, Path], tmp_path: Path) -> None:
+    """A single-class split gives auc null with a reason, never NaN (which is not JSON)."""
+    imp = pl.read_parquet(base["impressions"])
+    imp = imp.with_columns(pl.when(pl.col("split") == "test").then(pl.lit(1)).otherwise(pl.col("label"))
+                           .cast(pl.Int8).alias("label")) if "split" in imp.columns else imp
+    imp = imp.with_columns(pl.when(pl.arange(0, imp.height) % 5 == 0).then(pl.lit("test"))
+                           .when(pl.arange(0, imp.height) % 5 == 1).then(pl.lit("valid"))
+                           .otherwise(pl.lit("train")).alias("split"))
+    imp = imp.with_columns(pl.when(pl.col("split") == "test").then(pl.lit(1)).otherwise(pl.col("label"))
+                           .cast(pl.Int8).alias("label"))
+    imp.write_parquet(tmp_path / "i.parquet")
+    ok = runner.invoke(app, ["prepare", "--behaviors", str(base["behaviors"]), "--impressions",
+                             str(tmp_path / "i.parquet"), "--out", str(tmp_path / "d")])
+    assert ok.exit_code == 0 and "the test split has only label 1" in ok.stderr
+    ok = runner.invoke(app, _train(tmp_path / "d", tmp_path / "r"))
+    assert ok.exit_code == 0, ok.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])  # strict JSON: json.loads would accept NaN, so check
+    assert res["auc"] is None and "only label 1" in res["notes"][0]
+    assert "NaN" not in r.stdout and "NaN" not in (tmp_path / "r" / "metrics.jsonl").read_text()
