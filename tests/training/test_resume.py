@@ -127,3 +127,31 @@ def test_resume_refuses_another_config(data_dir: Path, tmp_path: Path) -> None:
     other = resolve_config("avgpool", {"epochs": 1, "compile": False, "threads": 1, "lr": 0.01})
     with pytest.raises(InputError, match="another config or other data"):
         fit(data, other, tmp_path / "r", resume=True, show_progress=False, log=lambda s: None)
+
+
+def test_a_crashed_forced_retrain_leaves_the_old_run_intact(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = subprocess.run(_train(data_dir, run), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    killed = _start_and_stop_after_first_epoch(_train(data_dir, run, "--force", "--set", "lr=0.01"), run,
+                                               signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # config.json never rewritten early
+
+
+def test_a_second_writer_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    from userlens.artifacts import DirLock
+
+    with DirLock(tmp_path / "run"):
+        cfg = resolve_config("avgpool", {"epochs": 1, "compile": False})
+        with pytest.raises(InputError, match=r"another userlens process \(pid \d+\) is writing it"):
+            fit(PreparedData(data_dir), cfg, tmp_path / "run", show_progress=False, log=lambda s: None)
+    assert not (tmp_path / "run").exists() and not partial_dir(tmp_path / "run").exists()
+
+
+def test_a_failed_train_leaves_no_directory(data_dir: Path, tmp_path: Path) -> None:
+    cfg = resolve_config("avgpool", {"epochs": 1, "compile": False, "lr": 1e30})
+    with pytest.raises(Exception, match="diverged|non-finite"):
+        fit(PreparedData(data_dir), cfg, tmp_path / "run", show_progress=False, log=lambda s: None)
+    assert not (tmp_path / "run").exists() and not partial_dir(tmp_path / "run").exists()

@@ -299,3 +299,15 @@ def test_parameter_free_models_are_evaluated_not_trained(small_data: PreparedDat
     again = evaluate_run(tmp_path, split="valid")
     assert again["auc"] == row["valid_auc"] == res.best_valid["auc"] and again["auc"] > 0.5
     assert evaluate_run(tmp_path, split="test")["n"] == len(small_data.samples("test"))
+
+
+def test_content_models_say_when_they_train_without_content(small_data: PreparedData, tmp_path) -> None:
+    lines: list[str] = []
+    fit(small_data, resolve_config("muse", {**FAST, "epochs": 1, "limit_batches": 1}), tmp_path / "m",
+        show_progress=False, log=lines.append)
+    assert any("muse trains without item content vectors" in x and "embed-items" in x for x in lines)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["content_vectors"] is False
+    lines.clear()
+    fit(small_data, resolve_config("din", {**FAST, "epochs": 1, "limit_batches": 1}), tmp_path / "d",
+        show_progress=False, log=lines.append)
+    assert not any("content vectors" in x for x in lines)

@@ -40,6 +40,9 @@ class LifelongModel(nn.Module):
     """
 
     long_dim: int
+    #: reads item content vectors when the prepared data has them (``userlens embed-items``); the trainer
+    #: says so at the start of a run without them
+    can_use_content: bool = False
 
     def __init__(self, spec: FeatureSpec, cfg: LifelongConfig, long_dim: int,
                  tower: Callable[[int], nn.Module] | None = None, extras: tuple[str, ...] = ()) -> None:

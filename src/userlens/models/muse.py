@@ -55,6 +55,8 @@ class MUSEConfig(LifelongConfig):
 
 
 class MUSE(LifelongModel):
+    can_use_content = True
+
     def __init__(self, spec: FeatureSpec, cfg: MUSEConfig) -> None:
         d = 2 * cfg.embed_dim
         super().__init__(spec, cfg, long_dim=2 * d + 2 * cfg.embed_dim,  # ESU + two SimTiers

@@ -85,6 +85,8 @@ class QINConfig(LifelongConfig):
 
 
 class QIN(LifelongModel):
+    can_use_content = True
+
     def __init__(self, spec: FeatureSpec, cfg: QINConfig) -> None:
         super().__init__(spec, cfg, long_dim=cfg.attention_dim + 1, tower=lambda d: QuadraticTower(d, cfg.qnn),
                          extras=("long_category", "long_content") if spec.content_dim else ("long_category",))
