@@ -27,7 +27,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 4, models: tuple[str, 
     log = planted_interest_log(n_users=1000, n_items=1000, n_categories=50, impressions_per_user=60, seed=7)
     paths = log.write(out / "raw")
     meta = prepare(sources_from_files(paths["behaviors"], paths["impressions"], paths["items"]), out / "data",
-                   log=console.print)
+                   log=lambda s: console.print(s, markup=False), force=True)  # the demo owns its folder
     console.print(f"2/3 prepared {meta['counts']['behaviors']:,} behaviors, "
                   f"{meta['samples']['train']['samples']:,} train samples -> {out / 'data'}")
     data = PreparedData(out / "data")

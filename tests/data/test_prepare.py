@@ -456,3 +456,15 @@ def test_tables_sharing_no_ids_get_a_warning(tmp_path: Path) -> None:
     notes = meta["bad_rows"]["notes"]
     assert any("warning: behaviors and impressions (item_id) share 0 of 20 ids" in n for n in notes), notes
     assert not any("(user_id) share" in n for n in notes)
+
+
+def test_duplicate_impressions_and_degenerate_splits_are_warned_about(tmp_path: Path) -> None:
+    beh = pl.DataFrame({"user_id": ["a", "b"] * 5, "item_id": list(range(10)), "timestamp": [T + k for k in range(10)]})
+    imp = pl.DataFrame({"user_id": ["a", "a", "b", "b"], "item_id": [1, 1, 2, 3],
+                        "timestamp": [T + 100, T + 100, T + 100, T + 100], "label": [1, 1, 0, 1],
+                        "split": ["train", "train", "train", "test"]})
+    _, meta = _run(tmp_path, beh, imp)
+    notes = meta["bad_rows"]["notes"]
+    assert any("warning: 2 impression rows are exact duplicates" in n for n in notes), notes
+    assert any("warning: the valid split is empty" in n for n in notes)
+    assert any("warning: the test split has only label 1" in n for n in notes)
