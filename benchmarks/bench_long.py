@@ -43,7 +43,8 @@ def data_for(length: int, work: Path) -> Path:
     return out / "data"
 
 
-def one(model: str, length: int, steps: int, batch: int, threads: int, work: Path, auc_epochs: int) -> dict:
+def one(model: str, length: int, steps: int, batch: int, threads: int, work: Path, auc_epochs: int,
+        seed: int = 2024, patience: int = 3) -> dict:
     import torch
 
     from userlens.data.loader import BatchLoader
@@ -62,10 +63,13 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
     row: dict = {"model": model, "L": length, "batch": batch}
     if auc_epochs:
         cfg = resolve_config(name, {"short_len": short, "long_len": length, "epochs": auc_epochs, "batch_size": batch,
-                                    "threads": threads, "compile": False})
-        res = fit(data, cfg, work / "runs" / f"{model}-{length}", show_progress=False, log=lambda s: None, force=True)
-        row.update(auc=evaluate_run(work / "runs" / f"{model}-{length}")["auc"],
-                   train_samples_per_s=res.train_samples_per_s_overall)
+                                    "threads": threads, "compile": False, "seed": seed, "patience": patience})
+        run = work / "runs" / f"{model}-{length}-{seed}"
+        res = fit(data, cfg, run, show_progress=False, log=lambda s: None, force=True)
+        row.update(auc=evaluate_run(run)["auc"], train_samples_per_s=res.train_samples_per_s_overall, seed=seed,
+                   epochs=res.epochs_run, best_epoch=res.best_epoch,
+                   train_seconds=round(sum(json.loads(x).get("train_seconds", 0)
+                                           for x in (run / "metrics.jsonl").read_text().splitlines()), 1))
     else:
         torch.manual_seed(0)
         cfg = resolve_config(name, {})
@@ -95,7 +99,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--auc-epochs", type=int, default=0, help="train this many epochs and report test AUC instead")
+    ap.add_argument("--auc-epochs", type=int, default=0,
+                    help="train at most this many epochs (early stopping, --patience) and report test AUC instead")
+    ap.add_argument("--seeds", default="2024", help="AUC mode: comma list of seeds (mean ± std is printed)")
+    ap.add_argument("--patience", type=int, default=3, help="AUC mode: early-stopping patience")
     ap.add_argument("--max-din-elems", type=float, default=2e8,
                     help="skip din_full when batch × L × 64 attention activations exceed this (memory guard)")
     ap.add_argument("--workdir", default="/tmp/userlens-bench-long")
@@ -103,8 +110,12 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.workdir)
     if args.one:
-        model, length = args.one.split(":")
-        print(json.dumps(one(model, int(length), args.steps, args.batch, args.threads, work, args.auc_epochs)))
+        model, length, seed = (args.one.split(":") + ["2024"])[:3]
+        print(json.dumps(one(model, int(length), args.steps, args.batch, args.threads, work, args.auc_epochs,
+                             int(seed), args.patience)))
+        return
+    if args.auc_epochs:
+        auc_table(args, work)
         return
     print(f"# threads {args.threads}, batch {args.batch}, {time.strftime('%Y-%m-%d')}")
     metric = "test AUC | " if args.auc_epochs else ""
@@ -132,6 +143,40 @@ def main() -> None:
             auc = f"{row['auc']:.4f} | " if args.auc_epochs else ""
             print(f"| {length:,} | {model} | {auc}{row['train_samples_per_s']:,.0f} | {row['peak_rss_gib']:.2f} | "
                   f"{speed} |", flush=True)
+
+
+def auc_table(args: argparse.Namespace, work: Path) -> None:
+    """Test AUC and training cost per model over seeds: every model trained to early stopping."""
+    import statistics
+
+    print(f"# AUC mode: at most {args.auc_epochs} epochs, patience {args.patience}, batch {args.batch}, "
+          f"threads {args.threads}, seeds {args.seeds}, {time.strftime('%Y-%m-%d')}")
+    print("| L | model | seed | test AUC | epochs (best) | train s | train samples/s |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    rows: dict[tuple[int, str], list[dict]] = {}
+    for length in (int(x) for x in args.lengths.split(",")):
+        data_for(length, work)
+        for model in args.models.split(","):
+            for seed in args.seeds.split(","):
+                cmd = [sys.executable, __file__, "--one", f"{model}:{length}:{seed}", "--batch", str(args.batch),
+                       "--threads", str(args.threads), "--auc-epochs", str(args.auc_epochs), "--patience",
+                       str(args.patience), "--workdir", str(work)]
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode != 0:
+                    print(f"| {length:,} | {model} | {seed} | failed: {r.stderr.strip().splitlines()[-1][:100]} |")
+                    continue
+                row = json.loads(r.stdout.strip().splitlines()[-1])
+                rows.setdefault((length, model), []).append(row)
+                print(f"| {length:,} | {model} | {seed} | {row['auc']:.4f} | {row['epochs']} ({row['best_epoch']}) | "
+                      f"{row['train_seconds']} | {row['train_samples_per_s']:,.0f} |", flush=True)
+    print("\n| L | model | seeds | test AUC | train seconds | train samples/s |")
+    print("|---|---|---|---|---|---|")
+    for (length, model), rs in rows.items():
+        a = [r["auc"] for r in rs]
+        sd = f" ± {statistics.stdev(a):.4f}" if len(a) > 1 else ""
+        print(f"| {length:,} | {model} | {len(rs)} | {statistics.mean(a):.4f}{sd} | "
+              f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
+              f"{statistics.mean(r['train_samples_per_s'] for r in rs):,.0f} |")
 
 
 if __name__ == "__main__":

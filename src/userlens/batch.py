@@ -133,7 +133,11 @@ class LongHistory:
         safe = np.where(valid, positions, 0)
         values = {}
         for f in fields:
-            v = np.asarray(self.timeline[f][safe.ravel()], dtype=np.int64).reshape(safe.shape)
+            col = self.timeline[f]
+            if len(col) == 0:  # an empty timeline (a cold user online): nothing can be selected
+                v = np.zeros(safe.shape, dtype=np.int64)
+            else:
+                v = np.asarray(col[safe.ravel()], dtype=np.int64).reshape(safe.shape)
             v[~valid] = 0
             values[f] = torch.from_numpy(v)
         return History(values, torch.from_numpy(lengths.astype(np.int64)))

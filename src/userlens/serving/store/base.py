@@ -1,0 +1,125 @@
+"""The behavior store interface: what the scorer and the HTTP API need from any backend.
+
+A store keeps, per user, the most recent ``cap`` behaviors (``cap`` = the model
+package's ``long_len``) as arrays sorted by time: item code, category code,
+timestamp (epoch ms) and behavior code, exactly the timeline fields a prepared
+directory holds, so a scorer reads a user's history in one call and feeds the
+same GSU code that training used.
+
+Contract (tested on every backend by ``tests/serving/test_store.py``):
+
+* :meth:`BehaviorStore.append` is acknowledged only when durable (LMDB: the
+  transaction is synced; Redis: the server's AOF is fsynced per write);
+* appends are idempotent by ``event_id`` (an event whose id the user already has
+  is counted as a duplicate and changes nothing); events without an id are
+  always appended;
+* out-of-order events are placed by timestamp (ties keep arrival order);
+* a history is capped at ``cap``: the oldest behaviors are dropped and counted;
+* items unknown to the package vocabulary arrive with code 1 (UNK) and their raw
+  id; the store keeps them and counts them (``unknown_items``);
+* every user has a ``version``: the number of events ever appended for them
+  (not decreased by capping), so a scorer can cache per-user state and know
+  when it is stale.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+#: item / category code of an id the package vocabulary does not know
+UNKNOWN = 1
+
+
+@dataclass(frozen=True)
+class Event:
+    """One behavior to append, already encoded with the package's vocabularies.
+
+    Attributes:
+        user_id: raw user id (the store's key; users need not be in any vocabulary).
+        item_id: raw item id, kept for unknown items.
+        timestamp_ms: epoch milliseconds.
+        item: item code (``UNKNOWN`` when the vocabulary does not know ``item_id``).
+        category: category code of the item (``UNKNOWN`` when none).
+        behavior: behavior-type code (0 when the package has none).
+        event_id: optional unique id; makes the append idempotent.
+    """
+
+    user_id: str
+    item_id: str
+    timestamp_ms: int
+    item: int
+    category: int
+    behavior: int = 0
+    event_id: str | None = None
+
+
+@dataclass
+class UserHistory:
+    """A user's stored behaviors, oldest first (``(n,)`` arrays, ``n <= cap``)."""
+
+    item: np.ndarray  # int32
+    category: np.ndarray  # int32
+    time: np.ndarray  # int64 epoch ms
+    behavior: np.ndarray  # int16
+    version: int = 0  # events ever appended for this user (see the module docstring)
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    @classmethod
+    def empty(cls) -> UserHistory:
+        return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int16), 0)
+
+
+@dataclass
+class AppendResult:
+    """What one :meth:`BehaviorStore.append` call did, summed over its events."""
+
+    appended: int = 0
+    duplicates: int = 0  # event_id already stored for that user: ignored
+    dropped_over_cap: int = 0  # oldest behaviors removed to keep ``cap``
+    unknown_items: int = 0  # appended events whose item the vocabulary does not know
+    users: int = 0  # distinct users touched
+    versions: dict[str, int] = field(default_factory=dict)  # user → version after the call
+
+
+class BehaviorStore(ABC):
+    """A durable per-user behavior log, capped at ``cap`` behaviors per user."""
+
+    cap: int
+
+    @abstractmethod
+    def append(self, events: Sequence[Event]) -> AppendResult:
+        """Append a batch (any users, any order); returns only once the batch is durable."""
+
+    @abstractmethod
+    def history(self, user_id: str) -> UserHistory:
+        """The user's behaviors, oldest first; an empty history (version 0) for an unknown user."""
+
+    @abstractmethod
+    def bulk_load(self, user_ids: Sequence[str], offsets: np.ndarray, item: np.ndarray, category: np.ndarray,
+                  time: np.ndarray, behavior: np.ndarray) -> int:
+        """Replace the histories of ``user_ids`` with CSR arrays (a prepared timeline); returns behaviors stored."""
+
+    @abstractmethod
+    def snapshot(self, path: str | Path) -> Path:
+        """A consistent copy of the whole store at ``path`` (atomic: complete or absent); returns it."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, int]:
+        """Counters: users, behaviors, dropped_over_cap, duplicates, unknown_items, bytes on disk / in memory."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the backend (files, connections)."""
+
+    def __enter__(self) -> BehaviorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
