@@ -207,6 +207,45 @@ def embed_items(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="run directory written by `userlens train`")],
+    out: Annotated[Path, typer.Option(help="package directory to write")],
+    data: Annotated[Optional[Path], typer.Option(help="prepared directory (default: the one trained on)")] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing package at --out")] = False,
+) -> None:
+    """Write a self-contained, verified model package for serving; prints its manifest summary (JSON)."""
+    from userlens.serving.package import export_package
+
+    m = _run(export_package, run_dir, out, data, force)
+    typer.echo(json.dumps({"package": str(out), "model": m["model"], "vocab_hash": m["vocab_hash"],
+                           "long_len": m["long_len"], "files": len(m["files"])}))
+
+
+@app.command()
+def serve(
+    package: Annotated[Path, typer.Argument(help="model package written by `userlens export`")],
+    store: Annotated[str, typer.Option(help="behavior store: lmdb://PATH or redis://HOST:PORT[/DB]")],
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    max_candidates: Annotated[int, typer.Option(help="largest candidate list a score request may carry")] = 1000,
+) -> None:
+    """Serve the package over HTTP (OpenAPI at /docs); writes need the USERLENS_TOKEN bearer token."""
+    from userlens.serving.server import serve as run_server
+
+    if workers < 1 or not 0 < port < 65536:
+        _run(_raise, "--workers must be >= 1 and --port in 1..65535")
+    _say(f"serving {package} on http://{host}:{port} (store {store}, {workers} worker(s)); docs at /docs")
+    _run(run_server, str(package), store, host, port, workers, max_candidates)
+
+
+def _raise(message: str) -> None:
+    from userlens.errors import ConfigError
+
+    raise ConfigError(message)
+
+
+@app.command()
 def models() -> None:
     """List the registered models, one line each."""
     from userlens.models import list_models

@@ -60,13 +60,18 @@ class Event:
 
 @dataclass
 class UserHistory:
-    """A user's stored behaviors, oldest first (``(n,)`` arrays, ``n <= cap``)."""
+    """A user's stored behaviors, oldest first (``(n,)`` arrays, ``n <= cap``).
+
+    The arrays may be read-only views of the stored value (no copy on read): ``.copy()`` one to modify it.
+    """
 
     item: np.ndarray  # int32
     category: np.ndarray  # int32
     time: np.ndarray  # int64 epoch ms
     behavior: np.ndarray  # int16
     version: int = 0  # events ever appended for this user (see the module docstring)
+    # raw item id of each behavior whose item is UNKNOWN, in history order ("" when bulk-loaded without one)
+    unknown_item_ids: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.item)
@@ -109,6 +114,10 @@ class BehaviorStore(ABC):
     @abstractmethod
     def snapshot(self, path: str | Path) -> Path:
         """A consistent copy of the whole store at ``path`` (atomic: complete or absent); returns it."""
+
+    @abstractmethod
+    def restore(self, path: str | Path) -> int:
+        """Replace the whole store by the snapshot at ``path`` (stop appenders first); returns users restored."""
 
     @abstractmethod
     def stats(self) -> dict[str, int]:

@@ -1,0 +1,168 @@
+"""The HTTP API (DESIGN §7): FastAPI over a :class:`~userlens.serving.scorer.Scorer`; OpenAPI at ``/docs``.
+
+* ``POST /v1/events`` — append behaviors (bearer token); durable before it answers, idempotent by
+  ``event_id``.
+* ``POST /v1/score`` — one user, candidates in order → one score each; ``timestamp`` (epoch
+  seconds, default now) is the moment scored at, so a replayed log scores as offline.
+* ``GET /v1/users/{user_id}/embedding`` — the user's recent-interest vector (mean of the item ⊕
+  category embeddings of the last ``short_len`` behaviors; for retrieval).
+* ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+
+Every input is validated: bodies over ``max_body_bytes``, more than ``max_candidates`` candidates
+or events, bad JSON and wrong types get a 4xx with a message naming the field and the limit.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import os
+import time
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field, field_validator
+
+from userlens.errors import UserlensError
+from userlens.serving.scorer import Scorer
+
+ItemId = str | int
+
+
+class EventIn(BaseModel):
+    user_id: ItemId
+    item_id: ItemId
+    timestamp: float = Field(description="epoch seconds")
+    event_id: str | int | None = None
+    behavior: str | None = None
+    category: str | int | None = None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError("timestamp must be finite epoch seconds >= 0")
+        return v
+
+
+class EventsIn(BaseModel):
+    events: list[EventIn]
+
+
+class ScoreIn(BaseModel):
+    user_id: ItemId
+    candidates: list[ItemId] = Field(min_length=1)
+    timestamp: float | None = Field(default=None, description="epoch seconds; default now")
+    context: dict[str, str | int] | None = None
+    explain: bool = False
+
+
+def create_app(scorer: Scorer, token: str | None = None, max_candidates: int = 1000, max_events: int = 10_000,
+               max_body_bytes: int = 4 << 20) -> FastAPI:
+    """The ASGI app over ``scorer``; ``token`` (else ``$USERLENS_TOKEN``) guards the write endpoints."""
+    token = token if token is not None else os.environ.get("USERLENS_TOKEN")
+    pkg = scorer.package
+    app = FastAPI(title="userlens", version=pkg.version,
+                  description=f"Lifelong user-interest scoring with {pkg.manifest['model']} (package {pkg.version}).")
+    reg = CollectorRegistry()
+    requests = Counter("userlens_requests_total", "HTTP requests", ["endpoint", "status"], registry=reg)
+    latency = Histogram("userlens_request_seconds", "request latency", ["endpoint"], registry=reg,
+                        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0))
+    appended = Counter("userlens_events_appended_total", "behaviors appended", registry=reg)
+    duplicates = Counter("userlens_events_duplicate_total", "events ignored: event_id already stored", registry=reg)
+    unknown = Counter("userlens_unknown_items_total", "events / candidates with an item the package does not know",
+                      ["where"], registry=reg)
+    cold = Counter("userlens_cold_users_total", "score requests for a user with no history", registry=reg)
+
+    @app.middleware("http")
+    async def limits_and_metrics(request: Request, call_next):  # type: ignore[no-untyped-def]
+        size = request.headers.get("content-length")
+        endpoint = request.url.path if not request.url.path.startswith("/v1/users/") else "/v1/users/embedding"
+        if size is not None and size.isdigit() and int(size) > max_body_bytes:
+            requests.labels(endpoint, "413").inc()
+            return JSONResponse({"detail": f"request body of {size} bytes exceeds the limit of {max_body_bytes}"},
+                                status_code=413)
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        latency.labels(endpoint).observe(time.perf_counter() - t0)
+        requests.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    def writer(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not token:
+            raise HTTPException(503, "writes are disabled: the server has no token. Fix: start it with "
+                                     "USERLENS_TOKEN set.")
+        if authorization is None or not hmac.compare_digest(authorization, f"Bearer {token}"):
+            raise HTTPException(401, "missing or wrong bearer token (header `Authorization: Bearer <token>`)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post("/v1/events", dependencies=[Depends(writer)])
+    def post_events(body: EventsIn) -> dict[str, Any]:
+        if len(body.events) > max_events:
+            raise HTTPException(413, f"{len(body.events)} events in one request; the limit is {max_events}")
+        events = [scorer.encode_event(str(e.user_id), str(e.item_id), round(e.timestamp * 1000), e.behavior,
+                                      None if e.category is None else str(e.category),
+                                      None if e.event_id is None else str(e.event_id)) for e in body.events]
+        try:
+            res = scorer.store.append(events)
+        except UserlensError as e:
+            raise HTTPException(503, str(e)) from None
+        appended.inc(res.appended)
+        duplicates.inc(res.duplicates)
+        unknown.labels("events").inc(res.unknown_items)
+        return {"appended": res.appended, "duplicates": res.duplicates, "dropped_over_cap": res.dropped_over_cap,
+                "unknown_items": res.unknown_items, "users": res.users}
+
+    @app.post("/v1/score")
+    def post_score(body: ScoreIn) -> dict[str, Any]:
+        if len(body.candidates) > max_candidates:
+            raise HTTPException(413, f"{len(body.candidates)} candidates; the limit is {max_candidates}")
+        t = None if body.timestamp is None else round(body.timestamp * 1000)
+        res = scorer.score(str(body.user_id), body.candidates, t, body.context)
+        unknown.labels("candidates").inc(len(res.unknown_candidates))
+        cold.inc(res.cold_user)
+        out: dict[str, Any] = {"scores": res.scores, "model": pkg.manifest["model"], "package": pkg.version,
+                               "timestamp": res.timestamp_ms / 1000, "cold_user": res.cold_user,
+                               "history_length": res.history_length, "unknown_candidates": res.unknown_candidates}
+        if body.explain:
+            out["explain"] = {"supported": False, "reason": "explanations of the GSU's picks are not implemented "
+                                                            "yet; scores are exact"}
+        return out
+
+    @app.get("/v1/users/{user_id}/embedding")
+    def user_embedding(user_id: str) -> dict[str, Any]:
+        emb = getattr(scorer.model, "embedding", None)
+        if emb is None:
+            raise HTTPException(409, f"model {pkg.manifest['model']!r} has no item embeddings to build a user "
+                                     "vector from")
+        h = scorer.store.history(user_id)
+        k = min(len(h), pkg.short_len)
+        if k == 0:
+            return {"user_id": user_id, "embedding": None, "history_length": 0, "cold_user": True}
+        with torch.inference_mode():
+            items = torch.from_numpy(np.asarray(h.item[-k:], dtype=np.int64))
+            cats = torch.from_numpy(np.asarray(h.category[-k:], dtype=np.int64))
+            vec = emb.items(items, cats).mean(0)
+        return {"user_id": user_id, "embedding": vec.tolist(), "history_length": int(len(h)), "cold_user": False}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": pkg.manifest["model"], "package": pkg.version,
+                "store": type(scorer.store).__name__}
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(reg).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(UserlensError)
+    def userlens_error(request: Request, exc: UserlensError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    return app
+
+
+__all__ = ("create_app",)

@@ -1,0 +1,230 @@
+"""The embedded behavior store: one LMDB environment in one directory.
+
+Layout: ``PATH/data.mdb`` + ``PATH/lock.mdb`` with two named databases, ``users`` (user id, UTF-8 →
+the packed history of :mod:`userlens.serving.store.record`) and ``meta`` (``format`` and the
+``stats`` counters, five little-endian i64). A whole :meth:`LMDBStore.append` call is one write
+transaction, committed with ``fdatasync`` (``sync=True``, ``metasync=True``) before it returns:
+an acknowledged append survives ``kill -9`` and power loss. LMDB serialises write transactions
+across processes and threads (a robust mutex in ``lock.mdb``), so several processes may append to
+one directory; readers never block and see whole transactions.
+
+Example:
+    >>> with LMDBStore("store", cap=100_000) as s:  # doctest: +SKIP
+    ...     s.append([Event("u1", "i9", 1_700_000_000_000, item=9, category=3, event_id="e1")])
+    ...     s.history("u1").item
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from userlens.artifacts import DirLock
+from userlens.errors import InputError, UserlensError
+from userlens.serving.store import record
+from userlens.serving.store.base import AppendResult, BehaviorStore, Event, UserHistory
+from userlens.serving.store.csr import segments
+
+FORMAT = b"userlens-history-1"
+STATS = struct.Struct("<5q")  # users, behaviors, dropped_over_cap, duplicates, unknown_items
+STAT_NAMES = ("users", "behaviors", "dropped_over_cap", "duplicates", "unknown_items")
+DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file grows only as data is written
+BULK_TXN_BYTES = 256 << 20  # bulk loads commit every ~256 MiB, so dirty pages stay bounded in RAM
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LMDBStore(BehaviorStore):
+    """Histories in an LMDB directory; see the module docstring.
+
+    Args:
+        path: the store's directory (created when absent).
+        cap: behaviors kept per user (the model package's ``long_len``).
+        map_size: the most bytes the store may hold (address space, not disk): when it is full,
+            appends fail with an error saying to reopen with a larger ``map_size``.
+    """
+
+    def __init__(self, path: str | Path, cap: int, map_size: int = DEFAULT_MAP_SIZE) -> None:
+        if not isinstance(cap, int) or cap < 1:
+            raise InputError(f"cap={cap!r}: expected a positive integer (behaviors kept per user).")
+        self.path, self.cap, self.map_size = Path(path), cap, map_size
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{self.path}: exists and is a file, expected an LMDB store directory. Fix: choose "
+                             "another path.")
+        if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / "data.mdb").is_file():
+            raise InputError(f"{self.path}: a non-empty directory that is not an LMDB store (no data.mdb). Fix: "
+                             "choose an empty or new directory.")
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2, subdir=True, sync=True,
+                                 metasync=True, readahead=False, max_readers=512)
+            self._users = self.env.open_db(b"users")
+            self._meta = self.env.open_db(b"meta")
+            with self.env.begin(write=True) as txn:
+                have = txn.get(b"format", db=self._meta)
+                if have is None:
+                    txn.put(b"format", FORMAT, db=self._meta)
+                elif have != FORMAT:
+                    raise InputError(f"{self.path}: a store of format {have!r}, this userlens reads {FORMAT!r}. "
+                                     "Fix: rebuild it with bulk_load_prepared, or use a matching userlens.")
+        except lmdb.Error as e:
+            raise UserlensError(f"{self.path}: cannot open the LMDB store ({e}). Fix: check the path and its "
+                                "permissions.") from None
+        self._max_key = self.env.max_key_size()
+
+    def _key(self, user_id: str) -> bytes:
+        key = user_id.encode()
+        if len(key) > self._max_key:
+            raise InputError(f"user_id {user_id[:40]!r}...: {len(key)} bytes, LMDB keys hold at most "
+                             f"{self._max_key}. Fix: use shorter user ids (or a hash of them).")
+        return key
+
+    def _map_full(self) -> UserlensError:
+        return UserlensError(f"{self.path}: the LMDB map is full (map_size={self.map_size} bytes); nothing of "
+                             f"this call was written. Fix: reopen with a larger map_size, e.g. "
+                             f"LMDBStore({str(self.path)!r}, cap={self.cap}, map_size={self.map_size * 4}).")
+
+    def _counters(self, txn: lmdb.Transaction) -> list[int]:
+        raw = txn.get(b"stats", db=self._meta)
+        return list(STATS.unpack(raw)) if raw is not None else [0] * 5
+
+    def append(self, events: Sequence[Event]) -> AppendResult:
+        groups = record.group(events)
+        res = AppendResult(users=len(groups))
+        if not groups:
+            return res
+        keys = {u: self._key(u) for u in groups}
+        try:
+            with self.env.begin(write=True, db=self._users) as txn:  # commit = fdatasync, on leaving the block
+                c = self._counters(txn)
+                for user, batch in groups.items():
+                    old = txn.get(keys[user])
+                    m = record.merge(old, batch, self.cap)
+                    if m.value is not None:
+                        txn.put(keys[user], m.value)
+                    c[0] += old is None and m.value is not None
+                    c[1] += m.n_after - m.n_before
+                    c[2] += m.dropped
+                    c[3] += m.duplicates
+                    c[4] += m.unknown
+                    res.appended += m.appended
+                    res.duplicates += m.duplicates
+                    res.dropped_over_cap += m.dropped
+                    res.unknown_items += m.unknown
+                    res.versions[user] = m.version
+                txn.put(b"stats", STATS.pack(*c), db=self._meta)
+        except lmdb.MapFullError:
+            raise self._map_full() from None
+        return res
+
+    def history(self, user_id: str) -> UserHistory:
+        with self.env.begin(db=self._users) as txn:
+            value = txn.get(self._key(user_id))
+        return UserHistory.empty() if value is None else record.decode(value, self.cap)
+
+    def bulk_load(self, user_ids: Sequence[str], offsets: np.ndarray, item: np.ndarray, category: np.ndarray,
+                  time: np.ndarray, behavior: np.ndarray) -> int:
+        stored = 0
+        txn = None
+        try:
+            pending = 0
+            for user, value, n, dropped, unknown in segments(user_ids, offsets, item, category, time, behavior,
+                                                             self.cap):
+                if txn is None:
+                    txn = self.env.begin(write=True, db=self._users)
+                    c = self._counters(txn)
+                key = self._key(user)
+                old = txn.get(key)
+                n_old = record.header(old)[0] if old is not None else 0
+                if value is None:
+                    txn.delete(key)
+                else:
+                    txn.put(key, value)
+                c[0] += (value is not None) - (old is not None)
+                c[1] += n - n_old
+                c[2] += dropped
+                c[4] += unknown
+                stored += n
+                pending += len(value or b"")
+                if pending >= BULK_TXN_BYTES:
+                    txn.put(b"stats", STATS.pack(*c), db=self._meta)
+                    txn.commit()
+                    txn, pending = None, 0
+            if txn is not None:
+                txn.put(b"stats", STATS.pack(*c), db=self._meta)
+                txn.commit()
+                txn = None
+        except lmdb.MapFullError:
+            raise self._map_full() from None
+        finally:
+            if txn is not None:
+                txn.abort()
+        return stored
+
+    def snapshot(self, path: str | Path) -> Path:
+        """A compacted copy of the environment (``env.copy``, one read transaction) as the directory ``path``."""
+        target = Path(path)
+        if target.exists():
+            raise InputError(f"{target}: exists. Fix: snapshot to a new path, or delete the old snapshot first.")
+        with DirLock(target):
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                self.env.copy(str(tmp), compact=True)
+                with open(tmp / "data.mdb", "rb+") as fh:
+                    os.fsync(fh.fileno())
+                _fsync_dir(tmp)
+                os.rename(tmp, target)
+                _fsync_dir(target.parent)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def restore(self, path: str | Path) -> int:
+        """Replace every history and counter by those of an :meth:`snapshot` directory, in one transaction."""
+        src_path = Path(path)
+        if not (src_path / "data.mdb").is_file():
+            raise InputError(f"{src_path}: not an LMDB snapshot (no data.mdb). Fix: pass a directory written by "
+                             "LMDBStore.snapshot.")
+        src = lmdb.open(str(src_path), readonly=True, lock=False, max_dbs=2, subdir=True)
+        try:
+            try:
+                s_users, s_meta = src.open_db(b"users", create=False), src.open_db(b"meta", create=False)
+            except lmdb.NotFoundError:
+                raise InputError(f"{src_path}: an LMDB environment but not a userlens store snapshot. Fix: pass a "
+                                 "directory written by LMDBStore.snapshot.") from None
+            with src.begin() as stxn, self.env.begin(write=True, db=self._users) as txn:
+                if stxn.get(b"format", db=s_meta) != FORMAT:
+                    raise InputError(f"{src_path}: snapshot format {stxn.get(b'format', db=s_meta)!r}, expected "
+                                     f"{FORMAT!r}. Fix: restore it with the userlens that wrote it.")
+                txn.drop(self._users, delete=False)
+                _, added = txn.cursor().putmulti(stxn.cursor(db=s_users).iternext(), append=True)
+                txn.put(b"stats", stxn.get(b"stats", db=s_meta) or STATS.pack(0, 0, 0, 0, 0), db=self._meta)
+        except lmdb.MapFullError:
+            raise self._map_full() from None
+        finally:
+            src.close()
+        return int(added)
+
+    def stats(self) -> dict[str, int]:
+        with self.env.begin() as txn:
+            c = self._counters(txn)
+        out = dict(zip(STAT_NAMES, c))
+        out["bytes"] = os.stat(self.path / "data.mdb").st_blocks * 512  # on disk (the file is sparse)
+        return out
+
+    def close(self) -> None:
+        self.env.close()
