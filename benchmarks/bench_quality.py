@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -185,6 +186,8 @@ def main() -> None:
                                              "long_len": long_len, "threads": args.threads})
                     content = data.content() is not None
                     run = work / "runs" / f"{args.split}-{args.sampler}" / ds / label / str(seed)
+                    if run.exists():  # the bench owns its workdir: a run left by an interrupted bench is redone
+                        shutil.rmtree(run)
                     t0 = time.perf_counter()
                     res = fit(data, cfg, run, show_progress=False, log=lambda s: None, force=True)
                     ev = evaluate_run(run)

@@ -18,6 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Lifelong user-interest modeling: prepare logs, train CTR models, evaluate.")
 # soft_wrap: a message is one line even when stderr is a file (Rich would wrap at 80 columns)
 err = Console(stderr=True, soft_wrap=True)
+# no "[/DB]": option help is Rich markup, where it is a closing tag and crashed `--help`
+STORE_HELP = "behavior store: lmdb://PATH or redis://HOST:PORT/DB (/DB optional)"
 
 
 def _say(line: str) -> None:
@@ -221,10 +223,53 @@ def export(
                            "long_len": m["long_len"], "files": len(m["files"])}))
 
 
+@app.command("load-store")
+def load_store(
+    data_dir: Annotated[Path, typer.Argument(help="prepared directory whose timelines to load")],
+    store: Annotated[str, typer.Option(help=STORE_HELP)],
+    package: Annotated[Optional[Path], typer.Option(
+        help="model package to serve from this store: caps histories at its long_len and checks that DATA_DIR "
+             "has its vocabularies (without it: cap 100,000, the default long_len, and no check)")] = None,
+) -> None:
+    """Bulk-load every user's timeline of a prepared directory into a behavior store; prints a JSON summary.
+
+    A user's stored history is replaced (loading twice gives the same store); users not in DATA_DIR are kept.
+    """
+    import time
+
+    from userlens.data.prepared import PreparedData
+    from userlens.errors import InputError
+    from userlens.serving.store import bulk_load_prepared, open_store
+    from userlens.training.config import TrainConfig
+
+    def go() -> dict:
+        t0 = time.perf_counter()
+        data = PreparedData(data_dir)
+        cap = TrainConfig.long_len
+        if package is not None:
+            from userlens.serving.package import load_package
+
+            pkg = load_package(package)
+            # the store keeps item / category codes: codes of other vocabularies would score silently wrong
+            if pkg.manifest["data_fingerprint"] != data.fingerprint:
+                raise InputError(f"{data_dir}: not the prepared data {package} was exported from (vocabulary "
+                                 f"fingerprints differ). Fix: load the directory the package's run was trained on "
+                                 f"({pkg.manifest['trained_on']['data_dir']}).")
+            cap = pkg.long_len
+        with open_store(store, cap=cap) as s:
+            loaded = bulk_load_prepared(s, data)
+            stats = s.stats()
+        return {"store": store, "data": str(data_dir), "cap": cap, "loaded_behaviors": loaded,
+                "users": stats["users"], "behaviors": stats["behaviors"],
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+    typer.echo(json.dumps(_run(go)))
+
+
 @app.command()
 def serve(
     package: Annotated[Path, typer.Argument(help="model package written by `userlens export`")],
-    store: Annotated[str, typer.Option(help="behavior store: lmdb://PATH or redis://HOST:PORT[/DB]")],
+    store: Annotated[str, typer.Option(help=STORE_HELP)],
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,

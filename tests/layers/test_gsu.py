@@ -152,3 +152,42 @@ def test_a_scan_never_materialises_more_than_its_budget() -> None:
     assert sum(c for _, c in shapes) >= n  # every behavior was scored
     best = [p for p in range(n) if p % N_ITEMS == N_ITEMS - 1][-5:]  # the 5 most recent of the top item
     assert sel.positions[0].tolist() == best
+
+
+def _shared_long(seed: int, batch: int = 9, n: int = 700) -> LongHistory:
+    """Every row reads the same range (a serving request): the scans take their one-row path."""
+    long = _long(seed=seed, batch=batch, n=n)
+    lo, hi = np.full(batch, 40, dtype=np.int64), np.full(batch, 650, dtype=np.int64)
+    return LongHistory(long.timeline, lo, hi, long.item_category, long.category_index)
+
+
+@pytest.mark.parametrize("budget", [64, 1 << 22])
+def test_one_shared_history_scores_as_separate_rows(budget: int) -> None:
+    """The shared-range fast path (expanded ids) gives exactly the per-row results, ties included."""
+    from userlens.layers.gsu import _chunks, _shared
+
+    long = _shared_long(seed=11)
+    assert _shared(long)
+    ids, _, _ = next(iter(_chunks(long, 32)))
+    assert ids.stride(0) == 0  # the fast path is the one under test
+    rng = np.random.default_rng(12)
+    table = torch.from_numpy(rng.integers(-2, 3, size=(N_ITEMS, 4)).astype(np.float32))
+    query = torch.from_numpy(rng.integers(-2, 3, size=(len(long.lo), 4)).astype(np.float32))
+    sel = table_topk(long, query, table, k=9, budget=budget)
+    hasher = SimHash(6, bits=16, seed=0)
+    item_sig = hasher(torch.randn(N_ITEMS, 6, generator=torch.Generator().manual_seed(0)))
+    target_sig = hasher(torch.randn(len(long.lo), 6))
+    ham = hamming_topk(long, target_sig, item_sig, k=11, budget=budget)
+    g = torch.Generator().manual_seed(1)
+    vectors = torch.randn(N_ITEMS, 3, generator=g)
+    codes = torch.randint(0, 4, (N_ITEMS, 5), generator=g)
+    bq = torch.randint(0, 4, (len(long.lo), 5), generator=g)
+    sums = bucket_sum(long, vectors, codes, bq, budget=budget)
+    for b in range(len(long.lo)):
+        scores = {p: float(query[b] @ table[long.timeline["item"][p]]) for p in range(long.lo[b], long.hi[b])}
+        assert _as_lists(sel)[b] == _rank_topk(scores, 9)
+        hs = {p: -bin(int(item_sig[long.timeline["item"][p]]) ^ int(target_sig[b])).count("1")
+              for p in range(long.lo[b], long.hi[b])}
+        assert _as_lists(ham)[b] == _rank_topk(hs, 11)
+        items = torch.from_numpy(long.timeline["item"][long.lo[b]:long.hi[b]].astype(np.int64))
+        torch.testing.assert_close(sums[b], (codes[items] == bq[b]).float().t() @ vectors[items])

@@ -103,6 +103,8 @@ def test_writes_need_the_token(client: TestClient) -> None:
     ({"user_id": "u", "candidates": [1], "timestamp": "soon"}, 422, "timestamp"),
     ({"user_id": "u", "candidates": list(range(51))}, 413, "limit is 50"),
     ({"user_id": ["a"], "candidates": [1]}, 422, "user_id"),
+    ({"user_id": "u", "candidates": [1], "timestamp": 1e300}, 422, "timestamp must be epoch seconds"),
+    ({"user_id": "u", "candidates": [1], "timestamp": -5}, 422, "timestamp must be epoch seconds"),
 ])
 def test_bad_score_requests_get_a_clear_4xx(client: TestClient, payload: dict, status: int, text: str) -> None:
     r = client.post("/v1/score", json=payload)
@@ -115,6 +117,22 @@ def test_bad_json_and_oversized_bodies(client: TestClient) -> None:
     big = b'{"user_id": "u", "candidates": [' + b"1," * 3_000_000 + b"1]}"
     r = client.post("/v1/score", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "exceeds the limit" in r.text
+
+    def chunked(body: bytes):  # no Content-Length: the limit is enforced while reading
+        for i in range(0, len(body), 1 << 16):
+            yield body[i:i + (1 << 16)]
+
+    r = client.post("/v1/score", content=chunked(big), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "exceeds the limit" in r.text
+    small = b'{"user_id": "u1", "candidates": [1, 2]}'
+    r = client.post("/v1/score", content=chunked(small), headers={"content-type": "application/json"})
+    assert r.status_code == 200 and len(r.json()["scores"]) == 2
+
+
+def test_event_timestamps_out_of_range_are_a_422(client: TestClient) -> None:
+    ev = {"events": [{"user_id": "u", "item_id": 1, "timestamp": 1e300}]}
+    r = client.post("/v1/events", json=ev, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 422 and "timestamp must be epoch seconds" in r.text
 
 
 def test_health_metrics_embedding_and_openapi(client: TestClient) -> None:

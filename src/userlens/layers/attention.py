@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from userlens.layers.activation import make_activation
+from userlens.layers.explain import note_weights
 
 
 def segment_softmax(scores: Tensor, rows: Tensor, n_rows: int) -> Tensor:
@@ -154,6 +155,7 @@ class MultiHeadTargetAttention(nn.Module):
         v = self.v(u).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, H, K, dh)
         s = self.head_logits(target, keys, bias).masked_fill(~mask[:, None, :], float("-inf"))  # (B, H, K)
         w = torch.softmax(s, dim=-1).nan_to_num(0.0)  # empty rows: all -inf → 0
+        note_weights(w.mean(1))  # head-averaged, for explained requests only
         evidence = torch.logsumexp(s, dim=-1)  # (B, H)
         evidence = torch.where(mask.any(1, keepdim=True), evidence, torch.zeros_like(evidence))
         pooled = (w.unsqueeze(2) @ v).reshape(b, self.heads * self.head_dim)

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from userlens.batch import LongHistory
+from userlens.layers.explain import note
 
 #: elements (batch × chunk × dim) one chunk may materialise: 4M floats = 16 MiB
 CHUNK_BUDGET = 1 << 22
@@ -77,18 +78,32 @@ class CategoryIndex:
 
     Built once per dataset (a stable argsort of the category column, 16 bytes per
     behavior) and shared by every batch; a search is two ``searchsorted`` calls for
-    the whole batch, so its cost does not depend on the history length.
+    the whole batch, so its cost does not depend on the history length. A serving
+    scorer keeps one per user and :meth:`extend` s it with appended behaviors.
     """
 
     def __init__(self, category: np.ndarray) -> None:
         n = len(category)
         self.n = n
         self.positions = np.argsort(category, kind="stable").astype(np.int64)
-        self.keys = np.asarray(category, dtype=np.int64)[self.positions] * (n + 1) + self.positions
+        self.keys = (np.asarray(category, dtype=np.int64)[self.positions] << 32) | self.positions
+
+    def extend(self, category: np.ndarray) -> None:
+        """Add positions ``n, n+1, …`` with these categories (appended behaviors): O(n) copy, no sort."""
+        m = len(category)
+        if not m:
+            return
+        pos = np.arange(self.n, self.n + m, dtype=np.int64)
+        order = np.argsort(category, kind="stable")
+        new = (np.asarray(category, dtype=np.int64)[order] << 32) | pos[order]
+        at = np.searchsorted(self.keys, new)
+        self.keys = np.insert(self.keys, at, new)
+        self.positions = self.keys & 0xFFFFFFFF
+        self.n += m
 
     def search(self, category: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int) -> Selection:
         """The ``k`` most recent positions in ``[lo, hi)`` whose category equals ``category`` (per row)."""
-        base = np.asarray(category, dtype=np.int64) * (self.n + 1)
+        base = np.asarray(category, dtype=np.int64) << 32
         a = np.searchsorted(self.keys, base + lo)
         b = np.searchsorted(self.keys, base + hi)
         start = np.maximum(a, b - k)
@@ -97,21 +112,86 @@ class CategoryIndex:
         valid = ar[None, :] < count[:, None]
         idx = np.where(valid, start[:, None] + ar[None, :], 0)
         pos = np.where(valid, self.positions[np.minimum(idx, max(self.n - 1, 0))] if self.n else -1, -1)
-        return Selection(pos.astype(np.int64), count)
+        sel = Selection(pos.astype(np.int64), count)
+        note("gsu", sel)
+        return sel
 
 
+class HistoryState:
+    """What the GSUs keep for one user between serving requests (SDIM's bucket sums, SIM's category index).
+
+    A scorer owns one per user and passes it on the :class:`LongHistory` of a
+    request whose rows all read ``[0, hi)`` of that user's history. Each part
+    records how many leading behaviors it covers and is extended with the new
+    ones only (appends), never rebuilt per request; the scorer drops the whole
+    state when the stored history changed other than at its end.
+    """
+
+    def __init__(self) -> None:
+        self.parts: dict[str, tuple[int, object]] = {}
+
+    def category_index(self, category: np.ndarray) -> CategoryIndex:
+        """SIM hard search's per-category positions over the whole stored history, extended on append."""
+        n, index = self.parts.get("category_index", (0, None))
+        if index is None:
+            index = CategoryIndex(np.asarray(category))
+        elif n < len(category):
+            index.extend(np.asarray(category[n:]))  # type: ignore[attr-defined]
+        self.parts["category_index"] = (len(category), index)
+        return index  # type: ignore[return-value]
+
+    def total(self, name: str, long: LongHistory, add: Callable[[object | None, np.ndarray], object]) -> object | None:
+        """A running aggregate over ``[0, hi)`` (``add(acc, new_items)``); None when it covers more than ``hi``."""
+        hi = int(long.hi[0])
+        n, acc = self.parts.get(name, (0, None))
+        if n > hi:
+            return None  # a request scored before the latest behaviors: the caller scans instead
+        if acc is None or n < hi:
+            acc = add(acc, np.asarray(long.timeline["item"][n:hi], dtype=np.int64))
+            self.parts[name] = (hi, acc)
+        return acc
+
+
+def serving_state(long: LongHistory) -> HistoryState | None:
+    """The per-user state when ``long`` is one user's request over ``[0, hi)`` with no gradient, else None."""
+    state = getattr(long, "state", None)
+    if state is None or torch.is_grad_enabled() or not len(long.lo):
+        return None
+    if int(long.lo.max()) != 0 or int(long.hi.min()) != int(long.hi.max()):
+        return None
+    return state
+
+
+_BEST = torch.iinfo(torch.int64).max
 _NONE = torch.iinfo(torch.int64).min
 
 
-def _rank_keys(scores: Tensor, recency: Tensor) -> Tensor:
-    """int64 keys ordered by (score, recency): float32 bits made order-preserving in the high word.
+def _topk_recent(scores: Tensor, recency: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per row, the ``k`` entries with the highest score, ties → higher recency; ``-inf`` = no entry.
 
-    A single exact key per behavior lets ``topk`` (a partial selection, no sort)
-    pick the k best with ties resolved toward the more recent behavior.
+    Exact: recency values are distinct within a row, so (score, recency) is a
+    strict order. One ``topk(k + 1)`` on the scores decides every row whose
+    k-th and (k+1)-th scores differ; only rows with a tie across the cut
+    (repeated items at the boundary) are re-ranked, among the tied entries, by
+    recency. One pass over the scores instead of the six of a packed 64-bit key.
     """
-    bits = (scores.float() + 0.0).contiguous().view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: reverse their order
-    return (ordered << 32) | recency
+    if scores.shape[1] <= k:
+        return scores, recency
+    vals, idx = scores.topk(k + 1, dim=1)  # sorted, descending
+    thr = vals[:, k - 1 : k]
+    idx = idx[:, :k].clone()
+    rows = ((vals[:, k] == thr[:, 0]) & (thr[:, 0] > float("-inf"))).nonzero().flatten()
+    if len(rows):
+        s, t, r = scores[rows], thr[rows], recency[rows]
+        key = torch.where(s > t, _BEST, torch.where(s == t, r, -1))  # above the tie, then tied by recency
+        idx[rows] = key.topk(k, dim=1, sorted=False).indices
+    return scores.gather(1, idx), recency.gather(1, idx)
+
+
+def _shared(long: LongHistory) -> bool:
+    """Every row reads the same range: a serving request (one user, many candidates)."""
+    lo, hi = long.lo, long.hi
+    return len(lo) > 1 and bool((lo == lo[0]).all() and (hi == hi[0]).all())
 
 
 def _chunks(long: LongHistory, width: int):  # type: ignore[no-untyped-def]
@@ -119,7 +199,9 @@ def _chunks(long: LongHistory, width: int):  # type: ignore[no-untyped-def]
 
     Chunk ``j`` of row ``b`` covers ``[hi − (j+1)·C, hi − j·C) ∩ [lo, hi)``. Rows are
     copied as contiguous slices of a sliding-window view of the item column (one
-    memcpy per row), not gathered element by element.
+    memcpy per row), not gathered element by element. When every row reads the
+    same range (:func:`_shared`), the three tensors are one row expanded (stride 0
+    over the batch): consumers may test ``ids.stride(0) == 0`` and work on ``ids[0]``.
     """
     lo, hi = long.lo, long.hi
     longest = long.longest
@@ -127,6 +209,16 @@ def _chunks(long: LongHistory, width: int):  # type: ignore[no-untyped-def]
         return
     items = np.asarray(long.timeline["item"])
     c = min(width, len(items))
+    b = len(lo)
+    if _shared(long):
+        lo0, hi0 = int(lo[0]), int(hi[0])
+        for j in range(0, longest, c):
+            start = max(hi0 - j - c, 0)
+            pos = torch.arange(start, start + c)
+            valid = (pos >= lo0) & (pos < hi0 - j)
+            ids = torch.from_numpy(items[start:start + c].astype(np.int64))
+            yield ids.expand(b, c), valid.expand(b, c), (pos - lo0).expand(b, c)
+        return
     windows = np.lib.stride_tricks.sliding_window_view(items, c)
     ar = torch.arange(c)
     lo_t, hi_t = torch.from_numpy(lo)[:, None], torch.from_numpy(hi)[:, None]
@@ -143,32 +235,51 @@ def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], d
     """The ``k`` highest-scoring behaviors of every range (ties → more recent), scanned newest first in chunks.
 
     Args:
-        long: the ranges ``[lo, hi)`` (at most 2**32 behaviors each).
+        long: the ranges ``[lo, hi)``.
         k: behaviors to keep per row.
-        score: item ids ``(B, C)`` int64 → ``(B, C)`` float scores (invalid entries are masked after).
+        score: item ids ``(B, C)`` int64 → ``(B, C)`` scores (invalid entries are masked after;
+            the ids may be one row expanded, see :func:`_chunks`). Float scores: ties are
+            found and broken by recency; integer scores (``|s| < 2**31``, e.g. Hamming
+            distances, nearly all tied) are ranked as one exact 64-bit key ``s·2**32 + recency``.
         dim: floats the scorer materialises per behavior (sizes the chunk to ``budget``).
         bias: optional global timeline positions ``(B, C)`` int64 → ``(B, C)`` float added to
             the score: per-behavior terms that depend on more than the item (TWIN's
             time-gap bias). Positions are always inside the timeline; invalid ones are masked after.
+            A score of ``-inf`` counts as no behavior.
     """
-    lo, hi = long.lo, long.hi
+    lo = long.lo
     b = len(lo)
-    longest = long.longest
-    best = torch.empty((b, 0), dtype=torch.int64)
+    best_s, best_r = torch.empty((b, 0)), torch.empty((b, 0), dtype=torch.int64)
+    best_key = torch.empty((b, 0), dtype=torch.int64)
     lo_t = torch.from_numpy(np.asarray(lo, dtype=np.int64))[:, None]
     if b and k:
-        for ids, valid, recency in _chunks(long, _chunk_len(b, dim, longest, budget)):
+        for ids, valid, recency in _chunks(long, _chunk_len(b, dim, long.longest, budget)):
             s = score(ids)
             if bias is not None:
                 s = s + bias(recency + lo_t)
-            keys = _rank_keys(s, recency).masked_fill_(~valid, _NONE)
-            cand = torch.cat([best, keys], 1)
-            best = cand.topk(min(k, cand.shape[1]), dim=1, sorted=False).values
-    picked = best.numpy()
-    positions = np.where(picked != _NONE, lo[:, None] + (picked & 0xFFFFFFFF), -1)
+            partial = not bool(valid[0].all() if valid.stride(0) == 0 else valid.all())
+            if not s.is_floating_point():  # exact integer scores: recency packed below them, no ties left
+                key = (s.long() << 32) | recency
+                if partial:
+                    key = key.masked_fill(~valid, _NONE)
+                cand = torch.cat([best_key, key.topk(min(k, key.shape[1]), dim=1, sorted=False).values], 1)
+                best_key = cand.topk(min(k, cand.shape[1]), dim=1, sorted=False).values
+                continue
+            s = s.float()
+            if partial:
+                s = s.masked_fill(~valid, float("-inf"))
+            s, r = _topk_recent(s, recency, k)  # the chunk's best, then merged with the best so far
+            best_s, best_r = _topk_recent(torch.cat([best_s, s], 1), torch.cat([best_r, r], 1), k)
+    if best_key.shape[1]:
+        picked = torch.where(best_key != _NONE, best_key & 0xFFFFFFFF, -1).numpy()
+    else:
+        picked = torch.where(best_s > float("-inf"), best_r, -1).numpy()
+    positions = np.where(picked >= 0, lo[:, None] + picked, -1)
     if positions.shape[1] < k:
         positions = np.concatenate([positions, np.full((b, k - positions.shape[1]), -1)], axis=1)
-    return _oldest_first(positions)
+    sel = _oldest_first(positions)
+    note("gsu", sel)
+    return sel
 
 
 def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: int = CHUNK_BUDGET,
@@ -185,7 +296,11 @@ def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: 
         query, table = query.detach().cpu().float(), table.detach().cpu().float()
         if query.shape[0] * table.shape[0] <= 4 * budget:
             full = query @ table.t()  # (B, n_items)
-            return chunked_topk(long, k, lambda ids: full.gather(1, ids), dim=1 + extra, budget=budget, bias=bias)
+
+            def score_full(ids: Tensor) -> Tensor:
+                return full.index_select(1, ids[0]) if ids.stride(0) == 0 else full.gather(1, ids)
+
+            return chunked_topk(long, k, score_full, dim=1 + extra, budget=budget, bias=bias)
 
         def score_rows(ids: Tensor) -> Tensor:
             return torch.bmm(table[ids], query.unsqueeze(-1)).squeeze(-1)  # (B, C, d) @ (B, d, 1)
@@ -234,9 +349,10 @@ def hamming_topk(long: LongHistory, target_sig: np.ndarray, item_sig: np.ndarray
     """ETA: the ``k`` behaviors whose item signature is nearest the target's in Hamming distance."""
     t = target_sig[:, None]
 
-    def score(ids: Tensor) -> Tensor:
-        ham = np.bitwise_count(item_sig[ids.numpy()] ^ t)
-        return -torch.from_numpy(ham.astype(np.float32))
+    def score(ids: Tensor) -> Tensor:  # one shared history: its signatures gathered once, XOR-ed with every target
+        sig = item_sig[ids[0].numpy()][None, :] if ids.stride(0) == 0 else item_sig[ids.numpy()]
+        ham = np.bitwise_count(sig ^ t)
+        return -torch.from_numpy(ham.astype(np.int64))  # integer scores: exact keys, see chunked_topk
 
     return chunked_topk(long, k, score, dim=1, budget=budget)
 
@@ -254,7 +370,10 @@ class _BucketSum(torch.autograd.Function):
         ctx.save_for_backward(codes, query)
         out = table.new_zeros(query.shape[0], query.shape[1], table.shape[1])
         for ids, match in _matches(long, codes, query, table.shape[1], budget):
-            out += torch.bmm(match.transpose(1, 2), table[ids])  # (B, m, C) @ (B, C, D)
+            if ids.stride(0) == 0:  # one shared history: (B, m, C) @ (C, D), the rows gathered once
+                out += torch.matmul(match.transpose(1, 2), table[ids[0]])
+            else:
+                out += torch.bmm(match.transpose(1, 2), table[ids])  # (B, m, C) @ (B, C, D)
         return out
 
     @staticmethod
@@ -273,19 +392,40 @@ def _matches(long: LongHistory, codes: Tensor, query: Tensor, dim: int, budget: 
     longest = long.longest
     for ids, valid, _ in _chunks(long, _chunk_len(b, dim + codes.shape[1], longest, budget)):
         ids, valid = ids.to(codes.device), valid.to(codes.device)
-        match = (codes[ids] == query[:, None, :]) & valid.unsqueeze(-1)
+        c = codes[ids[0]][None] if ids.stride(0) == 0 else codes[ids]
+        match = (c == query[:, None, :]) & valid.unsqueeze(-1)
         yield ids, match.to(torch.float32)
 
 
+def _add_to_buckets(acc: Tensor | None, table: Tensor, codes: Tensor, items: np.ndarray) -> Tensor:
+    """``acc[r, v] += Σ table[i]`` over ``items`` whose round-``r`` code is ``v``: ``(rounds, codes, D)``."""
+    rounds = codes.shape[1]
+    if acc is None:
+        acc = table.new_zeros(rounds, int(codes.max()) + 1 if codes.numel() else 1, table.shape[1])
+    for start in range(0, len(items), 1 << 16):
+        ids = torch.from_numpy(items[start:start + (1 << 16)]).to(table.device)
+        rows = table[ids]
+        for r in range(rounds):
+            acc[r].index_add_(0, codes[ids, r], rows)
+    return acc
+
+
 def bucket_sum(long: LongHistory, table: Tensor, codes: Tensor, query: Tensor,
-               budget: int = CHUNK_BUDGET) -> Tensor:
+               budget: int = CHUNK_BUDGET, key: str = "bucket_sum") -> Tensor:
     """SDIM aggregation: ``(B, rounds, D)`` sums of behavior vectors sharing the target's bucket per round.
 
     Args:
         table: ``(n_items, D)`` behavior vectors (gradients flow into it).
         codes: ``(n_items, rounds)`` int64 bucket code of every item per hash round.
         query: ``(B, rounds)`` int64 bucket codes of the targets.
+        key: name of the per-user running sums when serving (:class:`HistoryState`): one user's
+            request adds only the behaviors appended since the last one, then reads ``B × rounds`` rows.
     """
+    state = serving_state(long)
+    if state is not None:  # one user's request: per-round bucket sums kept per user, extended on append
+        sums = state.total(key, long, lambda acc, items: _add_to_buckets(acc, table, codes, items))
+        if sums is not None:
+            return sums[torch.arange(codes.shape[1], device=query.device)[None, :], query]  # type: ignore[index]
     top = max(int(codes.max()) if codes.numel() else 0, int(query.max()) if query.numel() else 0)
     if top < 128:
         codes, query = codes.to(torch.int8), query.to(torch.int8)  # 1 byte per code: 8x less to gather

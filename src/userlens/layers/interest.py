@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from userlens.batch import Batch, History, LongHistory
+from userlens.layers import explain
 from userlens.layers.attention import MultiHeadTargetAttention, TargetAttention
 from userlens.layers.embedding import FeatureEmbedding
 from userlens.layers.gsu import Selection, table_topk
+from userlens.layers.memo import frozen
 
 #: time-gap buckets: 0 = padding, 1..N-1 = 1 + floor(log2(1 + gap in minutes)), capped
 TIME_BUCKETS = 24
@@ -38,8 +40,11 @@ def item_table(embedding: FeatureEmbedding, item_category: np.ndarray) -> Tensor
 
 def pair_table(item: nn.Embedding, category: nn.Embedding, item_category: np.ndarray) -> Tensor:
     """``(n_items, d_item + d_category)``: any item ⊕ category table pair, per item (e.g. DARE's attention tables)."""
-    cat = torch.from_numpy(np.asarray(item_category, dtype=np.int64)).to(category.weight.device)
-    return torch.cat([item.weight, category.weight[cat]], dim=-1)
+    def build() -> Tensor:
+        cat = torch.from_numpy(np.asarray(item_category, dtype=np.int64)).to(category.weight.device)
+        return torch.cat([item.weight, category.weight[cat]], dim=-1)
+
+    return frozen(item, f"pair_table:{id(category)}", (item, category, item_category), build)
 
 
 def selected_history(long: LongHistory, sel: Selection, fields: tuple[str, ...] = ("item", "category", "time"),
@@ -102,7 +107,8 @@ class ContentTable:
         """``(n_items, dim)`` unit (or zero) rows on the device of ``embedding``; no gradient."""
         if self.content_dim == 0:
             with torch.no_grad():
-                return F.normalize(item_table(embedding, long.item_category), dim=1)
+                return frozen(embedding, "unit_item_table", (embedding, long.item_category),
+                              lambda: F.normalize(item_table(embedding, long.item_category), dim=1))
         if long.content is None:
             raise ValueError("this model was built with item content vectors but the batch has none. "
                              "Fix: run `userlens embed-items` on the prepared directory before training/scoring.")
@@ -137,7 +143,10 @@ class DINExactUnit(nn.Module):
         gaps = self.gap(time_gap_buckets(sample_time, hist["time"], hist.mask()))  # (B, K, gap_dim)
         behaviors = embedding.items(hist["item"][rows, cols], hist["category"][rows, cols])  # (N, dim) packed
         keys = torch.cat([behaviors, gaps[rows, cols]], dim=-1)
-        return self.attention(F.pad(target, (0, self.gap.dim)), keys, rows)
+        query = F.pad(target, (0, self.gap.dim))
+        if explain.active():  # DIN's unnormalised weights of the picks, for explained requests only
+            explain.note_weights(self.attention.scores(query, keys, rows), rows, cols, tuple(hist["item"].shape))
+        return self.attention(query, keys, rows)
 
 
 class MultiHeadExactUnit(nn.Module):
@@ -191,7 +200,8 @@ class MultiHeadExactUnit(nn.Module):
                k: int) -> Selection:
         """TWIN's GSU: the top-``k`` of the whole history by :meth:`logits` (ties → more recent), on the CPU."""
         with torch.no_grad():
-            keys = self.attention.key_table(item_table(embedding, long.item_category))  # (n_items, H·dh), per item
+            keys = frozen(self, "keys", (self.attention, embedding, long.item_category),  # (n_items, H·dh), per item
+                          lambda: self.attention.key_table(item_table(embedding, long.item_category)))
             table = self.bias_table()
             if table is None:
                 return table_topk(long, self.attention.query(target), keys, k)

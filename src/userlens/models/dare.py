@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from userlens.batch import Batch
+from userlens.layers.explain import note_weights
 from userlens.layers.gsu import table_topk
 from userlens.layers.interest import pair_table, selected_history
 from userlens.models.lifelong import LifelongConfig, LifelongModel
@@ -84,6 +85,7 @@ class DARE(LifelongModel):
         logits = (self._att(hist["item"], hist["category"]) @ q.unsqueeze(-1)).squeeze(-1)  # what the GSU ranks by
         logits = logits.masked_fill(~mask, float("-inf"))  # (B, k)
         w = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        note_weights(w)  # explained requests only
         evidence = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1): how much matched, which softmax discards
         evidence = torch.where(mask.any(1, keepdim=True), evidence, torch.zeros_like(evidence))
         rep = self.embedding.history(hist) * target.unsqueeze(1)  # target-aware representation

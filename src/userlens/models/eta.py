@@ -45,6 +45,7 @@ from torch import Tensor
 from userlens.batch import Batch
 from userlens.layers.gsu import SimHash, hamming_topk
 from userlens.layers.interest import MultiHeadExactUnit, item_table, selected_history
+from userlens.layers.memo import frozen
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
 from userlens.models.spec import FeatureSpec
@@ -70,7 +71,8 @@ class ETA(LifelongModel):
     def long_interest(self, batch: Batch, target: Tensor) -> Tensor:
         long = batch.need_long()
         with torch.no_grad():  # signatures are NumPy on the CPU, whatever the device
-            item_sig = self.hasher(item_table(self.embedding, long.item_category))
+            item_sig = frozen(self, "item_sig", (self.embedding, self.hasher, long.item_category),
+                              lambda: self.hasher(item_table(self.embedding, long.item_category)))
             target_sig = self.hasher(target)
         sel = hamming_topk(long, target_sig, item_sig, self.cfg.k)
         hist = selected_history(long, sel, device=target.device)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from userlens.batch import Batch
 from userlens.layers import TargetAttention
+from userlens.layers.explain import note_weights
 from userlens.layers.gsu import Selection, table_topk
 from userlens.layers.interest import ContentTable, selected_history
 from userlens.layers.simtier import SimTier
@@ -83,6 +84,7 @@ class MUSE(LifelongModel):
         cos_long = (content[hist["item"]] @ q.unsqueeze(-1)).squeeze(-1)  # (B, k): the retrieved cosines
         # SA-TA: DIN's score of each retrieved behavior plus the (learned-weight) content cosine, unnormalised as DIN
         w = self.esu.scores(query, keys, rows) + self.cos_weight * cos_long[rows, cols]  # (N,) packed
+        note_weights(w, rows, cols, tuple(hist["item"].shape))  # explained requests only
         interest = torch.zeros_like(query).index_add(0, rows, w.unsqueeze(-1) * keys)
         short = batch.history
         cos_short = (content[short["item"]] @ q.unsqueeze(-1)).squeeze(-1)  # (B, L)

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from userlens.batch import Batch
+from userlens.layers.explain import note_weights
 from userlens.layers.interest import ContentTable, selected_history
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
@@ -116,6 +117,7 @@ class QIN(LifelongModel):
         h = self._features(self.embedding.history(hist), hist["item"], content)
         s = (self.k(h) @ self.q(t).unsqueeze(-1)).squeeze(-1) / (self.cfg.attention_dim ** 0.5)
         w = sparsemax(s * torch.exp(-self.log_temperature), hist.mask())  # (B, k), exact zeros allowed
+        note_weights(w)  # explained requests only
         count = torch.log1p(hist.lengths.to(w.dtype)).unsqueeze(-1)  # (B, 1): how many matched, which sparsemax discards
         return torch.cat([(w.unsqueeze(-1) * self.v(h)).sum(1), count], dim=-1)
 

@@ -70,6 +70,7 @@ from torch import Tensor
 from userlens.batch import Batch
 from userlens.layers.gsu import SimHash, bucket_sum
 from userlens.layers.interest import item_table
+from userlens.layers.memo import frozen
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
 from userlens.models.spec import FeatureSpec
@@ -95,11 +96,15 @@ class SDIM(LifelongModel):
 
     def long_interest(self, batch: Batch, target: Tensor) -> Tensor:
         long = batch.need_long()
-        table = item_table(self.embedding, long.item_category)  # (n_items, 2D), gradients flow
-        codes = self.hasher.codes(table, self.cfg.rounds, self.cfg.width)
+        def tables() -> tuple[Tensor, Tensor]:
+            table = item_table(self.embedding, long.item_category)  # (n_items, 2D), gradients flow
+            codes = self.hasher.codes(table, self.cfg.rounds, self.cfg.width)
+            if self.cfg.count:  # a constant 1 column: its bucket sum is the number of colliding behaviors
+                table = torch.cat([table, table.new_ones(table.shape[0], 1)], dim=1)
+            return table, codes
+
+        table, codes = frozen(self, "tables", (self.embedding, self.hasher, long.item_category), tables)
         query = self.hasher.codes(target, self.cfg.rounds, self.cfg.width)
-        if self.cfg.count:  # a constant 1 column: its bucket sum is the number of colliding behaviors
-            table = torch.cat([table, table.new_ones(table.shape[0], 1)], dim=1)
         sums = bucket_sum(long, table, codes, query)  # (B, rounds, 2D [+1]): per function, Σ of colliding behaviors
         parts = []
         if self.cfg.count:

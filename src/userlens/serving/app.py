@@ -33,6 +33,16 @@ from userlens.serving.scorer import Scorer
 ItemId = str | int
 
 
+#: the latest epoch second accepted (year 5138): beyond it epoch milliseconds stop being exact integers in JSON
+MAX_TIMESTAMP = 1e11
+
+
+def _epoch_seconds(v: float | None) -> float | None:
+    if v is not None and (not math.isfinite(v) or not 0 <= v <= MAX_TIMESTAMP):
+        raise ValueError(f"timestamp must be epoch seconds in [0, {MAX_TIMESTAMP:.0e}], got {v}")
+    return v
+
+
 class EventIn(BaseModel):
     user_id: ItemId
     item_id: ItemId
@@ -41,12 +51,7 @@ class EventIn(BaseModel):
     behavior: str | None = None
     category: str | int | None = None
 
-    @field_validator("timestamp")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v) or v < 0:
-            raise ValueError("timestamp must be finite epoch seconds >= 0")
-        return v
+    _check_timestamp = field_validator("timestamp")(_epoch_seconds)
 
 
 class EventsIn(BaseModel):
@@ -59,6 +64,8 @@ class ScoreIn(BaseModel):
     timestamp: float | None = Field(default=None, description="epoch seconds; default now")
     context: dict[str, str | int] | None = None
     explain: bool = False
+
+    _check_timestamp = field_validator("timestamp")(_epoch_seconds)
 
 
 def create_app(scorer: Scorer, token: str | None = None, max_candidates: int = 1000, max_events: int = 10_000,
@@ -82,10 +89,20 @@ def create_app(scorer: Scorer, token: str | None = None, max_candidates: int = 1
     async def limits_and_metrics(request: Request, call_next):  # type: ignore[no-untyped-def]
         size = request.headers.get("content-length")
         endpoint = request.url.path if not request.url.path.startswith("/v1/users/") else "/v1/users/embedding"
+        too_big = JSONResponse({"detail": f"request body exceeds the limit of {max_body_bytes} bytes"},
+                               status_code=413)
         if size is not None and size.isdigit() and int(size) > max_body_bytes:
             requests.labels(endpoint, "413").inc()
-            return JSONResponse({"detail": f"request body of {size} bytes exceeds the limit of {max_body_bytes}"},
-                                status_code=413)
+            return too_big
+        if size is None and request.method in ("POST", "PUT", "PATCH"):  # chunked upload: count while reading
+            body, total = [], 0
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > max_body_bytes:
+                    requests.labels(endpoint, "413").inc()
+                    return too_big
+                body.append(chunk)
+            request._body = b"".join(body)  # replayed to the endpoint by Starlette's cached request
         t0 = time.perf_counter()
         response = await call_next(request)
         latency.labels(endpoint).observe(time.perf_counter() - t0)
@@ -122,15 +139,14 @@ def create_app(scorer: Scorer, token: str | None = None, max_candidates: int = 1
         if len(body.candidates) > max_candidates:
             raise HTTPException(413, f"{len(body.candidates)} candidates; the limit is {max_candidates}")
         t = None if body.timestamp is None else round(body.timestamp * 1000)
-        res = scorer.score(str(body.user_id), body.candidates, t, body.context)
+        res = scorer.score(str(body.user_id), body.candidates, t, body.context, explain=body.explain)
         unknown.labels("candidates").inc(len(res.unknown_candidates))
         cold.inc(res.cold_user)
         out: dict[str, Any] = {"scores": res.scores, "model": pkg.manifest["model"], "package": pkg.version,
                                "timestamp": res.timestamp_ms / 1000, "cold_user": res.cold_user,
                                "history_length": res.history_length, "unknown_candidates": res.unknown_candidates}
         if body.explain:
-            out["explain"] = {"supported": False, "reason": "explanations of the GSU's picks are not implemented "
-                                                            "yet; scores are exact"}
+            out["explain"] = res.explain
         return out
 
     @app.get("/v1/users/{user_id}/embedding")

@@ -11,6 +11,16 @@ vectorised across the candidates, with the very code training used. Replaying a
 log therefore gives the offline ``evaluate`` scores (``tests/serving`` proves it
 for every registered model).
 
+Per-user GSU state is kept between requests, not recomputed: SIM hard's
+category index and SDIM's per-round bucket sums live in a
+:class:`~userlens.layers.gsu.HistoryState` per user (an LRU of ``state_users``)
+and are extended with the behaviors appended since the previous request. The
+state is trusted while the stored history only grew at its end: same
+``version``, or an order-dependent fingerprint of the covered prefix unchanged
+(an out-of-order insert, a capped history dropping its oldest behaviors or a
+restored store rebuild it). After ``BehaviorStore.restore`` call
+:meth:`Scorer.clear_state`.
+
 Cold start is explicit, never an error: an unknown user is scored with an empty
 history, an unknown candidate with the "unknown" item row (code 1); both are
 flagged in the result.
@@ -18,7 +28,10 @@ flagged in the result.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +40,8 @@ import torch
 
 from userlens.batch import Batch, History, LongHistory
 from userlens.errors import InputError
+from userlens.layers.explain import tracing
+from userlens.layers.gsu import CategoryIndex, HistoryState
 from userlens.serving.package import ModelPackage
 from userlens.serving.store.base import UNKNOWN, BehaviorStore, Event, UserHistory
 
@@ -41,6 +56,30 @@ class ScoreResult:
     cold_user: bool = False  # no behavior before the request's time
     history_length: int = 0  # behaviors before the request's time that the model could read
     timestamp_ms: int = 0
+    explain: dict | None = None  # with ``explain=True``: see :meth:`Scorer.explanation`
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def history_fingerprint(h: UserHistory, start: int, stop: int) -> int:
+    """Order-dependent 64-bit hash of behaviors ``[start, stop)`` (item, category, time, position); additive
+    over adjacent ranges, so a prefix's fingerprint extends with its tail only."""
+    if stop <= start:
+        return 0
+    pos = np.arange(start, stop, dtype=np.uint64)
+    x = (h.item[start:stop].astype(np.uint64) * np.uint64(0x100000001B3)) ^ (
+        h.category[start:stop].astype(np.uint64) << np.uint64(40)) ^ h.time[start:stop].astype(np.uint64)
+    return int((x * (pos * _MIX | np.uint64(1))).sum(dtype=np.uint64))
+
+
+@dataclass
+class _UserState:
+    state: HistoryState
+    version: int
+    n: int
+    fingerprint: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Scorer:
@@ -51,10 +90,40 @@ class Scorer:
         >>> scorer.score("u42", ["i1", "i7"]).scores  # doctest: +SKIP
     """
 
-    def __init__(self, package: ModelPackage, store: BehaviorStore) -> None:
+    def __init__(self, package: ModelPackage, store: BehaviorStore, state_users: int = 10_000) -> None:
         self.package, self.store = package, store
         self.model = package.model
         self.fields = frozenset(getattr(self.model, "fields", ()))
+        self.state_users = state_users
+        self._states: OrderedDict[str, _UserState] = OrderedDict()
+        self._states_lock = threading.Lock()
+
+    def clear_state(self) -> None:
+        """Forget every user's GSU state (after the store was restored or replaced)."""
+        with self._states_lock:
+            self._states.clear()
+
+    def _user_state(self, user_id: str, history: UserHistory) -> _UserState:
+        """The user's GSU state, valid for ``history`` (kept, extended, or rebuilt; see the module docstring)."""
+        with self._states_lock:
+            entry = self._states.get(user_id)
+            if entry is not None:
+                self._states.move_to_end(user_id)
+        n = len(history)
+        if entry is not None and entry.version == history.version and entry.n == n:
+            return entry
+        if entry is not None and n >= entry.n and history_fingerprint(history, 0, entry.n) == entry.fingerprint:
+            with entry.lock:
+                entry.fingerprint += history_fingerprint(history, entry.n, n)
+                entry.fingerprint &= (1 << 64) - 1
+                entry.version, entry.n = history.version, n
+            return entry
+        entry = _UserState(HistoryState(), history.version, n, history_fingerprint(history, 0, n))
+        with self._states_lock:
+            self._states[user_id] = entry
+            while len(self._states) > self.state_users:
+                self._states.popitem(last=False)
+        return entry
 
     # ------------------------------------------------------------------ writes
 
@@ -78,22 +147,63 @@ class Scorer:
     # ------------------------------------------------------------------ reads
 
     def score(self, user_id: str, candidates: Sequence[object], timestamp_ms: int | None = None,
-              context: dict[str, object] | None = None) -> ScoreResult:
-        """Score ``candidates`` (raw item ids) for ``user_id`` at ``timestamp_ms`` (epoch ms; default now)."""
+              context: dict[str, object] | None = None, explain: bool = False) -> ScoreResult:
+        """Score ``candidates`` (raw item ids) for ``user_id`` at ``timestamp_ms`` (epoch ms; default now).
+
+        ``explain``: also return, per candidate, the behaviors the GSU picked and the ESU's weights on them.
+        """
         if len(candidates) == 0:
             raise InputError("no candidates to score. Fix: send at least one item id in `candidates`.")
         t = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         history = self.store.history(str(user_id))
-        batch, n = self.batch(str(user_id), candidates, t, history, context or {})
-        with torch.inference_mode():
-            logits = self.model(batch).detach().cpu().double().numpy()
+        entry = self._user_state(str(user_id), history) if "long" in self.fields else None
+        with entry.lock if entry is not None else contextlib.nullcontext():
+            batch, n = self.batch(str(user_id), candidates, t, history, context or {},
+                                  entry.state if entry is not None else None)
+            with torch.inference_mode(), tracing() if explain else contextlib.nullcontext() as trace:
+                logits = self.model(batch).detach().cpu().double().numpy()
         scores = 1.0 / (1.0 + np.exp(-logits))
         unknown = [i for i, c in enumerate(batch.target["target_item"].tolist()) if c == UNKNOWN]
-        return ScoreResult(scores.tolist(), logits.tolist(), unknown, n == 0, n, t)
+        why = self.explanation(trace, history, n) if explain else None
+        return ScoreResult(scores.tolist(), logits.tolist(), unknown, n == 0, n, t, why)
+
+    def explanation(self, trace: dict[str, object] | None, history: UserHistory, n: int) -> dict:
+        """Per candidate, the picked behaviors (raw item id, epoch seconds, weight), highest weight first.
+
+        The weight is the ESU's attention on that behavior (softmax, head-averaged, for TWIN/ETA/DARE and
+        multi-head SIM; DIN's unnormalised score for SIM's DIN unit and MUSE; sparsemax for QIN).
+        """
+        name = self.package.manifest["model"]
+        sel = (trace or {}).get("gsu")
+        if sel is None:
+            reason = ("sdim selects no behaviors: it sums SimHash buckets over the whole history" if name == "sdim"
+                      else f"{name} has no search unit: it reads the last {self.package.short_len} behaviors")
+            return {"supported": False, "reason": reason}
+        weights = (trace or {}).get("esu_weights")
+        vocab = self.package.vocabs["item"].raw
+        unknown_rank = np.cumsum(history.item[:n] == UNKNOWN) - 1  # → index into history.unknown_item_ids
+        out = []
+        for b in range(len(sel.lengths)):  # type: ignore[attr-defined]
+            pos = sel.positions[b, : sel.lengths[b]]  # type: ignore[attr-defined]
+            w = weights[b, : len(pos)].tolist() if weights is not None else [None] * len(pos)  # type: ignore[index]
+            picks = []
+            for p, wt in zip(pos.tolist(), w):
+                code = int(history.item[p])
+                raw = vocab[code] if code != UNKNOWN else (
+                    history.unknown_item_ids[unknown_rank[p]] if unknown_rank[p] < len(history.unknown_item_ids)
+                    else "")
+                picks.append({"item_id": raw, "timestamp": int(history.time[p]) / 1000, "weight": wt})
+            if weights is not None:
+                picks.sort(key=lambda d: -d["weight"])
+            out.append(picks)
+        return {"supported": True, "model": name, "picked": out}
 
     def batch(self, user_id: str, candidates: Sequence[object], t: int, history: UserHistory,
-              context: dict[str, object]) -> tuple[Batch, int]:
-        """The request as a batch: one row per candidate, all sharing the user's history before ``t``."""
+              context: dict[str, object], state: HistoryState | None = None) -> tuple[Batch, int]:
+        """The request as a batch: one row per candidate, all sharing the user's history before ``t``.
+
+        ``state``: the user's GSU state (kept across requests); None scans the history afresh.
+        """
         pkg = self.package
         b = len(candidates)
         n = int(np.searchsorted(history.time, t, side="left"))  # strictly before t
@@ -123,16 +233,16 @@ class Scorer:
         long = None
         if "long" in self.fields:
             index = None
-            if "long_category" in self.fields:
-                from userlens.layers.gsu import CategoryIndex
-
-                index = CategoryIndex(np.asarray(timeline["category"]))
+            if "long_category" in self.fields:  # over the whole stored history: searches are bounded by [lo, hi)
+                index = (state.category_index(history.category) if state is not None
+                         else CategoryIndex(np.asarray(timeline["category"])))
             lo = np.full(b, max(0, n - pkg.long_len), dtype=np.int64)
             long = LongHistory(timeline, lo, np.full(b, n, dtype=np.int64), pkg.item_category,
-                               category_index=index, content=pkg.content if "long_content" in self.fields else None)
+                               category_index=index, content=pkg.content if "long_content" in self.fields else None,
+                               state=state)
         ctx = {c: torch.full((b,), pkg.vocabs[f"ctx_{c}"].code(context.get(c, "")), dtype=torch.int64)
                for c in pkg.manifest.get("context_columns", [])}
         return Batch(target, short, None, ctx, long), n
 
 
-__all__ = ("ScoreResult", "Scorer")
+__all__ = ("ScoreResult", "Scorer", "history_fingerprint")
