@@ -26,6 +26,55 @@ from pathlib import Path
 import numpy as np
 
 MODELS = "sim_hard,sim_soft,eta,sdim,twin,dare,muse,qin,din"
+GSU_MS: list[float] = []  # time spent inside the GSU of the current request (see patch_gsu_timers)
+
+
+def patch_gsu_timers() -> None:
+    """Time every search unit call (the names each model file imported, and SIM's category search)."""
+    import importlib
+
+    from userlens.layers import gsu
+
+    def timed(fn):  # type: ignore[no-untyped-def]
+        def wrapper(*a, **k):  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                GSU_MS.append((time.perf_counter() - t0) * 1000)
+        return wrapper
+
+    for mod, names in {"userlens.models.sim_soft": ["table_topk"], "userlens.models.dare": ["table_topk"],
+                       "userlens.models.muse": ["table_topk"], "userlens.layers.interest": ["table_topk"],
+                       "userlens.models.eta": ["hamming_topk"], "userlens.models.sdim": ["bucket_sum"]}.items():
+        m = importlib.import_module(mod)
+        for n in names:
+            setattr(m, n, timed(getattr(m, n)))
+    gsu.CategoryIndex.search = timed(gsu.CategoryIndex.search)  # type: ignore[method-assign]
+
+
+def bandwidth_gbs() -> float:
+    """Sustained single-thread read bandwidth: summing a 256 MiB array (best of 3)."""
+    a = np.ones(1 << 25, dtype=np.float64)
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a.sum()
+        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def floor_bytes(model: str, length: int, candidates: int, pkg) -> int:  # type: ignore[no-untyped-def]
+    """What a GSU must read per request at the least: the history's item codes (4 B each) and whatever
+    it scores per behavior (ETA: an 8-byte signature; table GSUs: one float per behavior and candidate is
+    computed, not read); SIM hard and SDIM with kept state read O(k) / O(rounds) rows instead."""
+    if model in ("sim_hard", "qin"):
+        return candidates * 50 * 8  # two binary searches + k positions per candidate
+    if model == "sdim":
+        return candidates * 16 * 33 * 4  # one bucket-sum row per round per candidate
+    if model == "eta":
+        return length * (4 + 8)
+    return length * 4
 
 
 def _free_port() -> int:
@@ -70,6 +119,8 @@ def main() -> None:
     ap.add_argument("--candidates", default="100,1000")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--max-seconds", type=float, default=30.0,
+                    help="stop a cell after this many seconds of measured requests (the count is printed)")
     ap.add_argument("--store", default="lmdb", choices=["lmdb", "redis"])
     ap.add_argument("--redis-url", default=None, help="redis://HOST:PORT of a running server (with --store redis)")
     ap.add_argument("--http", action=argparse.BooleanOptionalAction, default=True)
@@ -87,10 +138,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.workdir)
     rng = np.random.default_rng(0)
+    patch_gsu_timers()
+    gbs = bandwidth_gbs()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {args.threads} threads, store {args.store}, "
-          f"{args.requests} requests after {args.warmup} warm-up")
-    print("| L | model | candidates | path | p50 ms | p95 ms | p99 ms | requests/s |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+          f"{args.requests} requests (at most {args.max_seconds:.0f} s) after {args.warmup} warm-up; "
+          f"read bandwidth {gbs:.1f} GB/s (one thread)")
+    print("| L | model | candidates | path | requests | p50 ms | p95 ms | p99 ms | requests/s | GSU p50 ms | "
+          "GSU floor ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for length in (int(x) for x in args.lengths.split(",")):
         for model in args.models.split(","):
             data_dir, pkg_dir = build(length, model, work)
@@ -105,23 +160,32 @@ def main() -> None:
             for n_cand in (int(x) for x in args.candidates.split(",")):
                 reqs = [(users[rng.integers(len(users))], [items[i] for i in rng.integers(0, len(items), n_cand)])
                         for _ in range(args.requests + args.warmup)]
-                ms = []
+                ms, gsu_ms = [], []
+                start = time.perf_counter()
                 for k, (u, c) in enumerate(reqs):
+                    GSU_MS.clear()
                     t0 = time.perf_counter()
                     scorer.score(u, c)
                     if k >= args.warmup:
                         ms.append((time.perf_counter() - t0) * 1000)
+                        gsu_ms.append(sum(GSU_MS))
+                    if k == args.warmup - 1:
+                        start = time.perf_counter()
+                    if k >= args.warmup and time.perf_counter() - start > args.max_seconds:
+                        break
                 p = percentiles(ms)
-                print(f"| {length:,} | {model} | {n_cand} | in-process | {p['p50']:.1f} | {p['p95']:.1f} | "
-                      f"{p['p99']:.1f} | {p['rps']:,.0f} |", flush=True)
+                g = f"{np.median(gsu_ms):.2f}" if any(gsu_ms) else "–"
+                floor = f"{floor_bytes(model, length, n_cand, pkg) / gbs / 1e6:.3f}" if any(gsu_ms) else "–"
+                print(f"| {length:,} | {model} | {n_cand} | in-process | {len(ms)} | {p['p50']:.1f} | "
+                      f"{p['p95']:.1f} | {p['p99']:.1f} | {p['rps']:,.0f} | {g} | {floor} |", flush=True)
                 if args.http:
-                    p = http_bench(pkg_dir, url, reqs, args.warmup)
-                    print(f"| {length:,} | {model} | {n_cand} | HTTP | {p['p50']:.1f} | {p['p95']:.1f} | "
-                          f"{p['p99']:.1f} | {p['rps']:,.0f} |", flush=True)
+                    p, done = http_bench(pkg_dir, url, reqs, args.warmup, args.max_seconds)
+                    print(f"| {length:,} | {model} | {n_cand} | HTTP | {done} | {p['p50']:.1f} | {p['p95']:.1f} | "
+                          f"{p['p99']:.1f} | {p['rps']:,.0f} | | |", flush=True)
             store.close()
 
 
-def http_bench(pkg: Path, url: str, reqs: list, warmup: int) -> dict[str, float]:
+def http_bench(pkg: Path, url: str, reqs: list, warmup: int, max_seconds: float) -> tuple[dict[str, float], int]:
     """Latency of ``POST /v1/score`` against ``userlens serve`` started on a free loopback port."""
     import httpx
 
@@ -143,6 +207,7 @@ def http_bench(pkg: Path, url: str, reqs: list, warmup: int) -> dict[str, float]
                     raise SystemExit(f"server did not start: {server.stderr.read().decode()[-500:]}")
                 time.sleep(0.2)
             ms = []
+            start = time.perf_counter()
             for k, (u, c) in enumerate(reqs):
                 t0 = time.perf_counter()
                 r = client.post("/v1/score", content=json.dumps({"user_id": u, "candidates": c}),
@@ -150,7 +215,11 @@ def http_bench(pkg: Path, url: str, reqs: list, warmup: int) -> dict[str, float]
                 r.raise_for_status()
                 if k >= warmup:
                     ms.append((time.perf_counter() - t0) * 1000)
-        return percentiles(ms)
+                if k == warmup - 1:
+                    start = time.perf_counter()
+                if k >= warmup and time.perf_counter() - start > max_seconds:
+                    break
+        return percentiles(ms), len(ms)
     finally:
         server.terminate()
         server.wait(timeout=30)

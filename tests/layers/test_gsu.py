@@ -161,8 +161,9 @@ def _shared_long(seed: int, batch: int = 9, n: int = 700) -> LongHistory:
     return LongHistory(long.timeline, lo, hi, long.item_category, long.category_index)
 
 
-@pytest.mark.parametrize("budget", [64, 1 << 22])
-def test_one_shared_history_scores_as_separate_rows(budget: int) -> None:
+# 64 / 4M budget; a catalogue smaller (full score matrix) or larger (history rows scored once) than the history
+@pytest.mark.parametrize("budget, catalogue", [(64, N_ITEMS), (1 << 22, N_ITEMS), (64, 5000), (1 << 22, 5000)])
+def test_one_shared_history_scores_as_separate_rows(budget: int, catalogue: int) -> None:
     """The shared-range fast path (expanded ids) gives exactly the per-row results, ties included."""
     from userlens.layers.gsu import _chunks, _shared
 
@@ -171,7 +172,7 @@ def test_one_shared_history_scores_as_separate_rows(budget: int) -> None:
     ids, _, _ = next(iter(_chunks(long, 32)))
     assert ids.stride(0) == 0  # the fast path is the one under test
     rng = np.random.default_rng(12)
-    table = torch.from_numpy(rng.integers(-2, 3, size=(N_ITEMS, 4)).astype(np.float32))
+    table = torch.from_numpy(rng.integers(-2, 3, size=(catalogue, 4)).astype(np.float32))
     query = torch.from_numpy(rng.integers(-2, 3, size=(len(long.lo), 4)).astype(np.float32))
     sel = table_topk(long, query, table, k=9, budget=budget)
     hasher = SimHash(6, bits=16, seed=0)
@@ -191,3 +192,21 @@ def test_one_shared_history_scores_as_separate_rows(budget: int) -> None:
         assert _as_lists(ham)[b] == _rank_topk(hs, 11)
         items = torch.from_numpy(long.timeline["item"][long.lo[b]:long.hi[b]].astype(np.int64))
         torch.testing.assert_close(sums[b], (codes[items] == bq[b]).float().t() @ vectors[items])
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int64, torch.float32])
+@pytest.mark.parametrize("shared", [False, True])
+def test_integer_and_float_scores_rank_alike_with_ties_to_the_most_recent(dtype: torch.dtype, shared: bool) -> None:
+    """Exact keys for integer scores (int8 packed per chunk, other ints in int64) = the float path = brute force."""
+    from userlens.layers.gsu import chunked_topk
+
+    long = _shared_long(seed=13) if shared else _long(seed=13)
+    values = torch.from_numpy(np.random.default_rng(14).integers(-5, 3, size=N_ITEMS))  # heavy ties
+
+    def score(ids: torch.Tensor) -> torch.Tensor:
+        return values[ids].to(dtype)
+
+    sel = chunked_topk(long, 7, score, budget=64)
+    for b in range(len(long.lo)):
+        scores = {p: float(values[long.timeline["item"][p]]) for p in range(long.lo[b], long.hi[b])}
+        assert _as_lists(sel)[b] == _rank_topk(scores, 7)

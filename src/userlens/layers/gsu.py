@@ -239,8 +239,9 @@ def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], d
         k: behaviors to keep per row.
         score: item ids ``(B, C)`` int64 → ``(B, C)`` scores (invalid entries are masked after;
             the ids may be one row expanded, see :func:`_chunks`). Float scores: ties are
-            found and broken by recency; integer scores (``|s| < 2**31``, e.g. Hamming
-            distances, nearly all tied) are ranked as one exact 64-bit key ``s·2**32 + recency``.
+            found and broken by recency; integer scores (nearly all tied, e.g. Hamming distances)
+            are ranked as exact keys: int8 as ``(s + 128)·2**23 + column`` in int32 within a chunk,
+            other integers (``|s| < 2**31``) as ``s·2**32 + recency`` in int64.
         dim: floats the scorer materialises per behavior (sizes the chunk to ``budget``).
         bias: optional global timeline positions ``(B, C)`` int64 → ``(B, C)`` float added to
             the score: per-behavior terms that depend on more than the item (TWIN's
@@ -258,6 +259,15 @@ def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], d
             if bias is not None:
                 s = s + bias(recency + lo_t)
             partial = not bool(valid[0].all() if valid.stride(0) == 0 else valid.all())
+            if s.dtype == torch.int8 and s.shape[1] < (1 << 23):  # small exact scores (Hamming): int32 keys
+                key = ((s.to(torch.int32) + 128) << 23) | torch.arange(s.shape[1], dtype=torch.int32)
+                if partial:  # (score, column) within the chunk = (score, recency); -1 = no behavior
+                    key = key.masked_fill(~valid, -1)
+                vals, col = key.topk(min(k, key.shape[1]), dim=1, sorted=False)
+                s = torch.where(vals >= 0, ((vals >> 23) - 128).float(), float("-inf"))
+                r = recency.gather(1, col.long())
+                best_s, best_r = _topk_recent(torch.cat([best_s, s], 1), torch.cat([best_r, r], 1), k)
+                continue
             if not s.is_floating_point():  # exact integer scores: recency packed below them, no ties left
                 key = (s.long() << 32) | recency
                 if partial:
@@ -289,11 +299,20 @@ def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: 
     ``query (B, d)``, ``table (n_items, d)`` on any device (copied to the CPU);
     selection only, so no gradient. When ``B × n_items`` fits the budget the
     full score matrix is formed once and each chunk is a gather of scalars;
-    otherwise each chunk gathers table rows. ``bias``: see :func:`chunked_topk`.
+    otherwise each chunk gathers table rows. When every row reads one history
+    (a serving request) shorter than the catalogue, each chunk's rows are
+    gathered once and scored against all queries in one matrix product.
+    ``bias``: see :func:`chunked_topk`.
     """
     extra = 0 if bias is None else 3  # positions, times and bias per behavior
     with torch.no_grad():
         query, table = query.detach().cpu().float(), table.detach().cpu().float()
+        if _shared(long) and (long.longest < table.shape[0] or query.shape[0] * table.shape[0] > 4 * budget):
+            # one user's request over a history shorter than the catalogue: score its rows, gathered once
+            def score_shared(ids: Tensor) -> Tensor:
+                return query @ table[ids[0]].t()  # (B, d) @ (d, C)
+
+            return chunked_topk(long, k, score_shared, dim=1 + extra, budget=budget, bias=bias)
         if query.shape[0] * table.shape[0] <= 4 * budget:
             full = query @ table.t()  # (B, n_items)
 
@@ -352,7 +371,7 @@ def hamming_topk(long: LongHistory, target_sig: np.ndarray, item_sig: np.ndarray
     def score(ids: Tensor) -> Tensor:  # one shared history: its signatures gathered once, XOR-ed with every target
         sig = item_sig[ids[0].numpy()][None, :] if ids.stride(0) == 0 else item_sig[ids.numpy()]
         ham = np.bitwise_count(sig ^ t)
-        return -torch.from_numpy(ham.astype(np.int64))  # integer scores: exact keys, see chunked_topk
+        return -torch.from_numpy(ham.astype(np.int8))  # small integer scores: exact int32 keys, see chunked_topk
 
     return chunked_topk(long, k, score, dim=1, budget=budget)
 
