@@ -90,3 +90,24 @@ def test_fingerprint_is_additive_and_order_dependent() -> None:
     swapped = UserHistory(h.item.copy(), h.category, h.time, h.behavior, n)
     swapped.item[[3, 4]] = swapped.item[[4, 3]]
     assert swapped.item[3] == swapped.item[4] or history_fingerprint(swapped, 0, n) != full
+
+
+def test_state_memory_is_bounded_least_recently_used_first(data: PreparedData, tmp_path: Path) -> None:
+    """States beyond ``state_bytes`` are dropped oldest-used first; scores do not change."""
+    pkg = load_package(_package("sim_hard", data, tmp_path))
+    store = open_store(f"lmdb://{tmp_path}/store", cap=LONG_LEN)
+    items = data.vocab("item")["raw"].cast(str).to_list()
+    for u in range(6):
+        store.append([Scorer(pkg, store).encode_event(f"u{u}", items[i], 1_700_000_000_000 + i, event_id=str(i))
+                      for i in range(100)])
+    unbounded = Scorer(pkg, store)
+    one = unbounded.score("u0", items[:4]).logits
+    per_user = unbounded._states["u0"].nbytes
+    assert per_user > 0 and unbounded._state_total == per_user
+    small = Scorer(pkg, store, state_bytes=3 * per_user)
+    for u in range(6):
+        small.score(f"u{u}", items[:4])
+    assert list(small._states) == ["u3", "u4", "u5"] and small._state_total == 3 * per_user
+    assert small.score("u0", items[:4]).logits == one  # rebuilt on demand, same scores
+    assert list(small._states) == ["u4", "u5", "u0"]
+    store.close()

@@ -130,6 +130,18 @@ class HistoryState:
     def __init__(self) -> None:
         self.parts: dict[str, tuple[int, object]] = {}
 
+    def nbytes(self) -> int:
+        """Memory held (arrays and tensors of every part), for the scorer's byte budget."""
+        total = 0
+        for _, part in self.parts.values():
+            if isinstance(part, CategoryIndex):
+                total += part.keys.nbytes + part.positions.nbytes
+            elif isinstance(part, Tensor):
+                total += part.numel() * part.element_size()
+            elif isinstance(part, np.ndarray):
+                total += part.nbytes
+        return total
+
     def category_index(self, category: np.ndarray) -> CategoryIndex:
         """SIM hard search's per-category positions over the whole stored history, extended on append."""
         n, index = self.parts.get("category_index", (0, None))

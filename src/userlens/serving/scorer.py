@@ -13,7 +13,9 @@ for every registered model).
 
 Per-user GSU state is kept between requests, not recomputed: SIM hard's
 category index and SDIM's per-round bucket sums live in a
-:class:`~userlens.layers.gsu.HistoryState` per user (an LRU of ``state_users``)
+:class:`~userlens.layers.gsu.HistoryState` per user (least recently used first out
+beyond ``state_bytes``, 1 GiB by default: SIM's index is 16 bytes per behavior, 1.6 MB for a
+100K history; SDIM's sums 17 KB per user)
 and are extended with the behaviors appended since the previous request. The
 state is trusted while the stored history only grew at its end: same
 ``version``, or an order-dependent fingerprint of the covered prefix unchanged
@@ -80,6 +82,7 @@ class _UserState:
     n: int
     fingerprint: int
     lock: threading.Lock = field(default_factory=threading.Lock)
+    nbytes: int = 0  # the state's size when last accounted
 
 
 class Scorer:
@@ -90,18 +93,20 @@ class Scorer:
         >>> scorer.score("u42", ["i1", "i7"]).scores  # doctest: +SKIP
     """
 
-    def __init__(self, package: ModelPackage, store: BehaviorStore, state_users: int = 10_000) -> None:
+    def __init__(self, package: ModelPackage, store: BehaviorStore, state_bytes: int = 1 << 30) -> None:
         self.package, self.store = package, store
         self.model = package.model
         self.fields = frozenset(getattr(self.model, "fields", ()))
-        self.state_users = state_users
+        self.state_bytes = state_bytes
         self._states: OrderedDict[str, _UserState] = OrderedDict()
+        self._state_total = 0  # bytes held by all users' states, as last measured
         self._states_lock = threading.Lock()
 
     def clear_state(self) -> None:
         """Forget every user's GSU state (after the store was restored or replaced)."""
         with self._states_lock:
             self._states.clear()
+            self._state_total = 0
 
     def _user_state(self, user_id: str, history: UserHistory) -> _UserState:
         """The user's GSU state, valid for ``history`` (kept, extended, or rebuilt; see the module docstring)."""
@@ -120,10 +125,22 @@ class Scorer:
             return entry
         entry = _UserState(HistoryState(), history.version, n, history_fingerprint(history, 0, n))
         with self._states_lock:
+            old = self._states.pop(user_id, None)
+            self._state_total -= old.nbytes if old is not None else 0
             self._states[user_id] = entry
-            while len(self._states) > self.state_users:
-                self._states.popitem(last=False)
         return entry
+
+    def _account(self, user_id: str, entry: _UserState) -> None:
+        """Record the state's new size; evict least recently used users beyond ``state_bytes``."""
+        with self._states_lock:
+            if self._states.get(user_id) is not entry:
+                return  # replaced or cleared meanwhile
+            size = entry.state.nbytes()
+            self._state_total += size - entry.nbytes
+            entry.nbytes = size
+            while self._state_total > self.state_bytes and len(self._states) > 1:
+                _, gone = self._states.popitem(last=False)
+                self._state_total -= gone.nbytes
 
     # ------------------------------------------------------------------ writes
 
@@ -162,6 +179,8 @@ class Scorer:
                                   entry.state if entry is not None else None)
             with torch.inference_mode(), tracing() if explain else contextlib.nullcontext() as trace:
                 logits = self.model(batch).detach().cpu().double().numpy()
+            if entry is not None:
+                self._account(str(user_id), entry)
         scores = 1.0 / (1.0 + np.exp(-logits))
         unknown = [i for i, c in enumerate(batch.target["target_item"].tolist()) if c == UNKNOWN]
         why = self.explanation(trace, history, n) if explain else None
