@@ -274,6 +274,8 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
     max_candidates: Annotated[int, typer.Option(help="largest candidate list a score request may carry")] = 1000,
+    reload_seconds: Annotated[float, typer.Option(
+        help="poll the package directory this often and swap in a re-exported package (0: never)")] = 2.0,
 ) -> None:
     """Serve the package over HTTP (OpenAPI at /docs); writes need the USERLENS_TOKEN bearer token."""
     from userlens.serving.server import serve as run_server
@@ -281,7 +283,9 @@ def serve(
     if workers < 1 or not 0 < port < 65536:
         _run(_raise, "--workers must be >= 1 and --port in 1..65535")
     _say(f"serving {package} on http://{host}:{port} (store {store}, {workers} worker(s)); docs at /docs")
-    _run(run_server, str(package), store, host, port, workers, max_candidates)
+    if reload_seconds < 0:
+        _run(_raise, "--reload-seconds must be >= 0")
+    _run(run_server, str(package), store, host, port, workers, max_candidates, reload_seconds)
 
 
 def _raise(message: str) -> None:

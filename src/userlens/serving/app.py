@@ -8,15 +8,24 @@
   category embeddings of the last ``short_len`` behaviors; for retrieval).
 * ``GET /healthz``, ``GET /metrics`` (Prometheus text).
 
+Hot reload (``reload_seconds``): a thread polls the package's manifest; when the directory was
+replaced (``userlens export ... --force`` swaps it in atomically) the new package is loaded and
+verified beside the old one, then swapped in for the next request. Requests in flight finish on
+the package they started with; none is dropped. A package with other vocabularies (the store
+holds codes of the current ones) or another ``long_len`` is refused and the old one kept.
+
 Every input is validated: bodies over ``max_body_bytes``, more than ``max_candidates`` candidates
 or events, bad JSON and wrong types get a 4xx with a message naming the field and the limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
 import math
 import os
+import threading
 import time
 from typing import Annotated, Any
 
@@ -28,7 +37,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, Field, field_validator
 
 from userlens.errors import UserlensError
+from userlens.serving.package import MANIFEST, load_package
 from userlens.serving.scorer import Scorer
+
+log = logging.getLogger("userlens.serving")
 
 ItemId = str | int
 
@@ -68,14 +80,73 @@ class ScoreIn(BaseModel):
     _check_timestamp = field_validator("timestamp")(_epoch_seconds)
 
 
+class PackageReloader:
+    """Holds the current :class:`Scorer`; :meth:`check` swaps in a replaced package (see the module docstring)."""
+
+    def __init__(self, scorer: Scorer, reloads: Counter | None = None) -> None:
+        self.scorer = scorer
+        self.reloads = reloads
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.scorer.package.path / MANIFEST).stat()
+        except OSError:
+            return None  # mid-swap: look again next time
+        return st.st_ino, st.st_mtime_ns
+
+    def check(self) -> bool:
+        """Load the package again if its directory changed; True when a new one was swapped in."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return False
+        old = self.scorer.package
+        try:
+            new = load_package(old.path)
+        except UserlensError as e:
+            self._count("failed")
+            log.warning("package reload failed, keeping %s: %s", old.version, e)
+            return False
+        self._seen = stamp
+        if new.manifest["vocab_hash"] != old.manifest["vocab_hash"] or new.long_len != old.long_len:
+            self._count("refused")
+            log.warning("package reload refused, keeping %s: other vocabularies or long_len than the store "
+                        "was loaded with; restart with the new package after `userlens load-store`", old.version)
+            return False
+        self.scorer = Scorer(new, self.scorer.store, self.scorer.state_bytes)
+        self._count("ok")
+        return True
+
+    def _count(self, result: str) -> None:
+        if self.reloads is not None:
+            self.reloads.labels(result).inc()
+
+    def watch(self, every: float, stop: threading.Event) -> None:
+        while not stop.wait(every):
+            self.check()
+
+
 def create_app(scorer: Scorer, token: str | None = None, max_candidates: int = 1000, max_events: int = 10_000,
-               max_body_bytes: int = 4 << 20) -> FastAPI:
+               max_body_bytes: int = 4 << 20, reload_seconds: float | None = None) -> FastAPI:
     """The ASGI app over ``scorer``; ``token`` (else ``$USERLENS_TOKEN``) guards the write endpoints."""
     token = token if token is not None else os.environ.get("USERLENS_TOKEN")
-    pkg = scorer.package
-    app = FastAPI(title="userlens", version=pkg.version,
-                  description=f"Lifelong user-interest scoring with {pkg.manifest['model']} (package {pkg.version}).")
     reg = CollectorRegistry()
+    reloads = Counter("userlens_package_reloads_total", "package reloads by result", ["result"], registry=reg)
+    holder = PackageReloader(scorer, reloads)
+    stop = threading.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        if reload_seconds:
+            threading.Thread(target=holder.watch, args=(reload_seconds, stop), daemon=True,
+                             name="userlens-package-reload").start()
+        yield
+        stop.set()
+
+    pkg = scorer.package
+    app = FastAPI(title="userlens", version=pkg.version, lifespan=lifespan,
+                  description=f"Lifelong user-interest scoring with {pkg.manifest['model']} (package {pkg.version}).")
+    app.state.reloader = holder
     requests = Counter("userlens_requests_total", "HTTP requests", ["endpoint", "status"], registry=reg)
     latency = Histogram("userlens_request_seconds", "request latency", ["endpoint"], registry=reg,
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0))
@@ -119,6 +190,7 @@ def create_app(scorer: Scorer, token: str | None = None, max_candidates: int = 1
 
     @app.post("/v1/events", dependencies=[Depends(writer)])
     def post_events(body: EventsIn) -> dict[str, Any]:
+        scorer = holder.scorer
         if len(body.events) > max_events:
             raise HTTPException(413, f"{len(body.events)} events in one request; the limit is {max_events}")
         events = [scorer.encode_event(str(e.user_id), str(e.item_id), round(e.timestamp * 1000), e.behavior,
@@ -136,6 +208,8 @@ def create_app(scorer: Scorer, token: str | None = None, max_candidates: int = 1
 
     @app.post("/v1/score")
     def post_score(body: ScoreIn) -> dict[str, Any]:
+        scorer = holder.scorer
+        pkg = scorer.package
         if len(body.candidates) > max_candidates:
             raise HTTPException(413, f"{len(body.candidates)} candidates; the limit is {max_candidates}")
         t = None if body.timestamp is None else round(body.timestamp * 1000)
@@ -151,6 +225,8 @@ def create_app(scorer: Scorer, token: str | None = None, max_candidates: int = 1
 
     @app.get("/v1/users/{user_id}/embedding")
     def user_embedding(user_id: str) -> dict[str, Any]:
+        scorer = holder.scorer
+        pkg = scorer.package
         emb = getattr(scorer.model, "embedding", None)
         if emb is None:
             raise HTTPException(409, f"model {pkg.manifest['model']!r} has no item embeddings to build a user "
@@ -167,8 +243,9 @@ def create_app(scorer: Scorer, token: str | None = None, max_candidates: int = 1
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
+        pkg = holder.scorer.package
         return {"status": "ok", "model": pkg.manifest["model"], "package": pkg.version,
-                "store": type(scorer.store).__name__}
+                "weights": pkg.manifest["files"]["model.safetensors"]["checksum"][:19], "store": type(holder.scorer.store).__name__}
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:

@@ -2,7 +2,9 @@
 
 Workers are separate processes, so each builds its own app from the environment
 (:func:`app_from_env`): the package path and store URL travel as
-``USERLENS_PACKAGE`` / ``USERLENS_STORE``; the write token as ``USERLENS_TOKEN``.
+``USERLENS_PACKAGE`` / ``USERLENS_STORE``; the write token as ``USERLENS_TOKEN``. Every worker
+watches the package directory (``USERLENS_RELOAD_SECONDS``, 0 = off) and swaps in a re-exported
+package without dropping requests (:class:`~userlens.serving.app.PackageReloader`).
 LMDB and Redis both take several processes (LMDB through its own file locks).
 """
 
@@ -24,11 +26,12 @@ def app_from_env() -> FastAPI:
     package = load_package(os.environ["USERLENS_PACKAGE"])
     store = open_store(os.environ["USERLENS_STORE"], cap=package.long_len)
     limit = int(os.environ.get("USERLENS_MAX_CANDIDATES", "1000"))
-    return create_app(Scorer(package, store), max_candidates=limit)
+    reload = float(os.environ.get("USERLENS_RELOAD_SECONDS", "0")) or None
+    return create_app(Scorer(package, store), max_candidates=limit, reload_seconds=reload)
 
 
 def serve(package: str, store: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          max_candidates: int = 1000) -> None:
+          max_candidates: int = 1000, reload_seconds: float = 2.0) -> None:
     """Load once here (so a bad package or store fails before the server starts), then run Uvicorn."""
     import uvicorn
 
@@ -36,7 +39,8 @@ def serve(package: str, store: str, host: str = "127.0.0.1", port: int = 8000, w
 
     pkg = load_package(package)
     open_store(store, cap=pkg.long_len).close()
-    os.environ.update(USERLENS_PACKAGE=str(package), USERLENS_STORE=store, USERLENS_MAX_CANDIDATES=str(max_candidates))
+    os.environ.update(USERLENS_PACKAGE=str(package), USERLENS_STORE=store, USERLENS_MAX_CANDIDATES=str(max_candidates),
+                      USERLENS_RELOAD_SECONDS=str(reload_seconds))
     uvicorn.run("userlens.serving.server:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning")
 
