@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import numpy as np
 
 from userlens.serving.store import BehaviorStore, LMDBStore, RedisStore
 from userlens.serving.store.base import Event
+from userlens.serving.store.local_redis import LocalRedis
 
 BACKENDS = ("lmdb", "redis")
 T0 = 1_700_000_000_000  # epoch ms of the first generated event
@@ -55,54 +55,8 @@ DEFAULTS = {"batches": ("1,100,1000,10000", "1,100,1000"), "events": (200_000, 2
             "cap_events": (1_000, 200), "cap_batch": (100, 100)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """``redis-server`` on a free loopback port, AOF fsynced on every write, data in ``directory``.
-
-    In a session of its own, so a Ctrl-C reaches only this script, which then stops the server itself.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.dir, self.port = directory, _free_port()
-        self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def __enter__(self) -> RedisServer:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
 @contextmanager
-def fresh_store(backend: str, cap: int, work: Path, server: RedisServer | None) -> Iterator[BehaviorStore]:
+def fresh_store(backend: str, cap: int, work: Path, server: LocalRedis | None) -> Iterator[BehaviorStore]:
     """An empty store, deleted afterwards (LMDB: a new directory; Redis: the private server's db, flushed)."""
     if backend == "lmdb":
         path = Path(tempfile.mkdtemp(prefix="lmdb-", dir=work))
@@ -151,7 +105,7 @@ def p(ms: np.ndarray, q: float) -> str:
     return f"{np.percentile(ms, q):.2f}"
 
 
-def bench_append(backend: str, args: argparse.Namespace, work: Path, server: RedisServer | None,
+def bench_append(backend: str, args: argparse.Namespace, work: Path, server: LocalRedis | None,
                  events_for: Callable[[int, bool], list[Event]]) -> list[str]:
     rows = []
     plan = [(b, True) for b in args.batches] + [(1000, False)]
@@ -167,7 +121,7 @@ def bench_append(backend: str, args: argparse.Namespace, work: Path, server: Red
     return rows
 
 
-def bench_big(backend: str, args: argparse.Namespace, work: Path, server: RedisServer | None
+def bench_big(backend: str, args: argparse.Namespace, work: Path, server: LocalRedis | None
               ) -> tuple[str, str]:
     """Sections 2 and 3 on one store: bulk-load the big users, read them, then append at the cap."""
     rng = np.random.default_rng([args.seed, 2])  # the same data for every backend
@@ -292,7 +246,7 @@ def main() -> None:
         if "redis" in backends and shutil.which("redis-server") is None:
             print("\n> redis skipped: `redis-server` is not on PATH (install it, e.g. apt-get install redis-server)")
             backends.remove("redis")
-        server = stack.enter_context(RedisServer(work / "redis")) if "redis" in backends else None
+        server = stack.enter_context(LocalRedis(work / "redis")) if "redis" in backends else None
 
         append_rows = [row for b in backends for row in bench_append(b, args, work, server, events_for)]
         print("\n## 1. Append, durable on return (fresh store per row)\n")

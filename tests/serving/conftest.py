@@ -1,73 +1,39 @@
-"""Behavior-store fixtures: a throwaway redis-server (AOF, fsync always) and a fresh store per test."""
+"""Serving fixtures: small prepared logs, a throwaway redis-server (AOF, fsync always), a fresh store per test."""
 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from userlens.data.prepare import prepare, sources_from_files
+from userlens.data.prepared import PreparedData
 from userlens.serving.store import BehaviorStore, LMDBStore, RedisStore
+from userlens.serving.store.local_redis import LocalRedis
 
 NO_REDIS = "redis-server is not on PATH (CI installs it: `bash .ci/run`; locally: apt-get install redis-server)"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+RedisServer = LocalRedis  # the fixtures' name for it
 
 
-class RedisServer:
-    """``redis-server`` on a free loopback port, AOF fsynced on every write, data in ``directory``."""
+@pytest.fixture(scope="session")
+def make_prepared(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., PreparedData]:
+    """``make_prepared(seed=…, n_users=…, …)``: a generated lifelong log (behaviors, impressions, items), prepared."""
+    from userlens.synthetic import lifelong_interest_log
 
-    def __init__(self, directory: Path) -> None:
-        self.dir, self.port = directory, free_port()
-        self.proc: subprocess.Popen | None = None
+    def make(seed: int, n_users: int, n_items: int, n_categories: int, behaviors_per_user: int, recent: int,
+             impressions_per_user: int) -> PreparedData:
+        d = tmp_path_factory.mktemp("prepared")
+        p = lifelong_interest_log(n_users=n_users, n_items=n_items, n_categories=n_categories,
+                                  behaviors_per_user=behaviors_per_user, recent=recent,
+                                  impressions_per_user=impressions_per_user, seed=seed).write(d / "raw")
+        prepare(sources_from_files(p["behaviors"], p["impressions"], p["items"]), d / "data", log=lambda s: None)
+        return PreparedData(d / "data")
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown save, only what the AOF already holds survives."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+    return make
 
 
 def _need_redis() -> None:

@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from userlens.data.prepare import prepare, sources_from_files
-from userlens.data.prepared import PreparedData
 from userlens.serving.app import create_app
 from userlens.serving.package import export_package, load_package
 from userlens.serving.scorer import Scorer
 from userlens.serving.store.base import AppendResult, UserHistory
-from userlens.synthetic import lifelong_interest_log
 from userlens.training.config import resolve_config
 from userlens.training.trainer import fit
 
@@ -52,13 +49,12 @@ class DictStore:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+def client(tmp_path_factory: pytest.TempPathFactory, make_prepared) -> TestClient:  # type: ignore[no-untyped-def]
     d = tmp_path_factory.mktemp("app")
-    p = lifelong_interest_log(n_users=40, n_items=200, n_categories=10, behaviors_per_user=80, recent=20,
-                              impressions_per_user=6, seed=1).write(d / "raw")
-    prepare(sources_from_files(p["behaviors"], p["impressions"], p["items"]), d / "data", log=lambda s: None)
-    fit(PreparedData(d / "data"), resolve_config("sim_hard", {"epochs": 1, "compile": False}), d / "run",
-        show_progress=False, log=lambda s: None)
+    data = make_prepared(seed=1, n_users=40, n_items=200, n_categories=10, behaviors_per_user=80, recent=20,
+                         impressions_per_user=6)
+    fit(data, resolve_config("sim_hard", {"epochs": 1, "compile": False}), d / "run", show_progress=False,
+        log=lambda s: None)
     export_package(d / "run", d / "pkg")
     return TestClient(create_app(Scorer(load_package(d / "pkg"), DictStore()), token=TOKEN, max_candidates=50))  # type: ignore[arg-type]
 

@@ -7,23 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from userlens.data.prepare import prepare, sources_from_files
 from userlens.data.prepared import PreparedData
 from userlens.serving.package import export_package, load_package
 from userlens.serving.scorer import Scorer
 from userlens.serving.store import bulk_load_prepared, open_store
-from userlens.synthetic import lifelong_interest_log
 from userlens.training.config import resolve_config
 from userlens.training.trainer import fit
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    d = tmp_path_factory.mktemp("explain")
-    p = lifelong_interest_log(n_users=15, n_items=150, n_categories=10, behaviors_per_user=90, recent=20,
-                              impressions_per_user=4, seed=9).write(d / "raw")
-    prepare(sources_from_files(p["behaviors"], p["impressions"], p["items"]), d / "data", log=lambda s: None)
-    return PreparedData(d / "data")
+def data(make_prepared) -> PreparedData:  # type: ignore[no-untyped-def]
+    return make_prepared(seed=9, n_users=15, n_items=150, n_categories=10, behaviors_per_user=90, recent=20,
+                         impressions_per_user=4)
 
 
 @pytest.mark.parametrize("name, normalised", [("twin", True), ("dare", True), ("sim_hard", False), ("qin", True)])

@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from userlens.data.prepare import prepare, sources_from_files
 from userlens.data.prepared import PreparedData
 from userlens.serving.package import export_package, load_package
 from userlens.serving.scorer import Scorer, history_fingerprint
 from userlens.serving.store import open_store
 from userlens.serving.store.base import UserHistory
-from userlens.synthetic import lifelong_interest_log
 from userlens.training.config import resolve_config
 from userlens.training.trainer import fit
 
@@ -26,12 +24,9 @@ LONG_LEN = 120
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    d = tmp_path_factory.mktemp("state")
-    p = lifelong_interest_log(n_users=20, n_items=200, n_categories=12, behaviors_per_user=80, recent=20,
-                              impressions_per_user=4, seed=5).write(d / "raw")
-    prepare(sources_from_files(p["behaviors"], p["impressions"], p["items"]), d / "data", log=lambda s: None)
-    return PreparedData(d / "data")
+def data(make_prepared) -> PreparedData:  # type: ignore[no-untyped-def]
+    return make_prepared(seed=5, n_users=20, n_items=200, n_categories=12, behaviors_per_user=80, recent=20,
+                         impressions_per_user=4)
 
 
 def _package(name: str, data: PreparedData, tmp: Path) -> Path:

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 
 from userlens.data.loader import BatchLoader
-from userlens.data.prepare import prepare, sources_from_files
 from userlens.data.prepared import PreparedData
 from userlens.models.registry import list_models
 from userlens.serving.package import export_package, load_package
 from userlens.serving.scorer import Scorer
 from userlens.serving.store.base import UserHistory
-from userlens.synthetic import lifelong_interest_log
 from userlens.training.checkpoint import load_run
 from userlens.training.config import resolve_config
 from userlens.training.trainer import fit, predict
@@ -41,12 +39,9 @@ class TimelineStore:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    d = tmp_path_factory.mktemp("parity")
-    p = lifelong_interest_log(n_users=60, n_items=300, n_categories=20, behaviors_per_user=150, recent=40,
-                              impressions_per_user=8, seed=2).write(d / "raw")
-    prepare(sources_from_files(p["behaviors"], p["impressions"], p["items"]), d / "data", log=lambda s: None)
-    return PreparedData(d / "data")
+def data(make_prepared) -> PreparedData:  # type: ignore[no-untyped-def]
+    return make_prepared(seed=2, n_users=60, n_items=300, n_categories=20, behaviors_per_user=150, recent=40,
+                         impressions_per_user=8)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -30,9 +30,9 @@ from typer.testing import CliRunner
 from userlens import demo
 from userlens.cli import app
 from userlens.data.prepare import prepare, sources_from_files
+from userlens.serving.store.local_redis import free_port
 from userlens.synthetic import planted_interest_log
 from userlens.training.config import TrainConfig, resolve_config
-from .conftest import free_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ADDRESS = "127.0.0.1:8000"  # what the README's examples call; the only text rewritten

@@ -9,22 +9,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from userlens.data.prepare import prepare, sources_from_files
 from userlens.data.prepared import PreparedData
 from userlens.serving.app import PackageReloader, create_app
 from userlens.serving.package import export_package, load_package
 from userlens.serving.scorer import Scorer
 from userlens.serving.store import bulk_load_prepared, open_store
-from userlens.synthetic import lifelong_interest_log
 from userlens.training.config import resolve_config
 from userlens.training.trainer import fit
-
-
-def _data(d: Path, seed: int, n_items: int = 120) -> PreparedData:
-    p = lifelong_interest_log(n_users=20, n_items=n_items, n_categories=8, behaviors_per_user=60, recent=15,
-                              impressions_per_user=4, seed=seed).write(d / "raw")
-    prepare(sources_from_files(p["behaviors"], p["impressions"], p["items"]), d / "data", log=lambda s: None)
-    return PreparedData(d / "data")
 
 
 def _run(data: PreparedData, out: Path, seed: int) -> Path:
@@ -34,20 +25,27 @@ def _run(data: PreparedData, out: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def setup(tmp_path_factory: pytest.TempPathFactory, make_prepared) -> dict:  # type: ignore[no-untyped-def]
     d = tmp_path_factory.mktemp("reload")
-    data = _data(d / "a", seed=3)
-    return {"d": d, "data": data, "run1": _run(data, d / "run1", 1), "run2": _run(data, d / "run2", 2),
-            "foreign": _run(_data(d / "b", seed=4, n_items=150), d / "run3", 1)}
+    sizes = {"n_users": 20, "n_categories": 8, "behaviors_per_user": 60, "recent": 15, "impressions_per_user": 4}
+    data = make_prepared(seed=3, n_items=120, **sizes)
+    foreign = make_prepared(seed=4, n_items=150, **sizes)  # other items: other vocabularies
+    return {"data": data, "foreign_data": foreign, "run1": _run(data, d / "run1", 1), "run2": _run(data, d / "run2", 2),
+            "foreign": _run(foreign, d / "run3", 1)}
 
 
-def test_a_reexported_package_is_swapped_in_and_a_foreign_one_refused(setup: dict, tmp_path: Path) -> None:
+def _serving(setup: dict, tmp_path: Path) -> tuple[Path, object, str, list[str]]:
+    """Package of run1 at ``tmp_path/pkg``, an LMDB store loaded with the data, a user and 5 items."""
     pkg = tmp_path / "pkg"
     export_package(setup["run1"], pkg)
     store = open_store(f"lmdb://{tmp_path}/store", cap=load_package(pkg).long_len)
     bulk_load_prepared(store, setup["data"])
     user = setup["data"].vocab("user")["raw"].cast(str).to_list()[0]
-    items = setup["data"].vocab("item")["raw"].cast(str).to_list()[:5]
+    return pkg, store, user, setup["data"].vocab("item")["raw"].cast(str).to_list()[:5]
+
+
+def test_a_reexported_package_is_swapped_in_and_a_foreign_one_refused(setup: dict, tmp_path: Path) -> None:
+    pkg, store, user, items = _serving(setup, tmp_path)
     holder = PackageReloader(Scorer(load_package(pkg), store))
     first = holder.scorer.score(user, items, 1_900_000_000_000).logits
     assert not holder.check()  # nothing changed
@@ -56,19 +54,14 @@ def test_a_reexported_package_is_swapped_in_and_a_foreign_one_refused(setup: dic
     second = holder.scorer.score(user, items, 1_900_000_000_000).logits
     assert second != first
     assert second == Scorer(load_package(pkg), store).score(user, items, 1_900_000_000_000).logits
-    export_package(setup["foreign"], pkg, data_dir=setup["foreign"].parent / "b" / "data", force=True)
+    export_package(setup["foreign"], pkg, data_dir=setup["foreign_data"].path, force=True)
     assert not holder.check()  # other vocabularies than the store's codes: refused, the old package kept
     assert holder.scorer.score(user, items, 1_900_000_000_000).logits == second
     store.close()
 
 
 def test_requests_keep_succeeding_while_the_package_is_replaced(setup: dict, tmp_path: Path) -> None:
-    pkg = tmp_path / "pkg"
-    export_package(setup["run1"], pkg)
-    store = open_store(f"lmdb://{tmp_path}/store", cap=load_package(pkg).long_len)
-    bulk_load_prepared(store, setup["data"])
-    user = setup["data"].vocab("user")["raw"].cast(str).to_list()[0]
-    items = setup["data"].vocab("item")["raw"].cast(str).to_list()[:5]
+    pkg, store, user, items = _serving(setup, tmp_path)
     app = create_app(Scorer(load_package(pkg), store), token="t", reload_seconds=0.05)
     with TestClient(app) as client:  # the lifespan starts the watcher thread
         before = client.get("/healthz").json()["weights"]
