@@ -210,3 +210,27 @@ def test_integer_and_float_scores_rank_alike_with_ties_to_the_most_recent(dtype:
     for b in range(len(long.lo)):
         scores = {p: float(values[long.timeline["item"][p]]) for p in range(long.lo[b], long.hi[b])}
         assert _as_lists(sel)[b] == _rank_topk(scores, 7)
+
+
+@pytest.mark.parametrize("integer", [True, False])
+@pytest.mark.parametrize("catalogue", [N_ITEMS, 5000])
+def test_serving_state_scores_each_item_once_with_the_same_picks(integer: bool, catalogue: int) -> None:
+    """The item-grouped top-k of a serving request (state kept per user) = the scan = brute force."""
+    from userlens.layers.gsu import HistoryState
+
+    base = _long(seed=15, n=700)
+    n = 650
+    lo, hi = np.zeros(9, dtype=np.int64), np.full(9, n, dtype=np.int64)
+    rng = np.random.default_rng(16)
+    draw = (lambda *shape: rng.integers(-2, 3, size=shape)) if integer else (lambda *shape: rng.normal(size=shape))
+    table = torch.from_numpy(draw(catalogue, 4).astype(np.float32))
+    query = torch.from_numpy(draw(9, 4).astype(np.float32))
+    state = HistoryState()
+    with torch.no_grad():
+        plain = table_topk(LongHistory(base.timeline, lo, hi, base.item_category), query, table, k=9)
+        kept = table_topk(LongHistory(base.timeline, lo, hi, base.item_category, state=state), query, table, k=9)
+    assert "item_groups" in state.parts  # the grouped path ran
+    assert _as_lists(kept) == _as_lists(plain)
+    for b in range(9):
+        scores = {p: float(query[b] @ table[base.timeline["item"][p]]) for p in range(n)}
+        assert _as_lists(kept)[b] == _rank_topk(scores, 9)

@@ -37,7 +37,12 @@ def _package(name: str, data: PreparedData, tmp: Path) -> Path:
     return tmp / "pkg"
 
 
-@pytest.mark.parametrize("name", ["sdim", "sim_hard"])
+# part kept per user; extended in place (True) or rebuilt when the history grew (False)
+PARTS = {"sdim": ("bucket_sum", True), "sim_hard": ("category_index", True), "sim_soft": ("item_groups", False),
+         "twin": ("item_groups", False)}
+
+
+@pytest.mark.parametrize("name", list(PARTS))
 def test_state_kept_across_appends_scores_as_a_fresh_scan(name: str, data: PreparedData, tmp_path: Path) -> None:
     pkg = load_package(_package(name, data, tmp_path))
     store = open_store(f"lmdb://{tmp_path}/store", cap=LONG_LEN)
@@ -46,7 +51,7 @@ def test_state_kept_across_appends_scores_as_a_fresh_scan(name: str, data: Prepa
     rng = np.random.default_rng(0)
     candidates = [items[i] for i in rng.integers(0, len(items), 30)]
     t0 = 1_700_000_000_000
-    part = "bucket_sum" if name == "sdim" else "category_index"
+    part, in_place = PARTS[name]
 
     def check(now: int) -> None:
         fresh = Scorer(pkg, store)  # no state: scans the stored history
@@ -63,10 +68,11 @@ def test_state_kept_across_appends_scores_as_a_fresh_scan(name: str, data: Prepa
     for step in range(3):  # appends at the end: the same state object, extended
         append([t0 + 100 + 10 * step + i for i in range(7)])
         check(t0 + 10_000)
-        assert kept._states["u"].state.parts[part][1] is first
+        assert (kept._states["u"].state.parts[part][1] is first) == in_place
         assert kept._states["u"].state.parts[part][0] == len(store.history("u"))
     check(t0 + 50)  # a request before the latest behaviors: SDIM scans, SIM searches a bounded range
     store.append([kept.encode_event("u", items[0], t0 + 5, event_id="late")])  # out of order: state rebuilt
+    first = kept._states["u"].state.parts[part][1]
     check(t0 + 10_000)
     assert kept._states["u"].state.parts[part][1] is not first
     append([t0 + 1_000 + i for i in range(LONG_LEN)])  # over the cap: the oldest dropped, rebuilt again

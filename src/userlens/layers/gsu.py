@@ -117,8 +117,57 @@ class CategoryIndex:
         return sel
 
 
+class ItemGroups:
+    """One history's behaviors grouped by item, each item's positions newest first (serving state).
+
+    For a GSU whose score depends on the item only (SIM soft, TWIN without its
+    time bias, DARE, MUSE), behaviors of one item tie, so the top-k behaviors are
+    among the newest ``k`` occurrences of the top-``k`` items ranked by (score,
+    newest occurrence): each item ranked above item X has an occurrence ranked
+    above any of X's. :func:`grouped_topk` scores ``U`` distinct items instead of
+    ``n`` behaviors, exactly.
+    """
+
+    def __init__(self, items: np.ndarray) -> None:
+        n = len(items)
+        self.n = n
+        uniq, inverse = np.unique(np.asarray(items, dtype=np.int64), return_inverse=True)
+        # newest first within an item: a stable sort of the reversed history by item
+        self.positions = (n - 1 - np.argsort(inverse[::-1], kind="stable")).astype(np.int64)
+        self.counts = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.items = uniq
+        self.newest = self.positions[self.offsets[:-1]] if n else np.zeros(0, dtype=np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.positions, self.counts, self.offsets, self.items, self.newest))
+
+
+def grouped_topk(groups: ItemGroups, scores: Tensor, k: int) -> Selection:
+    """The top-``k`` behaviors (ties → newer) given ``(B, U)`` scores of ``groups.items``; see :class:`ItemGroups`."""
+    b, u = scores.shape
+    if u == 0 or k == 0:
+        return Selection(np.full((b, k), -1, dtype=np.int64), np.zeros(b, dtype=np.int64))
+    g = _topk_recent_index(scores, torch.from_numpy(groups.newest).expand(b, -1), k)  # (B, k'): best items
+    gn = g.numpy()
+    ar = np.arange(k)
+    take = ar[None, None, :] < np.minimum(groups.counts[gn], k)[:, :, None]  # (B, k', k)
+    at = np.minimum(groups.offsets[gn][:, :, None] + ar, groups.n - 1)
+    pos = torch.from_numpy(np.where(take, groups.positions[at], -1).reshape(b, -1))
+    s = torch.where(torch.from_numpy(take), scores.gather(1, g)[:, :, None], float("-inf")).reshape(b, -1)
+    best_s, best_r = _topk_recent(s, pos, k)
+    picked = torch.where(best_s > float("-inf"), best_r, -1).numpy()
+    if picked.shape[1] < k:
+        picked = np.concatenate([picked, np.full((b, k - picked.shape[1]), -1)], axis=1)
+    sel = _oldest_first(picked)
+    note("gsu", sel)
+    return sel
+
+
 class HistoryState:
-    """What the GSUs keep for one user between serving requests (SDIM's bucket sums, SIM's category index).
+    """What the GSUs keep for one user between serving requests (SDIM's bucket sums, SIM's category index,
+    the history grouped by item for the scored top-k GSUs).
 
     A scorer owns one per user and passes it on the :class:`LongHistory` of a
     request whose rows all read ``[0, hi)`` of that user's history. Each part
@@ -130,11 +179,24 @@ class HistoryState:
     def __init__(self) -> None:
         self.parts: dict[str, tuple[int, object]] = {}
 
+    def item_groups(self, long: LongHistory) -> ItemGroups | None:
+        """The history ``[0, hi)`` grouped by item, rebuilt when it grew; None for a request before its end."""
+        hi = int(long.hi[0])
+        n, groups = self.parts.get("item_groups", (0, None))
+        if n > hi:
+            return None  # a request scored before the latest behaviors: the caller scans instead
+        if groups is None or n < hi:
+            groups = ItemGroups(np.asarray(long.timeline["item"][:hi]))
+            self.parts["item_groups"] = (hi, groups)
+        return groups  # type: ignore[return-value]
+
     def nbytes(self) -> int:
         """Memory held (arrays and tensors of every part), for the scorer's byte budget."""
         total = 0
         for _, part in self.parts.values():
-            if isinstance(part, CategoryIndex):
+            if isinstance(part, ItemGroups):
+                total += part.nbytes
+            elif isinstance(part, CategoryIndex):
                 total += part.keys.nbytes + part.positions.nbytes
             elif isinstance(part, Tensor):
                 total += part.numel() * part.element_size()
@@ -189,6 +251,14 @@ def _topk_recent(scores: Tensor, recency: Tensor, k: int) -> tuple[Tensor, Tenso
     """
     if scores.shape[1] <= k:
         return scores, recency
+    idx = _topk_recent_index(scores, recency, k)
+    return scores.gather(1, idx), recency.gather(1, idx)
+
+
+def _topk_recent_index(scores: Tensor, recency: Tensor, k: int) -> Tensor:
+    """The column indices :func:`_topk_recent` keeps, ``(B, min(k, n))``."""
+    if scores.shape[1] <= k:
+        return torch.arange(scores.shape[1]).expand(scores.shape[0], -1)
     vals, idx = scores.topk(k + 1, dim=1)  # sorted, descending
     thr = vals[:, k - 1 : k]
     idx = idx[:, :k].clone()
@@ -197,7 +267,7 @@ def _topk_recent(scores: Tensor, recency: Tensor, k: int) -> tuple[Tensor, Tenso
         s, t, r = scores[rows], thr[rows], recency[rows]
         key = torch.where(s > t, _BEST, torch.where(s == t, r, -1))  # above the tie, then tied by recency
         idx[rows] = key.topk(k, dim=1, sorted=False).indices
-    return scores.gather(1, idx), recency.gather(1, idx)
+    return idx
 
 
 def _shared(long: LongHistory) -> bool:
@@ -319,6 +389,10 @@ def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: 
     extra = 0 if bias is None else 3  # positions, times and bias per behavior
     with torch.no_grad():
         query, table = query.detach().cpu().float(), table.detach().cpu().float()
+        state = serving_state(long) if bias is None else None
+        groups = state.item_groups(long) if state is not None else None
+        if groups is not None:  # one user's request: score each distinct item once (exact, see ItemGroups)
+            return grouped_topk(groups, query @ table[torch.from_numpy(groups.items)].t(), k)  # (B, d) @ (d, U)
         if _shared(long) and (long.longest < table.shape[0] or query.shape[0] * table.shape[0] > 4 * budget):
             # one user's request over a history shorter than the catalogue: score its rows, gathered once
             def score_shared(ids: Tensor) -> Tensor:
