@@ -172,8 +172,9 @@ class HistoryState:
     A scorer owns one per user and passes it on the :class:`LongHistory` of a
     request whose rows all read ``[0, hi)`` of that user's history. Each part
     records how many leading behaviors it covers and is extended with the new
-    ones only (appends), never rebuilt per request; the scorer drops the whole
-    state when the stored history changed other than at its end.
+    ones only (the category index, the bucket sums) or rebuilt once after the
+    history grew (the item groups), never per request; the scorer drops the
+    whole state when the stored history changed other than at its end.
     """
 
     def __init__(self) -> None:
