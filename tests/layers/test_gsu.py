@@ -234,3 +234,21 @@ def test_serving_state_scores_each_item_once_with_the_same_picks(integer: bool, 
     for b in range(9):
         scores = {p: float(query[b] @ table[base.timeline["item"][p]]) for p in range(n)}
         assert _as_lists(kept)[b] == _rank_topk(scores, 9)
+
+
+def test_serving_state_hamming_search_equals_the_scan() -> None:
+    """ETA's grouped search (distances of distinct items, nearly all tied) picks what the scan picks."""
+    from userlens.layers.gsu import HistoryState
+
+    base = _long(seed=17, n=700)
+    lo, hi = np.zeros(9, dtype=np.int64), np.full(9, 650, dtype=np.int64)
+    hasher = SimHash(6, bits=16, seed=0)
+    item_sig = hasher(torch.randn(N_ITEMS, 6, generator=torch.Generator().manual_seed(3)))
+    target_sig = hasher(torch.randn(9, 6, generator=torch.Generator().manual_seed(4)))
+    state = HistoryState()
+    with torch.no_grad():
+        plain = hamming_topk(LongHistory(base.timeline, lo, hi, base.item_category), target_sig, item_sig, k=11)
+        kept = hamming_topk(LongHistory(base.timeline, lo, hi, base.item_category, state=state), target_sig,
+                            item_sig, k=11)
+    assert "item_groups" in state.parts
+    assert _as_lists(kept) == _as_lists(plain)

@@ -39,7 +39,7 @@ def _package(name: str, data: PreparedData, tmp: Path) -> Path:
 
 # part kept per user; extended in place (True) or rebuilt when the history grew (False)
 PARTS = {"sdim": ("bucket_sum", True), "sim_hard": ("category_index", True), "sim_soft": ("item_groups", False),
-         "twin": ("item_groups", False)}
+         "twin": ("item_groups", False), "eta": ("item_groups", False)}
 
 
 @pytest.mark.parametrize("name", list(PARTS))

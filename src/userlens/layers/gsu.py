@@ -121,7 +121,7 @@ class ItemGroups:
     """One history's behaviors grouped by item, each item's positions newest first (serving state).
 
     For a GSU whose score depends on the item only (SIM soft, TWIN without its
-    time bias, DARE, MUSE), behaviors of one item tie, so the top-k behaviors are
+    time bias, DARE, MUSE, ETA), behaviors of one item tie, so the top-k behaviors are
     among the newest ``k`` occurrences of the top-``k`` items ranked by (score,
     newest occurrence): each item ranked above item X has an occurrence ranked
     above any of X's. :func:`grouped_topk` scores ``U`` distinct items instead of
@@ -144,12 +144,19 @@ class ItemGroups:
         return sum(a.nbytes for a in (self.positions, self.counts, self.offsets, self.items, self.newest))
 
 
-def grouped_topk(groups: ItemGroups, scores: Tensor, k: int) -> Selection:
-    """The top-``k`` behaviors (ties → newer) given ``(B, U)`` scores of ``groups.items``; see :class:`ItemGroups`."""
+def grouped_topk(groups: ItemGroups, scores: Tensor, k: int, item_keys: Tensor | None = None) -> Selection:
+    """The top-``k`` behaviors (ties → newer) given ``(B, U)`` scores of ``groups.items``; see :class:`ItemGroups`.
+
+    ``item_keys``: optional ``(B, U)`` exact, tie-free keys ordered as (score, newest occurrence)
+    (ETA's small-integer distances packed with the position), so the item selection is one ``topk``.
+    """
     b, u = scores.shape
     if u == 0 or k == 0:
         return Selection(np.full((b, k), -1, dtype=np.int64), np.zeros(b, dtype=np.int64))
-    g = _topk_recent_index(scores, torch.from_numpy(groups.newest).expand(b, -1), k)  # (B, k'): best items
+    if item_keys is not None:
+        g = item_keys.topk(min(k, u), dim=1, sorted=False).indices  # (B, k'): best items
+    else:
+        g = _topk_recent_index(scores, torch.from_numpy(groups.newest).expand(b, -1), k)
     gn = g.numpy()
     ar = np.arange(k)
     take = ar[None, None, :] < np.minimum(groups.counts[gn], k)[:, :, None]  # (B, k', k)
@@ -452,8 +459,20 @@ class SimHash(torch.nn.Module):
 
 def hamming_topk(long: LongHistory, target_sig: np.ndarray, item_sig: np.ndarray, k: int,
                  budget: int = CHUNK_BUDGET) -> Selection:
-    """ETA: the ``k`` behaviors whose item signature is nearest the target's in Hamming distance."""
+    """ETA: the ``k`` behaviors whose item signature is nearest the target's in Hamming distance.
+
+    A serving request with per-user state scores each distinct item of the history once
+    (:class:`ItemGroups`: the distance depends on the item only).
+    """
     t = target_sig[:, None]
+    state = serving_state(long)
+    groups = state.item_groups(long) if state is not None else None
+    if groups is not None:
+        ham = torch.from_numpy(np.bitwise_count(item_sig[groups.items][None, :] ^ t).astype(np.float32))  # (B, U)
+        keys = None
+        if groups.n <= (1 << 17):  # (64 − distance)·2**17 + newest position < 2**24: exact in float32, no ties
+            keys = (64 - ham) * float(1 << 17) + torch.from_numpy(groups.newest.astype(np.float32))
+        return grouped_topk(groups, -ham, k, keys)
 
     def score(ids: Tensor) -> Tensor:  # one shared history: its signatures gathered once, XOR-ed with every target
         sig = item_sig[ids[0].numpy()][None, :] if ids.stride(0) == 0 else item_sig[ids.numpy()]
