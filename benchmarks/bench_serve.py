@@ -64,7 +64,7 @@ def bandwidth_gbs() -> float:
     return best
 
 
-def floor_bytes(model: str, length: int, candidates: int, pkg) -> int:  # type: ignore[no-untyped-def]
+def floor_bytes(model: str, length: int, candidates: int) -> int:
     """What a GSU must read per request at the least: the history's item codes (4 B each) and whatever
     it scores per behavior (ETA: an 8-byte signature; table GSUs: one float per behavior and candidate is
     computed, not read); SIM hard and SDIM with kept state read O(k) / O(rounds) rows instead."""
@@ -175,7 +175,7 @@ def main() -> None:
                         break
                 p = percentiles(ms)
                 g = f"{np.median(gsu_ms):.2f}" if any(gsu_ms) else "–"
-                floor = f"{floor_bytes(model, length, n_cand, pkg) / gbs / 1e6:.3f}" if any(gsu_ms) else "–"
+                floor = f"{floor_bytes(model, length, n_cand) / gbs / 1e6:.3f}" if any(gsu_ms) else "–"
                 print(f"| {length:,} | {model} | {n_cand} | in-process | {len(ms)} | {p['p50']:.1f} | "
                       f"{p['p95']:.1f} | {p['p99']:.1f} | {p['rps']:,.0f} | {g} | {floor} |", flush=True)
                 if args.http:

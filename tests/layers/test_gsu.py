@@ -197,7 +197,7 @@ def test_one_shared_history_scores_as_separate_rows(budget: int, catalogue: int)
 @pytest.mark.parametrize("dtype", [torch.int8, torch.int64, torch.float32])
 @pytest.mark.parametrize("shared", [False, True])
 def test_integer_and_float_scores_rank_alike_with_ties_to_the_most_recent(dtype: torch.dtype, shared: bool) -> None:
-    """Exact keys for integer scores (int8 packed per chunk, other ints in int64) = the float path = brute force."""
+    """Exact keys for int8 scores (packed per chunk), other integers as float32 = the float path = brute force."""
     from userlens.layers.gsu import chunked_topk
 
     long = _shared_long(seed=13) if shared else _long(seed=13)

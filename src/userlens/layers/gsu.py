@@ -208,8 +208,6 @@ class HistoryState:
                 total += part.keys.nbytes + part.positions.nbytes
             elif isinstance(part, Tensor):
                 total += part.numel() * part.element_size()
-            elif isinstance(part, np.ndarray):
-                total += part.nbytes
         return total
 
     def category_index(self, category: np.ndarray) -> CategoryIndex:
@@ -245,7 +243,6 @@ def serving_state(long: LongHistory) -> HistoryState | None:
 
 
 _BEST = torch.iinfo(torch.int64).max
-_NONE = torch.iinfo(torch.int64).min
 
 
 def _topk_recent(scores: Tensor, recency: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -329,9 +326,9 @@ def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], d
         k: behaviors to keep per row.
         score: item ids ``(B, C)`` int64 → ``(B, C)`` scores (invalid entries are masked after;
             the ids may be one row expanded, see :func:`_chunks`). Float scores: ties are
-            found and broken by recency; integer scores (nearly all tied, e.g. Hamming distances)
-            are ranked as exact keys: int8 as ``(s + 128)·2**23 + column`` in int32 within a chunk,
-            other integers (``|s| < 2**31``) as ``s·2**32 + recency`` in int64.
+            found and broken by recency; int8 scores (nearly all tied, e.g. Hamming distances)
+            are ranked as exact keys ``(s + 128)·2**23 + column`` in int32 within a chunk; other
+            integers are taken as float32 (exact below ``2**24``).
         dim: floats the scorer materialises per behavior (sizes the chunk to ``budget``).
         bias: optional global timeline positions ``(B, C)`` int64 → ``(B, C)`` float added to
             the score: per-behavior terms that depend on more than the item (TWIN's
@@ -341,7 +338,6 @@ def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], d
     lo = long.lo
     b = len(lo)
     best_s, best_r = torch.empty((b, 0)), torch.empty((b, 0), dtype=torch.int64)
-    best_key = torch.empty((b, 0), dtype=torch.int64)
     lo_t = torch.from_numpy(np.asarray(lo, dtype=np.int64))[:, None]
     if b and k:
         for ids, valid, recency in _chunks(long, _chunk_len(b, dim, long.longest, budget)):
@@ -358,22 +354,12 @@ def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], d
                 r = recency.gather(1, col.long())
                 best_s, best_r = _topk_recent(torch.cat([best_s, s], 1), torch.cat([best_r, r], 1), k)
                 continue
-            if not s.is_floating_point():  # exact integer scores: recency packed below them, no ties left
-                key = (s.long() << 32) | recency
-                if partial:
-                    key = key.masked_fill(~valid, _NONE)
-                cand = torch.cat([best_key, key.topk(min(k, key.shape[1]), dim=1, sorted=False).values], 1)
-                best_key = cand.topk(min(k, cand.shape[1]), dim=1, sorted=False).values
-                continue
-            s = s.float()
+            s = s.float()  # other integer scores are exact in float32 up to 2**24
             if partial:
                 s = s.masked_fill(~valid, float("-inf"))
             s, r = _topk_recent(s, recency, k)  # the chunk's best, then merged with the best so far
             best_s, best_r = _topk_recent(torch.cat([best_s, s], 1), torch.cat([best_r, r], 1), k)
-    if best_key.shape[1]:
-        picked = torch.where(best_key != _NONE, best_key & 0xFFFFFFFF, -1).numpy()
-    else:
-        picked = torch.where(best_s > float("-inf"), best_r, -1).numpy()
+    picked = torch.where(best_s > float("-inf"), best_r, -1).numpy()
     positions = np.where(picked >= 0, lo[:, None] + picked, -1)
     if positions.shape[1] < k:
         positions = np.concatenate([positions, np.full((b, k - positions.shape[1]), -1)], axis=1)
