@@ -2,9 +2,14 @@
 
 For each history length L (1,000 / 10,000 / 100,000) a generated lifelong log
 (:func:`userlens.synthetic.lifelong_interest_log`) gives every user exactly L
-behaviors before the impressions. ``din_full`` is DIN attending over all L
-behaviors (``short_len = L``); the lifelong models keep DIN's 50 recent
-behaviors and search all L with their GSU (``long_len = L``, k = 50).
+behaviors before the impressions. ``din`` is short-window DIN (the 50 most
+recent behaviors, the speed every lifelong model is compared with: column
+"vs din"); ``din_full`` is DIN attending over all L behaviors (``short_len =
+L``); the lifelong models keep DIN's 50 recent behaviors and search all L with
+their GSU (``long_len = L``, k = 50). With 8 users at L = 100,000 a shuffled
+batch of 256 holds ~32 samples of each user: the GSUs scan each user's
+history once per batch for all of them (slabs, ``layers/gsu.py``). "rows/user"
+reports that sharing.
 
 Every (model, L) runs in a fresh process (so peak RSS is its own): 3 warm-up
 steps, then timed training steps (forward, backward, Adam) over shuffled
@@ -25,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = ("din_full", "sim_hard", "sim_soft", "eta", "sdim", "twin", "dare", "muse")
+MODELS = ("din", "din_full", "sim_hard", "sim_soft", "eta", "sdim", "twin", "dare", "muse")
 USERS = {1000: 400, 10_000: 60, 100_000: 8}  # ~0.4-0.8M behaviors per length
 
 
@@ -50,6 +55,7 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
     from userlens.data.loader import BatchLoader
     from userlens.data.prepared import PreparedData
     from userlens.layers.activation import compile_hot_layers
+    from userlens.layers.gsu import _partition
     from userlens.models.registry import build_model
     from userlens.models.spec import FeatureSpec
     from userlens.training.config import resolve_config
@@ -58,7 +64,7 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
 
     torch.set_num_threads(threads)
     data = PreparedData(data_for(length, work))
-    name = "din" if model == "din_full" else model
+    name = "din" if model in ("din", "din_full") else model
     short = length if model == "din_full" else 50
     row: dict = {"model": model, "L": length, "batch": batch}
     if auc_epochs:
@@ -79,15 +85,20 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
         loader = BatchLoader(data, "train", m.fields, batch, short, shuffle=True, seed=0, prefetch=2, long_len=length)
         it = iter(loader)
         t0 = None
+        groups = []
         for step in range(3 + steps):
             if step == 3:
                 t0 = time.perf_counter()
             b = next(it)
+            if b.long is not None and step >= 3:  # how many rows each history scan serves (slabs, layers/gsu.py)
+                groups.append(len(b.long.lo) / len(_partition(b.long.lo, b.long.hi)))
             loss = torch.nn.functional.binary_cross_entropy_with_logits(m(b), b.label)
             opt.zero_grad()
             loss.backward()
             opt.step()
         row["train_samples_per_s"] = steps * batch / (time.perf_counter() - t0)
+        it.close()  # stops the prefetch thread before the process exits
+        row["rows_per_scan"] = sum(groups) / len(groups) if groups else None
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return row
 
@@ -119,8 +130,8 @@ def main() -> None:
         return
     print(f"# threads {args.threads}, batch {args.batch}, {time.strftime('%Y-%m-%d')}")
     metric = "test AUC | " if args.auc_epochs else ""
-    print(f"| L | model | {metric}train samples/s | peak RSS GiB | vs din_full |")
-    print("|---|---|---|---|---|" + ("---|" if args.auc_epochs else ""), flush=True)
+    print(f"| L | model | {metric}train samples/s | peak RSS GiB | vs din | rows per scan |")
+    print("|---|---|---|---|---|---|" + ("---|" if args.auc_epochs else ""), flush=True)
     for length in (int(x) for x in args.lengths.split(",")):
         data_for(length, work)
         base = None
@@ -128,21 +139,22 @@ def main() -> None:
             if model == "din_full" and args.batch * length * 64 > args.max_din_elems:
                 need = args.batch * length * 64 * 4 * 6 / 2**30
                 print(f"| {length:,} | din_full | " + ("– | " if args.auc_epochs else "")
-                      + f"not run: ≈{need:.0f} GiB of attention activations | – | – |", flush=True)
+                      + f"not run: ≈{need:.0f} GiB of attention activations | – | – | – |", flush=True)
                 continue
             cmd = [sys.executable, __file__, "--one", f"{model}:{length}", "--steps", str(args.steps), "--batch",
                    str(args.batch), "--threads", str(args.threads), "--auc-epochs", str(args.auc_epochs),
                    "--workdir", str(work)]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
-                print(f"| {length:,} | {model} | failed: {r.stderr.strip().splitlines()[-1][:120]} | | |", flush=True)
+                print(f"| {length:,} | {model} | failed: {r.stderr.strip().splitlines()[-1][:120]} | | | |", flush=True)
                 continue
             row = json.loads(r.stdout.strip().splitlines()[-1])
-            base = row["train_samples_per_s"] if model == "din_full" else base
-            speed = f"{row['train_samples_per_s'] / base:.1f}x" if base else "–"
+            base = row["train_samples_per_s"] if model == "din" else base
+            speed = f"{row['train_samples_per_s'] / base:.0%}" if base else "–"
             auc = f"{row['auc']:.4f} | " if args.auc_epochs else ""
+            share = f"{row['rows_per_scan']:.1f}" if row.get("rows_per_scan") else "–"
             print(f"| {length:,} | {model} | {auc}{row['train_samples_per_s']:,.0f} | {row['peak_rss_gib']:.2f} | "
-                  f"{speed} |", flush=True)
+                  f"{speed} | {share} |", flush=True)
 
 
 def auc_table(args: argparse.Namespace, work: Path) -> None:

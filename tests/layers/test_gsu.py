@@ -18,17 +18,41 @@ from userlens.layers.gsu import (
 N_ITEMS, N_CATS = 40, 5
 
 
-def _long(seed: int = 0, batch: int = 12, n: int = 600) -> LongHistory:
+def _long(seed: int = 0, batch: int = 12, n: int = 600, layout: str = "random") -> LongHistory:
+    """Random ranges over one timeline, or (``layout="users"``) several samples per user as in training.
+
+    ``users``: four users own consecutive stretches of the timeline; each has samples
+    at several cutoffs (some repeated), with ``lo`` the user's start or ``cutoff −
+    long_len``, so rows of a user are scanned together as slabs; two lone samples
+    and an empty history are scanned row by row.
+    """
     rng = np.random.default_rng(seed)
     item = rng.integers(2, N_ITEMS, size=n)  # few items: repeats, hence exact score ties
     item_cat = rng.integers(2, N_CATS, size=N_ITEMS)
     tl = {"item": item.astype(np.int32), "category": item_cat[item].astype(np.int32),
           "time": np.arange(n, dtype=np.int64)}
-    lo = rng.integers(0, n, size=batch)
-    hi = np.minimum(lo + rng.integers(0, 300, size=batch), n)
-    lo[0], hi[0] = 5, 5  # an empty history
-    lo[1], hi[1] = 0, n  # the whole timeline
-    return LongHistory(tl, lo.astype(np.int64), hi.astype(np.int64), item_cat, CategoryIndex(tl["category"]))
+    if layout == "users":
+        starts = np.sort(rng.choice(np.arange(1, n), size=3, replace=False))
+        bounds = np.concatenate([[0], starts, [n]])
+        lo_l, hi_l = [5], [5]  # an empty history
+        for u in range(4):
+            a, z = int(bounds[u]), int(bounds[u + 1])
+            long_len = int(rng.integers(max(1, (z - a) // 2), z - a + 1))
+            for hb in np.sort(rng.integers(a + 1, z + 1, size=int(rng.integers(1, 7)))).tolist() + [z, z]:
+                lo_l.append(max(a, hb - long_len))
+                hi_l.append(hb)
+        lo, hi = np.array(lo_l[: max(batch, len(lo_l))]), np.array(hi_l[: max(batch, len(hi_l))])
+    else:
+        lo = rng.integers(0, n, size=batch)
+        hi = np.minimum(lo + rng.integers(0, 300, size=batch), n)
+        lo[0], hi[0] = 5, 5  # an empty history
+        lo[1], hi[1] = 0, n  # the whole timeline
+    perm = rng.permutation(len(lo))  # rows of one user are not adjacent in a shuffled batch
+    return LongHistory(tl, lo[perm].astype(np.int64), hi[perm].astype(np.int64), item_cat,
+                       CategoryIndex(tl["category"]))
+
+
+LAYOUTS = ["random", "users"]
 
 
 def _rank_topk(scores: dict[int, float], k: int) -> list[int]:
@@ -41,9 +65,10 @@ def _as_lists(sel) -> list[list[int]]:  # type: ignore[no-untyped-def]
     return [sel.positions[b, : sel.lengths[b]].tolist() for b in range(len(sel.lengths))]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("k", [1, 7, 50])
-def test_category_search_is_the_k_most_recent_of_the_category(k: int) -> None:
-    long = _long()
+def test_category_search_is_the_k_most_recent_of_the_category(k: int, layout: str) -> None:
+    long = _long(layout=layout)
     cats = np.random.default_rng(1).integers(2, N_CATS, size=len(long.lo))
     sel = long.category_index.search(cats, long.lo, long.hi, k)
     for b, c in enumerate(cats):
@@ -53,12 +78,14 @@ def test_category_search_is_the_k_most_recent_of_the_category(k: int) -> None:
 
 
 # 64: chunks of a few behaviors, gathering table rows; 4M: one chunk over the full (B, n_items) score matrix
-@pytest.mark.parametrize("budget", [64, 1 << 22])
-def test_table_topk_equals_brute_force(budget: int) -> None:
-    long = _long(seed=2)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("budget, catalogue", [(64, N_ITEMS), (1 << 22, N_ITEMS), (64, 5000), (1 << 22, 5000)])
+def test_table_topk_equals_brute_force(budget: int, catalogue: int, layout: str) -> None:
+    """Full score matrix or per-behavior products, slabs or rows, small or large chunks: the same picks."""
+    long = _long(seed=2, layout=layout)
     rng = np.random.default_rng(3)
     # small integers: dot products are exact, so ties are exact and the tie rule is tested
-    table = torch.from_numpy(rng.integers(-2, 3, size=(N_ITEMS, 4)).astype(np.float32))
+    table = torch.from_numpy(rng.integers(-2, 3, size=(catalogue, 4)).astype(np.float32))
     query = torch.from_numpy(rng.integers(-2, 3, size=(len(long.lo), 4)).astype(np.float32))
     sel = table_topk(long, query, table, k=9, budget=budget)
     for b in range(len(long.lo)):
@@ -66,30 +93,33 @@ def test_table_topk_equals_brute_force(budget: int) -> None:
         assert _as_lists(sel)[b] == _rank_topk(scores, 9)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("budget", [64, 1 << 22])
-def test_table_topk_with_a_per_behavior_bias_equals_brute_force(budget: int) -> None:
-    """A bias per timeline position (TWIN's time-gap term) is added to the item score before ranking."""
-    long = _long(seed=7)
+def test_table_topk_with_a_per_behavior_bias_equals_brute_force(budget: int, layout: str) -> None:
+    """A bias per (row, timeline position) (TWIN's time-gap term) is added to the item score before ranking."""
+    long = _long(seed=7, layout=layout)
     rng = np.random.default_rng(8)
     table = torch.from_numpy(rng.integers(-2, 3, size=(N_ITEMS, 4)).astype(np.float32))
     query = torch.from_numpy(rng.integers(-2, 3, size=(len(long.lo), 4)).astype(np.float32))
     offset = torch.from_numpy(rng.integers(-3, 4, size=len(long.timeline["item"])).astype(np.float32))
+    per_row = torch.from_numpy(rng.integers(-2, 3, size=len(long.lo)).astype(np.float32))
     seen: list[torch.Tensor] = []
 
-    def bias(pos: torch.Tensor) -> torch.Tensor:
+    def bias(pos: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         seen.append(pos)
-        return offset[pos]
+        return offset[pos] + per_row[rows][:, None] * (pos % 3)
 
     sel = table_topk(long, query, table, k=9, budget=budget, bias=bias)
     assert all(int(p.min()) >= 0 and int(p.max()) < len(offset) for p in seen)
     for b in range(len(long.lo)):
-        scores = {p: float(query[b] @ table[long.timeline["item"][p]]) + float(offset[p])
+        scores = {p: float(query[b] @ table[long.timeline["item"][p]]) + float(offset[p]) + float(per_row[b]) * (p % 3)
                   for p in range(long.lo[b], long.hi[b])}
         assert _as_lists(sel)[b] == _rank_topk(scores, 9)
 
 
-def test_hamming_topk_equals_brute_force() -> None:
-    long = _long(seed=4)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hamming_topk_equals_brute_force(layout: str) -> None:
+    long = _long(seed=4, layout=layout)
     hasher = SimHash(6, bits=16, seed=0)
     emb = torch.randn(N_ITEMS, 6, generator=torch.Generator().manual_seed(0))
     item_sig = hasher(emb)
@@ -113,15 +143,18 @@ def test_simhash_is_locality_sensitive() -> None:
     assert np.bitwise_count(base ^ near).mean() < 8 < 24 < np.bitwise_count(base ^ far).mean()
 
 
-def test_bucket_sum_and_its_gradient_equal_a_dense_reference() -> None:
-    long = _long(seed=5, batch=8, n=300)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("budget", [40, 1 << 22])
+def test_bucket_sum_and_its_gradient_equal_a_dense_reference(layout: str, budget: int) -> None:
+    """Row by row (small budget, random ranges) or by segments (rows of one user share behaviors)."""
+    long = _long(seed=5, batch=8, n=300, layout=layout)
     g = torch.Generator().manual_seed(1)
     table = torch.randn(N_ITEMS, 3, generator=g, requires_grad=True)
     codes = torch.randint(0, 4, (N_ITEMS, 5), generator=g)
-    query = torch.randint(0, 4, (8, 5), generator=g)
-    out = bucket_sum(long, table, codes, query, budget=40)
+    query = torch.randint(0, 4, (len(long.lo), 5), generator=g)
+    out = bucket_sum(long, table, codes, query, budget=budget)
     ref_rows = []
-    for b in range(8):
+    for b in range(len(long.lo)):
         items = torch.from_numpy(long.timeline["item"][long.lo[b]:long.hi[b]].astype(np.int64))
         match = (codes[items] == query[b]).float()  # (n_b, rounds)
         ref_rows.append(match.t() @ table[items])  # (rounds, D)
@@ -143,7 +176,7 @@ def test_a_scan_never_materialises_more_than_its_budget() -> None:
                        np.zeros(N_ITEMS, dtype=np.int32))
     shapes: list[tuple[int, ...]] = []
 
-    def score(ids: torch.Tensor) -> torch.Tensor:
+    def score(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         shapes.append(tuple(ids.shape))
         return ids.float()  # higher item id = better; ties by recency
 
@@ -165,11 +198,12 @@ def _shared_long(seed: int, batch: int = 9, n: int = 700) -> LongHistory:
 @pytest.mark.parametrize("budget, catalogue", [(64, N_ITEMS), (1 << 22, N_ITEMS), (64, 5000), (1 << 22, 5000)])
 def test_one_shared_history_scores_as_separate_rows(budget: int, catalogue: int) -> None:
     """The shared-range fast path (expanded ids) gives exactly the per-row results, ties included."""
-    from userlens.layers.gsu import _chunks, _shared
+    from userlens.layers.gsu import _chunks, _partition
 
     long = _shared_long(seed=11)
-    assert _shared(long)
-    ids, _, _ = next(iter(_chunks(long, 32)))
+    [(rows, slab)] = _partition(long.lo, long.hi)
+    assert slab and len(rows) == len(long.lo)
+    ids, _, _ = next(iter(_chunks(long, 32, slab=True)))
     assert ids.stride(0) == 0  # the fast path is the one under test
     rng = np.random.default_rng(12)
     table = torch.from_numpy(rng.integers(-2, 3, size=(catalogue, 4)).astype(np.float32))
@@ -191,19 +225,20 @@ def test_one_shared_history_scores_as_separate_rows(budget: int, catalogue: int)
               for p in range(long.lo[b], long.hi[b])}
         assert _as_lists(ham)[b] == _rank_topk(hs, 11)
         items = torch.from_numpy(long.timeline["item"][long.lo[b]:long.hi[b]].astype(np.int64))
-        torch.testing.assert_close(sums[b], (codes[items] == bq[b]).float().t() @ vectors[items])
+        ref = (codes[items] == bq[b]).double().t() @ vectors[items].double()  # float64: sums of ~600 terms
+        torch.testing.assert_close(sums[b].double(), ref, rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.int64, torch.float32])
-@pytest.mark.parametrize("shared", [False, True])
-def test_integer_and_float_scores_rank_alike_with_ties_to_the_most_recent(dtype: torch.dtype, shared: bool) -> None:
+@pytest.mark.parametrize("layout", ["shared", *LAYOUTS])
+def test_integer_and_float_scores_rank_alike_with_ties_to_the_most_recent(dtype: torch.dtype, layout: str) -> None:
     """Exact keys for int8 scores (packed per chunk), other integers as float32 = the float path = brute force."""
     from userlens.layers.gsu import chunked_topk
 
-    long = _shared_long(seed=13) if shared else _long(seed=13)
+    long = _shared_long(seed=13) if layout == "shared" else _long(seed=13, layout=layout)
     values = torch.from_numpy(np.random.default_rng(14).integers(-5, 3, size=N_ITEMS))  # heavy ties
 
-    def score(ids: torch.Tensor) -> torch.Tensor:
+    def score(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return values[ids].to(dtype)
 
     sel = chunked_topk(long, 7, score, budget=64)
@@ -252,3 +287,69 @@ def test_serving_state_hamming_search_equals_the_scan() -> None:
                             item_sig, k=11)
     assert "item_groups" in state.parts
     assert _as_lists(kept) == _as_lists(plain)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_partition_covers_every_row_once_and_slabs_only_join_overlapping_rows(seed: int) -> None:
+    """Each row lands in exactly one group; a slab's rows all overlap its newest row and stay within the slack."""
+    from userlens.layers.gsu import _partition
+
+    long = _long(seed=seed, layout="users")
+    parts = _partition(long.lo, long.hi, slack=0.25)
+    rows = np.concatenate([r for r, _ in parts])
+    assert sorted(rows.tolist()) == list(range(len(long.lo)))
+    slabs = [r for r, slab in parts if slab]
+    assert slabs and any(not slab for _, slab in parts)  # the users layout exercises both scans
+    for r in slabs:
+        lo, hi = long.lo[r], long.hi[r]
+        a = int(np.argmax(hi))
+        assert len(r) >= 2 and (hi > lo).all()
+        assert (hi > lo[a]).all() and (hi.max() - hi <= 0.25 * (hi - lo)).all()
+        assert (np.abs(lo - lo[a]) <= 0.25 * (hi - lo)).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_block_prefilter_keeps_the_exact_top_k_with_ties_and_holes(seed: int) -> None:
+    """Long recency-ordered rows (heavy ties, masked runs) give what the full-row top-k gives."""
+    from userlens.layers.gsu import BLOCK, _topk_recent, _topk_recent_ordered
+
+    rng = np.random.default_rng(seed)
+    b, n, k = 6, 64 * BLOCK, 7
+    s = torch.from_numpy(rng.integers(-4, 3, size=(b, n)).astype(np.float32))  # few values: ties everywhere
+    s[0] = -5.0  # one row: a single value (one tie over the whole row)
+    s[1, : n // 2] = float("-inf")  # masked halves and runs
+    s[2, n // 3 : 2 * n // 3] = float("-inf")
+    s[3] = float("-inf")
+    s[3, 5], s[3, 9] = 1.0, 1.0  # fewer real entries than k
+    pos = torch.arange(1000, 1000 + n).expand(b, n)
+    got_s, got_p = _topk_recent_ordered(s, pos, k)
+    ref_s, ref_p = _topk_recent(s, pos, k)
+
+    def as_set(v: torch.Tensor, p: torch.Tensor) -> list[set[int]]:
+        return [{int(x) for x, y in zip(p[r], v[r]) if y > float("-inf")} for r in range(b)]
+
+    assert as_set(got_s, got_p) == as_set(ref_s, ref_p)
+    for r in range(b):  # and both equal brute force: highest score, then most recent
+        real = [(float(s[r, c]), int(pos[r, c])) for c in range(n) if s[r, c] > float("-inf")]
+        assert as_set(got_s, got_p)[r] == {p for _, p in sorted(real, reverse=True)[:k]}
+
+
+def test_long_slabs_equal_brute_force() -> None:
+    """20,000-behavior histories of few items, rows of one user at several cutoffs: blocks, slabs and ties."""
+    rng = np.random.default_rng(21)
+    n = 40_000
+    item = rng.integers(2, 12, size=n)  # 10 items: every score repeats thousands of times
+    item_cat = rng.integers(2, N_CATS, size=N_ITEMS)
+    tl = {"item": item.astype(np.int32), "category": item_cat[item].astype(np.int32),
+          "time": np.arange(n, dtype=np.int64)}
+    hi = np.array([20_000, 20_000, 19_990, 19_500, 40_000, 39_999, 39_000, 30_000], dtype=np.int64)
+    lo = np.where(hi > 20_000, 20_000, 0).astype(np.int64)
+    long = LongHistory(tl, lo, hi, item_cat)
+    table = torch.from_numpy(rng.normal(size=(N_ITEMS, 4)).astype(np.float32))
+    query = torch.from_numpy(rng.normal(size=(len(lo), 4)).astype(np.float32))
+    sel = table_topk(long, query, table, k=20)  # chunks of ~20,000 ≥ 8·k·BLOCK: the block prefilter runs
+    item_score = (query @ table.t()).numpy()  # (B, n_items): a behavior's score is its item's
+    for b in range(len(lo)):
+        p = np.arange(lo[b], hi[b])
+        order = np.lexsort((-p, -item_score[b, item[p]]))  # score desc, then most recent
+        assert _as_lists(sel)[b] == sorted(p[order[:20]].tolist())

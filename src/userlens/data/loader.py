@@ -164,20 +164,23 @@ def _prefetched(source: Iterator[Batch], depth: int) -> Iterator[Batch]:
     done = object()
     stop = threading.Event()
 
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for item in source:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as exc:  # surfaced in the consumer, never swallowed
-            q.put(exc)
+            put(exc)
 
     t = threading.Thread(target=work, daemon=True)
     t.start()
@@ -189,5 +192,6 @@ def _prefetched(source: Iterator[Batch], depth: int) -> Iterator[Batch]:
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
+    finally:  # the consumer stopped early (or finished): let the worker end before anything exits under it
         stop.set()
+        t.join()

@@ -46,6 +46,12 @@ from userlens.layers.explain import note
 
 #: elements (batch × chunk × dim) one chunk may materialise: 4M floats = 16 MiB
 CHUNK_BUDGET = 1 << 22
+#: columns per block of :func:`_topk_recent_ordered`'s prefilter
+BLOCK = 64
+#: SDIM sums by segments (:func:`_segment_bucket_sum`) once the rows read each behavior this many times on average
+SEGMENT_SHARE = 2.0
+#: a slab's chunk is scored by one matrix product up to this vector width, by gathering item scores above it
+SLAB_GEMM_DIM = 32
 
 
 @dataclass
@@ -62,7 +68,8 @@ class Selection:
 
 
 def _chunk_len(batch: int, dim: int, longest: int, budget: int = CHUNK_BUDGET) -> int:
-    return int(max(1, min(max(longest, 1), budget // max(batch * max(dim, 1), 1))))
+    c = int(max(1, min(max(longest, 1), budget // max(batch * max(dim, 1), 1))))
+    return c - c % BLOCK if c >= 16 * BLOCK else c  # long chunks in whole blocks (see _topk_recent_ordered)
 
 
 def _oldest_first(positions: np.ndarray) -> Selection:
@@ -260,125 +267,252 @@ def _topk_recent(scores: Tensor, recency: Tensor, k: int) -> tuple[Tensor, Tenso
     return scores.gather(1, idx), recency.gather(1, idx)
 
 
-def _topk_recent_index(scores: Tensor, recency: Tensor, k: int) -> Tensor:
-    """The column indices :func:`_topk_recent` keeps, ``(B, min(k, n))``."""
-    if scores.shape[1] <= k:
-        return torch.arange(scores.shape[1]).expand(scores.shape[0], -1)
-    vals, idx = scores.topk(k + 1, dim=1)  # sorted, descending
+def _topk_recent_ordered(scores: Tensor, pos: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`_topk_recent` for a chunk whose columns are in recency order (``pos`` increases along each row).
+
+    Long rows are prefiltered by blocks of :data:`BLOCK` columns: the ``k`` best
+    blocks by (block max, block index) hold every one of the ``k`` best entries
+    (an entry outside them is outranked by each of those blocks' maxima: a
+    higher score, or an equal one further right, hence more recent), so the
+    exact top-k runs over ``k × BLOCK`` candidates instead of the whole row.
+    """
+    b, n = scores.shape
+    if n % BLOCK or n < 16 * BLOCK or n < 8 * k * BLOCK:
+        return _topk_recent(scores, pos, k)
+    nb = n // BLOCK
+    block_max = scores.view(b, nb, BLOCK).amax(-1)
+    blocks = _topk_recent_index(block_max, torch.arange(nb).expand(b, nb), k)  # (B, k)
+    cols = (blocks[:, :, None] * BLOCK + torch.arange(BLOCK)).view(b, -1)
+    return _topk_recent(scores.gather(1, cols), pos.gather(1, cols), k)
+
+
+def _topk_recent_index(scores: Tensor, recency: Tensor, k: int, margin: int = 16) -> Tensor:
+    """The column indices :func:`_topk_recent` keeps, ``(B, min(k, n))``.
+
+    ``topk(k + margin)``: a row whose k-th score is tied with the (k+1)-th (a
+    repeated item at the cut) usually has its whole tie inside the margin, and
+    is re-ranked among those ``k + margin`` entries; only a row whose tie runs
+    past the margin is re-ranked over all its entries.
+    """
+    n = scores.shape[1]
+    if n <= k:
+        return torch.arange(n).expand(scores.shape[0], -1)
+    kk = min(k + margin, n)
+    vals, idx = scores.topk(kk, dim=1)  # sorted, descending
     thr = vals[:, k - 1 : k]
-    idx = idx[:, :k].clone()
-    rows = ((vals[:, k] == thr[:, 0]) & (thr[:, 0] > float("-inf"))).nonzero().flatten()
+    tied = (vals[:, k] == thr[:, 0]) & (thr[:, 0] > float("-inf"))
+    out = idx[:, :k]
+    if not bool(tied.any()):
+        return out
+    out = out.clone()
+    inside = tied & (vals[:, kk - 1] < thr[:, 0]) if kk < n else tied  # the whole tie is among the kk
+    rows = inside.nonzero().flatten()
     if len(rows):
-        s, t, r = scores[rows], thr[rows], recency[rows]
-        key = torch.where(s > t, _BEST, torch.where(s == t, r, -1))  # above the tie, then tied by recency
-        idx[rows] = key.topk(k, dim=1, sorted=False).indices
-    return idx
+        v, t, i = vals[rows], thr[rows], idx[rows]
+        key = torch.where(v > t, _BEST, torch.where(v == t, recency.gather(1, idx)[rows], -1))
+        out[rows] = i.gather(1, key.topk(k, dim=1, sorted=False).indices)
+    rows = (tied & ~inside).nonzero().flatten()
+    if len(rows):  # a long tie (an item repeated past the margin): take every entry >= the k-th score
+        s, t = scores[rows], thr[rows]
+        rec = recency[rows] if recency.stride(0) else recency[:1].expand(len(rows), -1)  # a slab's: one row
+        wide = int((s >= t).sum(1).max())
+        if wide <= max(4 * kk, n // 8):
+            v, i = s.topk(wide, dim=1)
+            r = rec.gather(1, i)
+        else:  # most of the row is tied (near-constant scores): rank the whole row
+            v, i, r = s, None, rec
+        key = torch.where(v > t, _BEST, torch.where(v == t, r, -1))  # above the tie, then tied by recency
+        best = key.topk(k, dim=1, sorted=False).indices
+        out[rows] = best if i is None else i.gather(1, best)
+    return out
 
 
-def _shared(long: LongHistory) -> bool:
-    """Every row reads the same range: a serving request (one user, many candidates)."""
-    lo, hi = long.lo, long.hi
-    return len(lo) > 1 and bool((lo == lo[0]).all() and (hi == hi[0]).all())
+def _partition(lo: np.ndarray, hi: np.ndarray, slack: float = 0.25) -> list[tuple[np.ndarray, bool]]:
+    """Split a batch's rows into slabs (rows scanning one stretch of one user's history together) and the rest.
+
+    Samples of one user overlap in the timeline (different users' ranges never
+    do), so their behaviors can be read once for all of them: each slab is
+    scanned from its newest end ``max(hi)`` with per-row masks. A row joins the
+    slab of the row with the next larger cutoff when their ranges overlap and
+    both its ends lie within ``slack × its length`` of that row's, which bounds
+    the masked (wasted) work to ``2·slack`` of the row's own. Returns
+    ``(rows, is_slab)`` pairs: slabs of two or more rows, then one entry with
+    every other row (scanned row by row), if any. Which rows are grouped never
+    changes a result, only its cost.
+    """
+    order = np.lexsort((lo, -hi))  # newest cutoff first
+    out: list[tuple[np.ndarray, bool]] = []
+    rest: list[int] = []
+    cur: list[int] = []
+    top = base = 0
+
+    def close() -> None:
+        if len(cur) > 1:
+            out.append((np.array(cur, dtype=np.int64), True))
+        else:
+            rest.extend(cur)
+
+    for b in order.tolist():
+        lb, hb = int(lo[b]), int(hi[b])
+        if lb >= hb:  # nothing to scan
+            rest.append(b)
+            continue
+        room = slack * (hb - lb)
+        if cur and hb > base and top - hb <= room and abs(lb - base) <= room:
+            cur.append(b)
+            continue
+        close()
+        cur, top, base = [b], hb, lb
+    close()
+    if rest:
+        out.append((np.sort(np.array(rest, dtype=np.int64)), False))
+    return out
 
 
-def _chunks(long: LongHistory, width: int):  # type: ignore[no-untyped-def]
-    """Yield ``(ids (B, C) int64 item ids, valid (B, C) bool, recency (B, C) int64 = pos − lo)`` per chunk.
+@dataclass
+class _Band:
+    """The valid columns ``[lo_b, hi_b)`` of each row of a chunk: ``(B, 1)`` int64 each (a row's own range).
 
-    Chunk ``j`` of row ``b`` covers ``[hi − (j+1)·C, hi − j·C) ∩ [lo, hi)``. Rows are
-    copied as contiguous slices of a sliding-window view of the item column (one
-    memcpy per row), not gathered element by element. When every row reads the
-    same range (:func:`_shared`), the three tensors are one row expanded (stride 0
-    over the batch): consumers may test ``ids.stride(0) == 0`` and work on ``ids[0]``.
+    Masking touches only the columns where some row is out of range (a slab's
+    rows differ only near its ends), not the whole ``(B, C)`` chunk.
+    """
+
+    lo: Tensor
+    hi: Tensor
+
+    def mask(self, c: int) -> Tensor:
+        col = torch.arange(c)
+        return (col >= self.lo) & (col < self.hi)
+
+    def fill_(self, s: Tensor, value: float) -> Tensor:
+        """Set the out-of-range entries of ``s (B, C)`` to ``value``, in place; returns ``s``."""
+        c = s.shape[1]
+        a, z = int(self.lo.max().clamp(0, c)), int(self.hi.min().clamp(0, c))
+        if z <= a:
+            return s.masked_fill_(~self.mask(c), value)
+        col = torch.arange(c)
+        if a > 0:
+            s[:, :a].masked_fill_(col[:a] < self.lo, value)
+        if z < c:
+            s[:, z:].masked_fill_(col[z:] >= self.hi, value)
+        return s
+
+
+def _chunks(long: LongHistory, width: int, slab: bool = False):  # type: ignore[no-untyped-def]
+    """Yield ``(ids (B, C) int64 item ids, valid: _Band or None, pos (B, C) int64 global positions)``.
+
+    Row by row (``slab=False``), chunk ``j`` of row ``b`` covers ``[hi − (j+1)·C,
+    hi − j·C) ∩ [lo, hi)``, copied as one slice of a sliding-window view of the
+    item column (a memcpy per row, not an element gather). As a slab (rows of
+    one user, see :func:`_partition`) every row's chunk ``j`` is the same
+    ``[top − (j+1)·C, top − j·C)`` with ``top = max(hi)``: ``ids`` and ``pos`` are
+    one row expanded (stride 0 over the batch; consumers may test
+    ``ids.stride(0) == 0`` and work on ``ids[0]``) and each row's own range is
+    its band. ``valid`` is None when every entry of the chunk is inside its row's range.
     """
     lo, hi = long.lo, long.hi
-    longest = long.longest
-    if longest == 0:
-        return
     items = np.asarray(long.timeline["item"])
-    c = min(width, len(items))
     b = len(lo)
-    if _shared(long):
-        lo0, hi0 = int(lo[0]), int(hi[0])
-        for j in range(0, longest, c):
-            start = max(hi0 - j - c, 0)
-            pos = torch.arange(start, start + c)
-            valid = (pos >= lo0) & (pos < hi0 - j)
+    if not b or not len(items):
+        return
+    c = min(width, len(items))
+    lo_t, hi_t = torch.from_numpy(lo)[:, None], torch.from_numpy(hi)[:, None]
+    if slab:
+        top = int(hi.max())
+        for j in range(0, top - int(lo.min()), c):
+            start, end = max(top - j - c, 0), top - j  # this chunk covers [start, end)
+            valid = None
+            if not (start + c <= end and (lo <= start).all() and (hi >= start + c).all()):
+                valid = _Band(lo_t - start, hi_t.clamp(max=end) - start)
             ids = torch.from_numpy(items[start:start + c].astype(np.int64))
-            yield ids.expand(b, c), valid.expand(b, c), (pos - lo0).expand(b, c)
+            yield ids.expand(b, c), valid, torch.arange(start, start + c).expand(b, c)
         return
     windows = np.lib.stride_tricks.sliding_window_view(items, c)
     ar = torch.arange(c)
-    lo_t, hi_t = torch.from_numpy(lo)[:, None], torch.from_numpy(hi)[:, None]
-    for j in range(0, longest, c):
+    for j in range(0, long.longest, c):
         start = np.maximum(hi - j - c, 0)
-        pos = torch.from_numpy(start)[:, None] + ar
-        valid = (pos >= lo_t) & (pos < hi_t - j)
-        ids = torch.from_numpy(windows[start].astype(np.int64))
-        yield ids, valid, pos - lo_t
+        valid = None
+        if not ((lo <= start).all() and (start + c <= hi - j).all()):
+            start_t = torch.from_numpy(start)[:, None]
+            valid = _Band(lo_t - start_t, hi_t - j - start_t)
+        yield torch.from_numpy(windows[start].astype(np.int64)), valid, torch.from_numpy(start)[:, None] + ar
 
 
-def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor], dim: int = 1,
-                 budget: int = CHUNK_BUDGET, bias: Callable[[Tensor], Tensor] | None = None) -> Selection:
+def chunked_topk(long: LongHistory, k: int, score: Callable[[Tensor, Tensor], Tensor], dim: int = 1,
+                 budget: int = CHUNK_BUDGET, bias: Callable[[Tensor, Tensor], Tensor] | None = None) -> Selection:
     """The ``k`` highest-scoring behaviors of every range (ties → more recent), scanned newest first in chunks.
+
+    Rows of one user are scanned together as a slab (:func:`_partition`): their
+    behaviors are read once per chunk and scored against all their targets.
 
     Args:
         long: the ranges ``[lo, hi)``.
         k: behaviors to keep per row.
-        score: item ids ``(B, C)`` int64 → ``(B, C)`` scores (invalid entries are masked after;
-            the ids may be one row expanded, see :func:`_chunks`). Float scores: ties are
-            found and broken by recency; int8 scores (nearly all tied, e.g. Hamming distances)
-            are ranked as exact keys ``(s + 128)·2**23 + column`` in int32 within a chunk; other
-            integers are taken as float32 (exact below ``2**24``).
+        score: ``(ids, rows)`` → ``(B', C)`` scores, a new tensor (it is masked in place), where
+            ``ids`` are ``(B', C)`` int64 item ids of the batch rows ``rows`` (``(B',)`` int64, the same
+            object over one group's chunks); the ids may be one row expanded (see :func:`_chunks`),
+            and entries outside a row's range are masked after.
+            Float scores: ties are found and broken by recency; int8 scores (nearly all tied, e.g.
+            Hamming distances) are ranked as exact keys ``(s + 128)·2**23 + column`` in int32
+            within a chunk; other integers are taken as float32 (exact below ``2**24``).
         dim: floats the scorer materialises per behavior (sizes the chunk to ``budget``).
-        bias: optional global timeline positions ``(B, C)`` int64 → ``(B, C)`` float added to
-            the score: per-behavior terms that depend on more than the item (TWIN's
-            time-gap bias). Positions are always inside the timeline; invalid ones are masked after.
-            A score of ``-inf`` counts as no behavior.
+        bias: optional ``(positions (B', C) int64, rows)`` → ``(B', C)`` float added to the score:
+            per-behavior terms that depend on more than the item (TWIN's time-gap bias). Positions
+            are always inside the timeline; invalid ones are masked after. A score of ``-inf``
+            counts as no behavior.
     """
-    lo = long.lo
-    b = len(lo)
-    best_s, best_r = torch.empty((b, 0)), torch.empty((b, 0), dtype=torch.int64)
-    lo_t = torch.from_numpy(np.asarray(lo, dtype=np.int64))[:, None]
+    b = len(long.lo)
+    positions = np.full((b, k), -1, dtype=np.int64)
     if b and k:
-        for ids, valid, recency in _chunks(long, _chunk_len(b, dim, long.longest, budget)):
-            s = score(ids)
-            if bias is not None:
-                s = s + bias(recency + lo_t)
-            partial = not bool(valid[0].all() if valid.stride(0) == 0 else valid.all())
-            if s.dtype == torch.int8 and s.shape[1] < (1 << 23):  # small exact scores (Hamming): int32 keys
-                key = ((s.to(torch.int32) + 128) << 23) | torch.arange(s.shape[1], dtype=torch.int32)
-                if partial:  # (score, column) within the chunk = (score, recency); -1 = no behavior
-                    key = key.masked_fill(~valid, -1)
-                vals, col = key.topk(min(k, key.shape[1]), dim=1, sorted=False)
-                s = torch.where(vals >= 0, ((vals >> 23) - 128).float(), float("-inf"))
-                r = recency.gather(1, col.long())
-                best_s, best_r = _topk_recent(torch.cat([best_s, s], 1), torch.cat([best_r, r], 1), k)
-                continue
-            s = s.float()  # other integer scores are exact in float32 up to 2**24
-            if partial:
-                s = s.masked_fill(~valid, float("-inf"))
-            s, r = _topk_recent(s, recency, k)  # the chunk's best, then merged with the best so far
-            best_s, best_r = _topk_recent(torch.cat([best_s, s], 1), torch.cat([best_r, r], 1), k)
-    picked = torch.where(best_s > float("-inf"), best_r, -1).numpy()
-    positions = np.where(picked >= 0, lo[:, None] + picked, -1)
-    if positions.shape[1] < k:
-        positions = np.concatenate([positions, np.full((b, k - positions.shape[1]), -1)], axis=1)
+        for rows, slab in _partition(long.lo, long.hi):
+            sub = long.take(rows)
+            rows_t = torch.from_numpy(rows)
+            picked = _scan_topk(sub, k, lambda ids, r=rows_t: score(ids, r),
+                                None if bias is None else (lambda pos, r=rows_t: bias(pos, r)),
+                                _chunk_len(len(rows), dim, int((sub.hi.max() - sub.lo.min()) if slab else sub.longest),
+                                           budget), slab)
+            positions[rows, : picked.shape[1]] = picked
     sel = _oldest_first(positions)
     note("gsu", sel)
     return sel
 
 
+def _scan_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor],
+               bias: Callable[[Tensor], Tensor] | None, width: int, slab: bool) -> np.ndarray:
+    """:func:`chunked_topk` over one group of rows: ``(B, ≤ k)`` picked global positions, ``-1`` = none."""
+    b = len(long.lo)
+    best_s, best_p = torch.empty((b, 0)), torch.empty((b, 0), dtype=torch.int64)
+    for ids, valid, pos in _chunks(long, width, slab):
+        s = score(ids)
+        if bias is not None:
+            s = s + bias(pos)
+        if s.dtype == torch.int8 and s.shape[1] < (1 << 23):  # small exact scores (Hamming): int32 keys
+            key = ((s.to(torch.int32) + 128) << 23) | torch.arange(s.shape[1], dtype=torch.int32)
+            if valid is not None:  # (score, column) within the chunk = (score, recency); -1 = no behavior
+                valid.fill_(key, -1)
+            vals, col = key.topk(min(k, key.shape[1]), dim=1, sorted=False)
+            s = torch.where(vals >= 0, ((vals >> 23) - 128).float(), float("-inf"))
+            p = pos.gather(1, col.long())
+        else:
+            s = s.float()  # other integer scores are exact in float32 up to 2**24
+            if valid is not None:
+                valid.fill_(s, float("-inf"))
+            s, p = _topk_recent_ordered(s, pos, k)  # the chunk's best (positions order recency within a row)
+        best_s, best_p = _topk_recent(torch.cat([best_s, s], 1), torch.cat([best_p, p], 1), k)
+    return torch.where(best_s > float("-inf"), best_p, -1).numpy()
+
+
 def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: int = CHUNK_BUDGET,
-               bias: Callable[[Tensor], Tensor] | None = None) -> Selection:
+               bias: Callable[[Tensor, Tensor], Tensor] | None = None) -> Selection:
     """Top-k behaviors by ``<query_b, table[item_j]> (+ bias(position))`` (SIM soft, TWIN, DARE, MUSE).
 
     ``query (B, d)``, ``table (n_items, d)`` on any device (copied to the CPU);
-    selection only, so no gradient. When ``B × n_items`` fits the budget the
-    full score matrix is formed once and each chunk is a gather of scalars;
-    otherwise each chunk gathers table rows. When every row reads one history
-    (a serving request) shorter than the catalogue, each chunk's rows are
-    gathered once and scored against all queries in one matrix product.
-    ``bias``: see :func:`chunked_topk`.
+    selection only, so no gradient. A slab's chunk (rows of one user, a serving
+    request's candidates) gathers its table rows once and scores them against
+    all its queries in one ``(B', d) @ (d, C)`` product. Rows scanned one by one
+    gather scalars from their full ``(B', n_items)`` score matrix when scoring
+    every item is cheaper than scoring every behavior and fits the budget, and
+    otherwise their table rows. ``bias``: see :func:`chunked_topk`.
     """
     extra = 0 if bias is None else 3  # positions, times and bias per behavior
     with torch.no_grad():
@@ -387,24 +521,27 @@ def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: 
         groups = state.item_groups(long) if state is not None else None
         if groups is not None:  # one user's request: score each distinct item once (exact, see ItemGroups)
             return grouped_topk(groups, query @ table[torch.from_numpy(groups.items)].t(), k)  # (B, d) @ (d, U)
-        if _shared(long) and (long.longest < table.shape[0] or query.shape[0] * table.shape[0] > 4 * budget):
-            # one user's request over a history shorter than the catalogue: score its rows, gathered once
-            def score_shared(ids: Tensor) -> Tensor:
-                return query @ table[ids[0]].t()  # (B, d) @ (d, C)
+        b, n_items, d = query.shape[0], table.shape[0], table.shape[1]
+        full_pays = b * n_items <= 4 * budget and n_items < int(long.lengths.sum())
+        cache: dict[str, Tensor] = {}
 
-            return chunked_topk(long, k, score_shared, dim=1 + extra, budget=budget, bias=bias)
-        if query.shape[0] * table.shape[0] <= 4 * budget:
-            full = query @ table.t()  # (B, n_items)
+        def full(rows: Tensor) -> Tensor:  # (B', n_items) scores of every item, formed once per group of rows
+            if cache.get("rows") is not rows:
+                cache.update(rows=rows, full=query[rows] @ table.t())
+            return cache["full"]
 
-            def score_full(ids: Tensor) -> Tensor:
-                return full.index_select(1, ids[0]) if ids.stride(0) == 0 else full.gather(1, ids)
+        def score(ids: Tensor, rows: Tensor) -> Tensor:
+            if ids.stride(0) == 0:  # a slab: its behaviors gathered once, one (B', d) @ (d, C) product
+                if full_pays and d > SLAB_GEMM_DIM:  # wide vectors: gathering from the item scores is cheaper
+                    return full(rows).index_select(1, ids[0])
+                return query[rows] @ table.index_select(0, ids[0]).t()
+            if full_pays:
+                return full(rows).gather(1, ids)
+            rows_e = table.index_select(0, ids.reshape(-1)).view(*ids.shape, d)
+            return torch.bmm(rows_e, query[rows].unsqueeze(-1)).squeeze(-1)  # (B', C, d) @ (B', d, 1)
 
-            return chunked_topk(long, k, score_full, dim=1 + extra, budget=budget, bias=bias)
-
-        def score_rows(ids: Tensor) -> Tensor:
-            return torch.bmm(table[ids], query.unsqueeze(-1)).squeeze(-1)  # (B, C, d) @ (B, d, 1)
-
-        return chunked_topk(long, k, score_rows, dim=table.shape[1] + extra, budget=budget, bias=bias)
+        dim = (1 if full_pays else d) + extra
+        return chunked_topk(long, k, score, dim=dim, budget=budget, bias=bias)
 
 
 class SimHash(torch.nn.Module):
@@ -460,16 +597,16 @@ def hamming_topk(long: LongHistory, target_sig: np.ndarray, item_sig: np.ndarray
             keys = (64 - ham) * float(1 << 17) + torch.from_numpy(groups.newest.astype(np.float32))
         return grouped_topk(groups, -ham, k, keys)
 
-    def score(ids: Tensor) -> Tensor:  # one shared history: its signatures gathered once, XOR-ed with every target
+    def score(ids: Tensor, rows: Tensor) -> Tensor:  # a slab: its signatures gathered once, XOR-ed with every target
         sig = item_sig[ids[0].numpy()][None, :] if ids.stride(0) == 0 else item_sig[ids.numpy()]
-        ham = np.bitwise_count(sig ^ t)
+        ham = np.bitwise_count(sig ^ t[rows.numpy()])
         return -torch.from_numpy(ham.astype(np.int8))  # small integer scores: exact int32 keys, see chunked_topk
 
     return chunked_topk(long, k, score, dim=1, budget=budget)
 
 
 class _BucketSum(torch.autograd.Function):
-    """Σ over a range of ``table[item_j]`` where ``codes[item_j, r] == query[b, r]``; chunked both ways.
+    """Σ over a range of ``table[item_j]`` where ``codes[item_j, r] == query[b, r]``; chunked both ways, row by row.
 
     The backward pass recomputes the matches chunk by chunk instead of storing
     them, so memory stays ``O(B × chunk × D)`` however long the history.
@@ -481,10 +618,8 @@ class _BucketSum(torch.autograd.Function):
         ctx.save_for_backward(codes, query)
         out = table.new_zeros(query.shape[0], query.shape[1], table.shape[1])
         for ids, match in _matches(long, codes, query, table.shape[1], budget):
-            if ids.stride(0) == 0:  # one shared history: (B, m, C) @ (C, D), the rows gathered once
-                out += torch.matmul(match.transpose(1, 2), table[ids[0]])
-            else:
-                out += torch.bmm(match.transpose(1, 2), table[ids])  # (B, m, C) @ (B, C, D)
+            rows = table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[1])
+            out += torch.bmm(match.transpose(1, 2), rows)  # (B, m, C) @ (B, C, D)
         return out
 
     @staticmethod
@@ -499,13 +634,66 @@ class _BucketSum(torch.autograd.Function):
 
 def _matches(long: LongHistory, codes: Tensor, query: Tensor, dim: int, budget: int):  # type: ignore[no-untyped-def]
     """Yield ``(item ids (B, C), match (B, C, rounds) float)`` per chunk, on the device of ``codes``."""
-    b = len(long.lo)
-    longest = long.longest
-    for ids, valid, _ in _chunks(long, _chunk_len(b, dim + codes.shape[1], longest, budget)):
-        ids, valid = ids.to(codes.device), valid.to(codes.device)
-        c = codes[ids[0]][None] if ids.stride(0) == 0 else codes[ids]
-        match = (c == query[:, None, :]) & valid.unsqueeze(-1)
+    for ids, valid, _ in _chunks(long, _chunk_len(len(long.lo), dim + codes.shape[1], long.longest, budget)):
+        ids = ids.to(codes.device)
+        match = codes[ids] == query[:, None, :]
+        if valid is not None:
+            match &= valid.mask(ids.shape[1]).to(codes.device).unsqueeze(-1)
         yield ids, match.to(torch.float32)
+
+
+def _segments_pay(long: LongHistory, per_segment: int, budget: int) -> bool:
+    """Whether :func:`_segment_bucket_sum` beats the row-by-row scan: rows share enough behaviors, and the
+    float64 prefix sums (``2B + 1`` segments × rounds × codes × D) fit the budget."""
+    if (2 * len(long.lo) + 1) * per_segment > budget:
+        return False
+    return int(long.lengths.sum()) >= SEGMENT_SHARE * _union_length(long.lo, long.hi)
+
+
+def _union_length(lo: np.ndarray, hi: np.ndarray) -> int:
+    """Behaviors covered by at least one of the ranges ``[lo, hi)``."""
+    order = np.argsort(lo, kind="stable")
+    lo_s, hi_s = lo[order], np.maximum.accumulate(hi[order])
+    prev = np.concatenate([[np.iinfo(np.int64).min], hi_s[:-1]])
+    return int(np.maximum(hi_s - np.maximum(lo_s, prev), 0).sum())
+
+
+def _segment_bucket_sum(long: LongHistory, table: Tensor, codes: Tensor, query: Tensor) -> Tensor:
+    """:func:`bucket_sum` for a batch whose rows share behaviors (samples of one user), by plain autograd.
+
+    The rows' ends cut the timeline into segments; each behavior belongs to one,
+    so every behavior is read once however many rows cover it. Per segment, the
+    distinct items are counted (``np.unique`` over (segment, item)) and each
+    round's bucket sums are one ``index_add`` of the counted item vectors; a
+    row's sum is the difference of two prefix sums over segments. Sums are
+    formed in float64 (long prefixes lose nothing against a row's own sum), so
+    the result differs from a float32 scan only by the scan's own rounding.
+    """
+    lo, hi = long.lo, long.hi
+    bounds = np.unique(np.concatenate([lo, hi]))
+    n_seg, rounds, d = len(bounds) - 1, codes.shape[1], table.shape[1]
+    n_codes = int(max(int(codes.max()), int(query.max()))) + 1
+    first, last = np.searchsorted(bounds, lo), np.searchsorted(bounds, hi)
+    cover = np.zeros(n_seg + 1, dtype=np.int64)
+    np.add.at(cover, first, 1)
+    np.add.at(cover, last, -1)
+    segs = np.flatnonzero(np.cumsum(cover)[:-1] > 0)  # segments inside some row's range
+    lens = bounds[segs + 1] - bounds[segs]
+    pos = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(bounds[segs] - (np.cumsum(lens) - lens), lens)
+    n_items = codes.shape[0]
+    key = np.repeat(segs.astype(np.int64), lens) * n_items + np.asarray(long.timeline["item"])[pos].astype(np.int64)
+    uniq, counts = np.unique(key, return_counts=True)
+    dev = table.device
+    seg_u, item_u = torch.from_numpy(uniq // n_items).to(dev), torch.from_numpy(uniq % n_items).to(dev)
+    src = table.index_select(0, item_u).double() * torch.from_numpy(counts).to(dev)[:, None]  # (U, D) counted
+    code_u = codes.index_select(0, item_u).long()  # (U, rounds)
+    acc = torch.stack([src.new_zeros(n_seg * n_codes, d).index_add(0, seg_u * n_codes + code_u[:, r], src)
+                       for r in range(rounds)]).view(rounds, n_seg, n_codes, d)
+    prefix = torch.cat([acc.new_zeros(rounds, 1, n_codes, d), acc], 1).cumsum(1)  # (rounds, S+1, codes, D)
+    r_ix = torch.arange(rounds, device=dev)[None, :]
+    end = prefix[r_ix, torch.from_numpy(last).to(dev)[:, None], query]  # (B, rounds, D)
+    start = prefix[r_ix, torch.from_numpy(first).to(dev)[:, None], query]
+    return (end - start).to(table.dtype)
 
 
 def _add_to_buckets(acc: Tensor | None, table: Tensor, codes: Tensor, items: np.ndarray) -> Tensor:
@@ -537,7 +725,11 @@ def bucket_sum(long: LongHistory, table: Tensor, codes: Tensor, query: Tensor,
         sums = state.total(key, long, lambda acc, items: _add_to_buckets(acc, table, codes, items))
         if sums is not None:
             return sums[torch.arange(codes.shape[1], device=query.device)[None, :], query]  # type: ignore[index]
+    if not len(long.lo) or long.longest == 0:
+        return table.new_zeros(len(long.lo), codes.shape[1], table.shape[1])
     top = max(int(codes.max()) if codes.numel() else 0, int(query.max()) if query.numel() else 0)
+    if _segments_pay(long, codes.shape[1] * (top + 1) * table.shape[1], budget):
+        return _segment_bucket_sum(long, table, codes, query)
     if top < 128:
         codes, query = codes.to(torch.int8), query.to(torch.int8)  # 1 byte per code: 8x less to gather
     return _BucketSum.apply(table, codes, query, long, budget)

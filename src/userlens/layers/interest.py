@@ -208,9 +208,9 @@ class MultiHeadExactUnit(nn.Module):
             beta = table.mean(1).cpu()  # (TIME_BUCKETS,) head-averaged bias per bucket
             times, now = np.asarray(long.timeline["time"]), sample_time.detach().cpu()
 
-            def bias(pos: Tensor) -> Tensor:  # (B, C) global positions → their time-gap bias
+            def bias(pos: Tensor, rows: Tensor) -> Tensor:  # (B', C) global positions of rows → time-gap bias
                 t = torch.from_numpy(times[pos.numpy()].astype(np.int64))
-                return beta[time_gap_buckets(now, t, torch.ones_like(pos, dtype=torch.bool))]
+                return beta[time_gap_buckets(now[rows], t, torch.ones_like(pos, dtype=torch.bool))]
 
             return table_topk(long, self.attention.query(target), keys, k, bias=bias)
 

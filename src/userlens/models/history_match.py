@@ -76,12 +76,12 @@ class HistoryMatch(nn.Module):
         cat = torch.where(cat >= 2, cat, -1)[:, None]  # padding / unknown categories match nothing
         item_cat = torch.from_numpy(np.asarray(long.item_category, dtype=np.int64))
         score = torch.zeros(len(long.lo), dtype=torch.float64)
-        newest = torch.from_numpy(long.hi - long.lo - 1)[:, None]  # (B, 1) recency of the newest behavior
+        newest = torch.from_numpy(long.hi - 1)[:, None]  # (B, 1) position of the newest behavior
         width = max(1, min(max(long.longest, 1), self.budget // max(len(long.lo), 1)))
-        for ids, valid, recency in _chunks(long, width):  # (B, C) each, newest chunk first
-            weight = torch.pow(self.decay, (newest - recency).clamp_min(0).to(torch.float64))  # γ^rank
+        for ids, valid, pos in _chunks(long, width):  # (B, C) each, newest chunk first
+            weight = torch.pow(self.decay, (newest - pos).clamp_min(0).to(torch.float64))  # γ^rank
             match = self.item_weight * (ids == item) + (item_cat[ids] == cat)  # (B, C)
-            score += (weight * match * valid).sum(1)
+            score += (weight * match * (1 if valid is None else valid.mask(ids.shape[1]))).sum(1)
         return score.to(device=device, dtype=torch.float32)
 
 
