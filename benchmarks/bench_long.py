@@ -91,7 +91,9 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
                 t0 = time.perf_counter()
             b = next(it)
             if b.long is not None and step >= 3:  # how many rows each history scan serves (slabs, layers/gsu.py)
-                groups.append(len(b.long.lo) / len(_partition(b.long.lo, b.long.hi)))
+                parts = _partition(b.long.lo, b.long.hi)  # slabs, then the rows scanned one by one
+                scans = sum(1 if slab else len(rows) for rows, slab in parts)
+                groups.append(len(b.long.lo) / scans)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(m(b), b.label)
             opt.zero_grad()
             loss.backward()

@@ -38,7 +38,8 @@ def _long(seed: int = 0, batch: int = 12, n: int = 600, layout: str = "random") 
         for u in range(4):
             a, z = int(bounds[u]), int(bounds[u + 1])
             long_len = int(rng.integers(max(1, (z - a) // 2), z - a + 1))
-            for hb in np.sort(rng.integers(a + 1, z + 1, size=int(rng.integers(1, 7)))).tolist() + [z, z]:
+            near = a + 1 if u % 2 else max(a + 1, z - (z - a) // 8)  # even users: cutoffs near their end (slabs)
+            for hb in np.sort(rng.integers(near, z + 1, size=int(rng.integers(1, 12)))).tolist() + [z, z]:
                 lo_l.append(max(a, hb - long_len))
                 hi_l.append(hb)
         lo, hi = np.array(lo_l[: max(batch, len(lo_l))]), np.array(hi_l[: max(batch, len(hi_l))])
@@ -295,7 +296,7 @@ def test_partition_covers_every_row_once_and_slabs_only_join_overlapping_rows(se
     from userlens.layers.gsu import _partition
 
     long = _long(seed=seed, layout="users")
-    parts = _partition(long.lo, long.hi, slack=0.25)
+    parts = _partition(long.lo, long.hi, slack=0.25, min_rows=2)
     rows = np.concatenate([r for r, _ in parts])
     assert sorted(rows.tolist()) == list(range(len(long.lo)))
     slabs = [r for r, slab in parts if slab]
@@ -335,7 +336,8 @@ def test_block_prefilter_keeps_the_exact_top_k_with_ties_and_holes(seed: int) ->
 
 
 def test_long_slabs_equal_brute_force() -> None:
-    """20,000-behavior histories of few items, rows of one user at several cutoffs: blocks, slabs and ties."""
+    """20,000-behavior histories of few items, rows of one user at several cutoffs: blocks, slabs and ties
+    (float scores and ETA's integer distances)."""
     rng = np.random.default_rng(21)
     n = 40_000
     item = rng.integers(2, 12, size=n)  # 10 items: every score repeats thousands of times
@@ -348,8 +350,14 @@ def test_long_slabs_equal_brute_force() -> None:
     table = torch.from_numpy(rng.normal(size=(N_ITEMS, 4)).astype(np.float32))
     query = torch.from_numpy(rng.normal(size=(len(lo), 4)).astype(np.float32))
     sel = table_topk(long, query, table, k=20)  # chunks of ~20,000 ≥ 8·k·BLOCK: the block prefilter runs
+    hasher = SimHash(4, bits=16, seed=0)
+    item_sig, target_sig = hasher(table), hasher(query)
+    ham = hamming_topk(long, target_sig, item_sig, k=20)  # int8 distances: exact keys, prefiltered by blocks
     item_score = (query @ table.t()).numpy()  # (B, n_items): a behavior's score is its item's
+    item_ham = -np.bitwise_count(item_sig[None, :] ^ target_sig[:, None]).astype(np.int64)
     for b in range(len(lo)):
         p = np.arange(lo[b], hi[b])
         order = np.lexsort((-p, -item_score[b, item[p]]))  # score desc, then most recent
         assert _as_lists(sel)[b] == sorted(p[order[:20]].tolist())
+        order = np.lexsort((-p, -item_ham[b, item[p]]))
+        assert _as_lists(ham)[b] == sorted(p[order[:20]].tolist())

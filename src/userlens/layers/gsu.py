@@ -4,10 +4,11 @@ Every GSU reads a :class:`~userlens.batch.LongHistory` (index ranges into the
 shared timeline, up to 100,000 behaviors per sample) and never builds a
 ``(B, L_long, D)`` tensor: ranges are scanned **newest first in chunks** sized
 so that ``B × chunk × dim`` stays under a fixed budget, and a running top-k is
-merged per chunk (an exact int64 key per behavior, so the merge is a
-``topk``, not a sort). What is static per item is computed once per call as a
-per-item table (keys, SimHash signatures, bucket codes), so a chunk costs one
-gather of ``B × chunk`` table rows.
+merged per chunk. Samples of one user share their history: their rows are
+scanned together as a **slab** (:func:`_partition`), each chunk read once and
+scored for all of them, so a batch holding many samples per user costs about
+one scan per user. What is static per item is computed once per call as a
+per-item table (keys, SimHash signatures, bucket codes).
 
 Selections are returned as global timeline positions, left-aligned and oldest
 first (the :class:`~userlens.batch.History` convention); ties in relevance go to
@@ -46,10 +47,12 @@ from userlens.layers.explain import note
 
 #: elements (batch × chunk × dim) one chunk may materialise: 4M floats = 16 MiB
 CHUNK_BUDGET = 1 << 22
+#: fewest rows scanned together as a slab (:func:`_partition`)
+SLAB_MIN_ROWS = 8
 #: columns per block of :func:`_topk_recent_ordered`'s prefilter
 BLOCK = 64
 #: SDIM sums by segments (:func:`_segment_bucket_sum`) once the rows read each behavior this many times on average
-SEGMENT_SHARE = 2.0
+SEGMENT_SHARE = 8.0
 #: a slab's chunk is scored by one matrix product up to this vector width, by gathering item scores above it
 SLAB_GEMM_DIM = 32
 
@@ -286,6 +289,18 @@ def _topk_recent_ordered(scores: Tensor, pos: Tensor, k: int) -> tuple[Tensor, T
     return _topk_recent(scores.gather(1, cols), pos.gather(1, cols), k)
 
 
+def _topk_keys(key: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``topk(k)`` of distinct integer keys ``(B, n)`` → (values, columns); long rows prefiltered by block maxima
+    (distinct keys: the ``k`` best entries lie in the ``k`` blocks with the best maxima)."""
+    b, n = key.shape
+    if n % BLOCK or n < 16 * BLOCK or n < 8 * k * BLOCK:
+        return key.topk(min(k, n), dim=1, sorted=False)
+    blocks = key.view(b, n // BLOCK, BLOCK).amax(-1).topk(k, dim=1, sorted=False).indices
+    cols = (blocks[:, :, None] * BLOCK + torch.arange(BLOCK)).view(b, -1)
+    vals, at = key.gather(1, cols).topk(k, dim=1, sorted=False)
+    return vals, cols.gather(1, at)
+
+
 def _topk_recent_index(scores: Tensor, recency: Tensor, k: int, margin: int = 16) -> Tensor:
     """The column indices :func:`_topk_recent` keeps, ``(B, min(k, n))``.
 
@@ -327,7 +342,8 @@ def _topk_recent_index(scores: Tensor, recency: Tensor, k: int, margin: int = 16
     return out
 
 
-def _partition(lo: np.ndarray, hi: np.ndarray, slack: float = 0.25) -> list[tuple[np.ndarray, bool]]:
+def _partition(lo: np.ndarray, hi: np.ndarray, slack: float = 0.25,
+               min_rows: int | None = None) -> list[tuple[np.ndarray, bool]]:
     """Split a batch's rows into slabs (rows scanning one stretch of one user's history together) and the rest.
 
     Samples of one user overlap in the timeline (different users' ranges never
@@ -336,10 +352,12 @@ def _partition(lo: np.ndarray, hi: np.ndarray, slack: float = 0.25) -> list[tupl
     slab of the row with the next larger cutoff when their ranges overlap and
     both its ends lie within ``slack × its length`` of that row's, which bounds
     the masked (wasted) work to ``2·slack`` of the row's own. Returns
-    ``(rows, is_slab)`` pairs: slabs of two or more rows, then one entry with
-    every other row (scanned row by row), if any. Which rows are grouped never
-    changes a result, only its cost.
+    ``(rows, is_slab)`` pairs: slabs of at least ``min_rows`` rows (default
+    :data:`SLAB_MIN_ROWS`: below it, the per-slab loop costs more than reading
+    the history once saves), then one entry with every other row (scanned row by
+    row), if any. Which rows are grouped never changes a result, only its cost.
     """
+    min_rows = SLAB_MIN_ROWS if min_rows is None else min_rows
     order = np.lexsort((lo, -hi))  # newest cutoff first
     out: list[tuple[np.ndarray, bool]] = []
     rest: list[int] = []
@@ -347,7 +365,7 @@ def _partition(lo: np.ndarray, hi: np.ndarray, slack: float = 0.25) -> list[tupl
     top = base = 0
 
     def close() -> None:
-        if len(cur) > 1:
+        if len(cur) >= max(min_rows, 2):
             out.append((np.array(cur, dtype=np.int64), True))
         else:
             rest.extend(cur)
@@ -490,7 +508,7 @@ def _scan_topk(long: LongHistory, k: int, score: Callable[[Tensor], Tensor],
             key = ((s.to(torch.int32) + 128) << 23) | torch.arange(s.shape[1], dtype=torch.int32)
             if valid is not None:  # (score, column) within the chunk = (score, recency); -1 = no behavior
                 valid.fill_(key, -1)
-            vals, col = key.topk(min(k, key.shape[1]), dim=1, sorted=False)
+            vals, col = _topk_keys(key, k)
             s = torch.where(vals >= 0, ((vals >> 23) - 128).float(), float("-inf"))
             p = pos.gather(1, col.long())
         else:
