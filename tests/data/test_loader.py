@@ -189,6 +189,35 @@ def test_shuffle_is_reproducible_under_a_seed_and_changes_every_epoch(data: Prep
     assert a[0] != c[0]
 
 
+@pytest.mark.parametrize("group", [2, 5, 1000])
+def test_user_groups_shuffle_runs_of_one_user_in_time_order(data: PreparedData, group: int) -> None:
+    """The order is a permutation made of runs: each run starts at a multiple of ``group`` in its
+    user's time order and continues with that user's next samples; seeded, reshuffled each epoch."""
+    loader = BatchLoader(data, "train", {"user", "time"}, batch_size=16, shuffle=True, seed=4, prefetch=0,
+                         user_group=group)
+    n = len(data.samples("train"))
+    user, time = loader._user, loader._time
+    by = np.lexsort((np.arange(n), time, user))  # the canonical per-user time order
+    rank = np.empty(n, dtype=np.int64)
+    for u in np.unique(user):
+        mine = by[user[by] == u]
+        rank[mine] = np.arange(len(mine))
+    o = loader._order()
+    assert sorted(o.tolist()) == list(range(n))
+    r, u = rank[o], user[o]
+    cont = r % group != 0  # a position inside a run: it must follow its user's previous sample
+    assert not cont[0]
+    assert (u[1:][cont[1:]] == u[:-1][cont[1:]]).all() and (r[1:][cont[1:]] == r[:-1][cont[1:]] + 1).all()
+    again = BatchLoader(data, "train", {"user", "time"}, batch_size=16, shuffle=True, seed=4, prefetch=0,
+                        user_group=group)
+    assert np.array_equal(again._order(), o)
+    loader.epoch += 1
+    assert not np.array_equal(loader._order(), o)
+    batches = list(BatchLoader(data, "train", ALL_FIELDS, batch_size=16, shuffle=True, seed=4, prefetch=0,
+                               user_group=group))
+    assert np.array_equal(_rows(batches), _sample_rows(data.samples("train")))
+
+
 def test_limit_batches(data: PreparedData) -> None:
     loader = BatchLoader(data, "train", {"user"}, batch_size=10, limit_batches=3, prefetch=2)
     batches = list(loader)

@@ -68,6 +68,10 @@ class BatchLoader:
         prefetch: batches prepared ahead in a background thread (0 = none).
         long_len: with the ``long`` field, each sample's whole-history range is its
             ``long_len`` most recent behaviors before the cutoff (a :class:`LongHistory`).
+        user_group: with ``shuffle``, shuffle runs of this many time-consecutive samples of one
+            user instead of single samples (0 = plain shuffle). A batch then holds a few users'
+            runs, whose histories the lifelong GSUs read once per batch (slabs, ``layers/gsu.py``);
+            the price is less varied batches.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class BatchLoader:
         limit_batches: int | None = None,
         prefetch: int = 2,
         long_len: int = 100_000,
+        user_group: int = 0,
     ) -> None:
         unknown = set(fields) - ALL_FIELDS
         if unknown:
@@ -90,6 +95,9 @@ class BatchLoader:
         self.samples: Samples = data.samples(split)
         self.batch_size, self.short_len, self.shuffle, self.seed = batch_size, short_len, shuffle, seed
         self.limit_batches, self.prefetch, self.long_len = limit_batches, prefetch, long_len
+        if user_group < 0:
+            raise ValueError(f"user_group must be >= 0, got {user_group}")
+        self.user_group = user_group
         self.epoch = 0
         self._hist_fields = [f[len("hist_"):] for f in sorted(self.fields) if f.startswith("hist_")]
         # Small per-sample arrays are copied into RAM once; the timeline stays memory-mapped.
@@ -143,9 +151,18 @@ class BatchLoader:
 
     def _order(self) -> np.ndarray:
         n = len(self.samples)
-        if self.shuffle:
-            return np.random.default_rng(self.seed + self.epoch).permutation(n)
-        return np.arange(n)
+        if not self.shuffle:
+            return np.arange(n)
+        rng = np.random.default_rng(self.seed + self.epoch)
+        if self.user_group <= 1:
+            return rng.permutation(n)
+        by = np.lexsort((np.arange(n), self._time, self._user))  # each user's samples in time order
+        user = self._user[by]
+        start = np.r_[True, user[1:] != user[:-1]] if n else np.zeros(0, dtype=bool)
+        rank = np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
+        run = np.cumsum(start | (rank % self.user_group == 0)) - 1  # run id of each sample
+        place = rng.permutation(int(run[-1]) + 1 if n else 0)  # where each run goes
+        return by[np.argsort(place[run], kind="stable")]
 
     def _batches(self) -> Iterator[Batch]:
         order = self._order()

@@ -44,6 +44,9 @@ class TrainConfig:
     fast_dev_run: bool = False  # debug: one batch of train and valid, one epoch
     threads: int | None = None  # torch intra-op threads (None = torch's default)
     prefetch: int = 2  # batches prepared ahead in a background thread
+    # shuffle runs of this many time-consecutive samples of one user (0 = plain shuffle): the lifelong
+    # GSUs then read each user's history once per batch (see benchmarks/RESULTS.md for speed and AUC)
+    user_group: int = 0
     compile: bool = True  # torch.compile the elementwise hot spots (Dice): ~2x faster DIN on CPU
     deterministic: bool = True  # torch deterministic algorithms while fitting: seeded runs repeat bit for bit
 
@@ -63,6 +66,8 @@ class TrainConfig:
         if self.patience < 1:
             raise ConfigError(f"patience must be >= 1 (stop after that many consecutive epochs without a better "
                               f"validation `monitor`; use a large value to never stop early), got {self.patience}")
+        if self.user_group < 0:
+            raise ConfigError(f"user_group must be >= 0 (0 = plain shuffle), got {self.user_group}")
         if self.weight_decay < 0 or self.prefetch < 0:
             raise ConfigError(f"weight_decay and prefetch must be >= 0, got {self.weight_decay} and {self.prefetch}")
         if self.monitor not in ("auc", "logloss"):

@@ -245,7 +245,8 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
         compile_hot_layers(model)
     limit = 1 if t.fast_dev_run else t.limit_batches
     train_loader = BatchLoader(data, "train", model.fields, t.batch_size, t.short_len, shuffle=True,
-                               seed=t.seed, limit_batches=limit, prefetch=t.prefetch, long_len=t.long_len)
+                               seed=t.seed, limit_batches=limit, prefetch=t.prefetch, long_len=t.long_len,
+                               user_group=t.user_group)
     valid_loader = BatchLoader(data, "valid", model.fields, t.eval_batch_size, t.short_len,
                                limit_batches=1 if t.fast_dev_run else None, prefetch=t.prefetch,
                                long_len=t.long_len)
