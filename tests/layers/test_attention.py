@@ -77,3 +77,21 @@ def test_segment_softmax_matches_dense() -> None:
     got = segment_softmax(s, rows, 3)
     torch.testing.assert_close(got[:3], torch.softmax(s[:3], 0))
     torch.testing.assert_close(got[3:], torch.softmax(s[3:], 0))
+
+
+def test_gradients_match_the_concat_formula() -> None:
+    """The split first layer and the index_select gathers give the paper formula's gradients too
+    (inputs and every weight), softmax or not."""
+    for softmax in (False, True):
+        torch.manual_seed(3)
+        att = TargetAttention(4, (6, 3), activation="prelu", normalize="softmax" if softmax else "none").eval()
+        target = torch.randn(3, 4, requires_grad=True)
+        keys = torch.randn(3, 5, 4, requires_grad=True)
+        mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+        k, rows = _packed(keys, mask)
+        w = torch.randn(3, 4)
+        params = [target, keys, *att.parameters()]
+        got = torch.autograd.grad((att(target, k, rows) * w).sum(), params)
+        ref = torch.autograd.grad((_reference(att, target, keys, mask, softmax=softmax) * w).sum(), params)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)

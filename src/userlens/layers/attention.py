@@ -59,7 +59,9 @@ class TargetAttention(nn.Module):
         """Attention logits ``(N,)`` of the packed behaviors."""
         w_h, w_t, w_d, w_p = self.first.weight.split(self.dim, dim=1)  # each (H0, D)
         z_t = torch.addmm(self.first.bias, target, (w_t - w_d).t())  # (B, H0), once per row
-        z = torch.addmm(z_t[rows], keys, (w_h + w_d).t()) + (keys * target[rows]) @ w_p.t()  # (N, H0)
+        # index_select, not [rows]: its backward is an index_add, not a (sorting) accumulating index_put
+        z = torch.addmm(z_t.index_select(0, rows), keys, (w_h + w_d).t())  # (N, H0)
+        z = z + (keys * target.index_select(0, rows)) @ w_p.t()
         return self.rest(z).squeeze(-1)
 
     def forward(self, target: Tensor, keys: Tensor, rows: Tensor) -> Tensor:
