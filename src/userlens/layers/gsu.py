@@ -270,6 +270,16 @@ def _topk_recent(scores: Tensor, recency: Tensor, k: int) -> tuple[Tensor, Tenso
     return scores.gather(1, idx), recency.gather(1, idx)
 
 
+def _blocks_pay(n: int, k: int) -> bool:
+    """Whether a row of ``n`` columns is long enough, in whole blocks, for the block-max prefilter."""
+    return n % BLOCK == 0 and n >= 16 * BLOCK and n >= 8 * k * BLOCK
+
+
+def _block_columns(blocks: Tensor) -> Tensor:
+    """``(B, k)`` block indices → ``(B, k·BLOCK)`` the columns they cover."""
+    return (blocks[:, :, None] * BLOCK + torch.arange(BLOCK)).view(blocks.shape[0], -1)
+
+
 def _topk_recent_ordered(scores: Tensor, pos: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """:func:`_topk_recent` for a chunk whose columns are in recency order (``pos`` increases along each row).
 
@@ -280,12 +290,12 @@ def _topk_recent_ordered(scores: Tensor, pos: Tensor, k: int) -> tuple[Tensor, T
     exact top-k runs over ``k × BLOCK`` candidates instead of the whole row.
     """
     b, n = scores.shape
-    if n % BLOCK or n < 16 * BLOCK or n < 8 * k * BLOCK:
+    if not _blocks_pay(n, k):
         return _topk_recent(scores, pos, k)
     nb = n // BLOCK
     block_max = scores.view(b, nb, BLOCK).amax(-1)
     blocks = _topk_recent_index(block_max, torch.arange(nb).expand(b, nb), k)  # (B, k)
-    cols = (blocks[:, :, None] * BLOCK + torch.arange(BLOCK)).view(b, -1)
+    cols = _block_columns(blocks)
     return _topk_recent(scores.gather(1, cols), pos.gather(1, cols), k)
 
 
@@ -293,10 +303,10 @@ def _topk_keys(key: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``topk(k)`` of distinct integer keys ``(B, n)`` → (values, columns); long rows prefiltered by block maxima
     (distinct keys: the ``k`` best entries lie in the ``k`` blocks with the best maxima)."""
     b, n = key.shape
-    if n % BLOCK or n < 16 * BLOCK or n < 8 * k * BLOCK:
+    if not _blocks_pay(n, k):
         return key.topk(min(k, n), dim=1, sorted=False)
     blocks = key.view(b, n // BLOCK, BLOCK).amax(-1).topk(k, dim=1, sorted=False).indices
-    cols = (blocks[:, :, None] * BLOCK + torch.arange(BLOCK)).view(b, -1)
+    cols = _block_columns(blocks)
     vals, at = key.gather(1, cols).topk(k, dim=1, sorted=False)
     return vals, cols.gather(1, at)
 
