@@ -19,6 +19,27 @@ def test_dice_matches_paper_formula_in_training() -> None:
     torch.testing.assert_close(d.running_mean, 0.1 * x.mean(0))
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_dice_gradients_match_autograd_of_the_formula(compiled: bool) -> None:
+    """The hand-written backward (batch-norm gradient through mean and var) against autograd."""
+    torch.manual_seed(1)
+    d = Dice(4)
+    if compiled:
+        compile_hot_layers(torch.nn.Sequential(d))
+    with torch.no_grad():
+        d.alpha.copy_(torch.tensor([0.3, -0.7, 1.5, 0.0]))
+    alpha = d.alpha.detach().clone().requires_grad_(True)
+    x = (torch.randn(33, 4, dtype=torch.float64) * 2 + 0.5).float().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    g = torch.randn(33, 4)
+    d.train()(x).backward(g)
+    var, mean = torch.var_mean(x_ref, dim=0, unbiased=False)
+    p = torch.sigmoid((x_ref - mean) / torch.sqrt(var + d.eps))
+    (p * x_ref + (1 - p) * alpha * x_ref).backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(d.alpha.grad, alpha.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_dice_eval_uses_running_stats_and_batch_of_one_trains() -> None:
     d = Dice(2)
     x = torch.tensor([[1.0, -2.0]])

@@ -3,9 +3,72 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+
+class _DiceBatch(torch.autograd.Function):
+    """Dice with batch statistics; returns ``(y, mean, var)``, the statistics for the running averages.
+
+    The backward is written out (the batch-norm gradient through ``mean`` and
+    ``var``, reusing the saved gate ``p``) so that compiled it is two passes over
+    ``x``: autograd's own graph of the formula compiles to 1.5x the time (5.4 against
+    3.6 ms fwd+bwd for 41,000 × 64 on this machine). ``tests/layers/test_activation_mlp.py``
+    checks it against autograd of the formula.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        var, mean = torch.var_mean(x, dim=0, unbiased=False)
+        r = torch.rsqrt(var + eps)
+        p = torch.sigmoid((x - mean) * r)
+        ctx.save_for_backward(x, alpha, mean, r, p)
+        ctx.mark_non_differentiable(mean, var)
+        return x * (alpha + (1 - alpha) * p), mean, var
+
+    @staticmethod
+    def backward(ctx, gy: Tensor, _gm: Tensor, _gv: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        x, alpha, mean, r, p = ctx.saved_tensors
+        xh = (x - mean) * r
+        gx = gy * x
+        g_alpha = (gx * (1 - p)).sum(0)
+        g_xh = gx * (1 - alpha) * p * (1 - p)  # dL/d x̂, x̂ = (x − mean)·r
+        dx = gy * (alpha + (1 - alpha) * p) + r * (g_xh - g_xh.mean(0) - xh * (g_xh * xh).mean(0))
+        return dx, g_alpha, None
+
+
+def _dice_train(x: Tensor, alpha: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    return _DiceBatch.apply(x, alpha, eps)  # type: ignore[no-any-return]
+
+
+def _dice_fixed(x: Tensor, alpha: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
+    p = torch.sigmoid((x - mean) * torch.rsqrt(var + eps))
+    return x * (alpha + (1 - alpha) * p)
+
+
+_EAGER = (_dice_train, _dice_fixed)
+_compiled: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+
+
+def _compiled_kernels() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """One compiled pair shared by every Dice: one trace serves all sizes (dynamic shapes)."""
+    global _compiled
+    if _compiled is None:
+        train, fixed = torch.compile(_dice_train, dynamic=True), torch.compile(_dice_fixed, dynamic=True)
+
+        # α is a Parameter, whose sizes dynamo keeps static by default: one trace per layer width
+        def train_any_width(x: Tensor, alpha: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+            with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+                return train(x, alpha, eps)  # type: ignore[no-any-return]
+
+        def fixed_any_width(x: Tensor, alpha: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
+            with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+                return fixed(x, alpha, mean, var, eps)  # type: ignore[no-any-return]
+
+        _compiled = (train_any_width, fixed_any_width)
+    return _compiled
 
 
 class Dice(nn.Module):
@@ -26,17 +89,17 @@ class Dice(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(dim))
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
+        self.kernels = _EAGER  # (batch statistics, fixed statistics); compile_hot_layers swaps in compiled ones
 
     def forward(self, x: Tensor) -> Tensor:
+        train, fixed = self.kernels
         if self.training and x.shape[0] > 1:
-            var, mean = torch.var_mean(x, dim=0, unbiased=False)
+            y, mean, var = train(x, self.alpha, self.eps)
             with torch.no_grad():
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(var, self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        p = torch.sigmoid((x - mean) * torch.rsqrt(var + self.eps))
-        return x * (p + (1 - p) * self.alpha)
+            return y  # type: ignore[no-any-return]
+        return fixed(x, self.alpha, self.running_mean, self.running_var, self.eps)  # type: ignore[no-any-return]
 
 
 _ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
@@ -56,15 +119,17 @@ def make_activation(name: str, dim: int) -> nn.Module:
 
 
 def compile_hot_layers(model: nn.Module) -> int:
-    """``torch.compile`` the layers whose eager cost is many elementwise passes (Dice), in place.
+    """Give the layers whose eager cost is many elementwise passes (Dice) compiled kernels, in place.
 
     Dice over ``(B·L, 64)`` attention activations is ~15 memory-bound kernels
-    eagerly; fused it is ~5x faster and DIN trains ~2x faster on CPU. Shapes are
-    dynamic (packed behavior counts vary per batch). Returns how many were compiled.
+    eagerly; fused it is ~5x faster and DIN trains ~2x faster on CPU. Every Dice
+    shares one compiled pair with dynamic shapes (packed behavior counts vary per
+    batch, sizes per layer), so the first-step warm-up compiles once, not per layer.
+    Returns how many layers were switched.
     """
     n = 0
     for m in model.modules():
         if isinstance(m, Dice):
-            m.compile(dynamic=True)
+            m.kernels = _compiled_kernels()
             n += 1
     return n

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from userlens.batch import Batch
+from userlens.layers.embedding import Table
 from userlens.layers.explain import note_weights
 from userlens.layers.gsu import table_topk
 from userlens.layers.interest import pair_table, selected_history
@@ -58,8 +59,8 @@ class DAREConfig(LifelongConfig):
 class DARE(LifelongModel):
     def __init__(self, spec: FeatureSpec, cfg: DAREConfig) -> None:
         super().__init__(spec, cfg, long_dim=2 * cfg.embed_dim + 1)  # + the evidence
-        self.att_item = nn.Embedding(spec.n_items, cfg.attention_dim, padding_idx=0)
-        self.att_category = nn.Embedding(max(spec.n_categories, 2), cfg.attention_dim, padding_idx=0)
+        self.att_item = Table(spec.n_items, cfg.attention_dim, padding_idx=0)
+        self.att_category = Table(max(spec.n_categories, 2), cfg.attention_dim, padding_idx=0)
         for emb in (self.att_item, self.att_category):
             nn.init.normal_(emb.weight, std=cfg.attention_std)
             with torch.no_grad():
