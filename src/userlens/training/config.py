@@ -55,8 +55,6 @@ class TrainConfig:
         for k in positive:
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.long_len >= 2**32:
-            raise ConfigError(f"long_len must be < 2**32 (GSU recency keys are 32-bit), got {self.long_len}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a finite number > 0 (e.g. 1e-3), got {self.lr}")
         if not math.isfinite(self.weight_decay):
