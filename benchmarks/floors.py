@@ -98,11 +98,10 @@ def din_rows(batch: int, behaviors: float, n_items: int, repeat: int) -> list[tu
 def gsu_rows(length: int, slab: int, dim: int, k: int, n_items: int, repeat: int) -> list[tuple[str, float]]:
     """(kernel, seconds per slab) of scanning one user's ``length`` behaviors for ``slab`` targets."""
     g = torch.Generator().manual_seed(0)
+    length -= length % 64  # whole blocks
     table = torch.randn(n_items, dim, generator=g)
     ids = torch.randint(1, n_items, (length,), generator=g)
     q = torch.randn(slab, dim, generator=g)
-    length -= length % 64
-    ids = ids[:length]
     keys = table.index_select(0, ids)
     s = q @ keys.t()
     kb, qb = keys.bfloat16(), q.bfloat16()

@@ -38,3 +38,8 @@ def test_feature_embedding_keeps_nn_embedding_state_dict() -> None:
     keys = set(emb.state_dict())
     assert {"item.weight", "category.weight", "user.weight", "context.hour.weight"} <= keys
     assert all(isinstance(m, nn.Embedding) for m in (emb.item, emb.category, emb.user))
+
+
+def test_table_refuses_sparse_gradients_at_construction() -> None:
+    with pytest.raises(ValueError, match="dense gradients"):
+        Table(10, 4, sparse=True)

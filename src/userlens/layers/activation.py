@@ -52,22 +52,24 @@ _EAGER = (_dice_train, _dice_fixed)
 _compiled: tuple[Callable[..., Any], Callable[..., Any]] | None = None
 
 
+def _any_width(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(fn, dynamic=True)`` whose Parameter arguments (α) get dynamic sizes too.
+
+    Dynamo keeps a Parameter's sizes static by default, which would trace once per layer width.
+    """
+    compiled = torch.compile(fn, dynamic=True)
+
+    def call(*args: Any) -> Any:
+        with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+            return compiled(*args)
+    return call
+
+
 def _compiled_kernels() -> tuple[Callable[..., Any], Callable[..., Any]]:
     """One compiled pair shared by every Dice: one trace serves all sizes (dynamic shapes)."""
     global _compiled
     if _compiled is None:
-        train, fixed = torch.compile(_dice_train, dynamic=True), torch.compile(_dice_fixed, dynamic=True)
-
-        # α is a Parameter, whose sizes dynamo keeps static by default: one trace per layer width
-        def train_any_width(x: Tensor, alpha: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-            with torch._dynamo.config.patch(force_parameter_static_shapes=False):
-                return train(x, alpha, eps)  # type: ignore[no-any-return]
-
-        def fixed_any_width(x: Tensor, alpha: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
-            with torch._dynamo.config.patch(force_parameter_static_shapes=False):
-                return fixed(x, alpha, mean, var, eps)  # type: ignore[no-any-return]
-
-        _compiled = (train_any_width, fixed_any_width)
+        _compiled = (_any_width(_dice_train), _any_width(_dice_fixed))
     return _compiled
 
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from userlens.batch import Batch, History
+
+
+def _gather(weight: Tensor, ids: Tensor) -> Tensor:
+    """``weight[ids]`` as one ``index_select`` over the flattened ids."""
+    return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
 
 
 class _GatherRows(torch.autograd.Function):
@@ -22,10 +28,9 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: Tensor, ids: Tensor, padding_idx: int | None) -> Tensor:  # type: ignore[override]
-        flat = ids.reshape(-1)
-        ctx.save_for_backward(flat)
+        ctx.save_for_backward(ids.reshape(-1))
         ctx.num_rows, ctx.padding_idx = weight.shape[0], padding_idx
-        return weight.index_select(0, flat).view(*ids.shape, weight.shape[1])
+        return _gather(weight, ids)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
@@ -43,12 +48,15 @@ class Table(nn.Embedding):
     Dense gradients only (``sparse=True`` and ``max_norm`` are not supported).
     """
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         if self.sparse or self.max_norm is not None:
             raise ValueError("Table supports dense gradients without max_norm; use nn.Embedding for those")
+
+    def forward(self, ids: Tensor) -> Tensor:
         if not torch.is_grad_enabled() or not self.weight.requires_grad:
-            return self.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, self.embedding_dim)
-        return _GatherRows.apply(self.weight, ids, self.padding_idx)
+            return _gather(self.weight, ids)
+        return _GatherRows.apply(self.weight, ids, self.padding_idx)  # type: ignore[no-any-return]
 
 
 class FeatureEmbedding(nn.Module):
