@@ -30,7 +30,7 @@ import torch
 from userlens.data.prepare import prepare, sources_from_files
 from userlens.data.prepared import PreparedData
 from userlens.metrics import auc
-from userlens.synthetic import FAMILY, interest_family_log
+from userlens.synthetic import FAMILY, HELD_OUT, interest_family_log
 from userlens.training.config import resolve_config
 from userlens.training.evaluate import evaluate_run
 from userlens.training.trainer import fit
@@ -40,7 +40,7 @@ MODELS = "din,history_match,sim_hard,sim_soft,eta,sdim,twin,dare,muse,qin"
 
 def prepared(member: str, seed: int, work: Path, **changes: object) -> tuple[PreparedData, float]:
     """The prepared member log (``changes``: :class:`InterestFamily` fields to override) and the oracle's test AUC."""
-    m = dataclasses.replace(next(f for f in FAMILY if f.name == member), **changes)
+    m = dataclasses.replace(next(f for f in FAMILY + HELD_OUT if f.name == member), **changes)
     log = interest_family_log(m, seed=seed)
     tag = "".join(f"-{k}{v}" for k, v in sorted(changes.items()))
     out = work / f"{member}-{seed}{tag}"

@@ -8,6 +8,19 @@ available to the lifelong models (``long_len`` 100,000 ≥ the longest user in
 every dataset). The zero-parameter baselines ``popularity`` and
 ``history_match`` are registered models, so they get rows like any other.
 
+``--variant NAME:key=value[,key=value]`` adds, for every learned model, the row
+"same model with these settings" (label ``<model>+NAME``); ``--count-features`` is
+``--variant counts:count_features=all`` (the counting features of
+:mod:`userlens.data.counts`). A last table sets every learned model, with and
+without the counting features, against the best zero-parameter baseline of its
+dataset.
+
+Every row also carries ``auc_seen``: the test AUC over the samples whose
+candidate item had at least one behavior (by anyone) before the sample's time.
+Sampled negatives are always such items (past-only sampling cannot draw an item
+that does not exist yet), while a positive may be an item's first behavior
+ever; ``auc_seen`` removes that asymmetry, which an item count exploits.
+
 ``--ablate-long`` adds, for every lifelong model, the row "same model,
 ``long_len = short_len``" (label ``<model>@short``): what the long history adds
 beyond the GSU's filter over the recent window. The ablation table prints the
@@ -72,6 +85,22 @@ def prepared(folder: str, work: Path, content: bool = False, split: str = "time"
     return PreparedData(out)
 
 
+def auc_seen(data: PreparedData, predictions: Path) -> float | None:
+    """Test AUC over the samples whose item had a behavior (anyone's) before the sample (see the docstring)."""
+    import numpy as np
+    import polars as pl
+
+    from userlens.metrics import auc
+
+    s = data.samples("test")
+    seen = data.item_counts.before(np.asarray(s.item), np.asarray(s.time)) > 0
+    p = pl.read_parquet(predictions)
+    label, score = p["label"].to_numpy(), p["logit"].to_numpy()
+    if len(np.unique(label[seen])) < 2:
+        return None
+    return float(auc(label[seen], score[seen]))
+
+
 def protocol(r: dict) -> tuple:
     """What makes rows comparable: the sample protocol and the training budget."""
     return (r.get("split", "leave-last-out"), r.get("sampler", "uniform-v1"), r["max_epochs"], r["patience"])
@@ -99,6 +128,39 @@ def ablation(rows: list[dict]) -> str:
         short = [by[(ds, m, sd)] for sd in seeds]
         diff = [a - b for a, b in zip(full, short)]
         out.append(f"| {ds} | {base} | {len(seeds)} | {_ms(full)} | {_ms(short)} | {_ms(diff, signed=True)} |")
+    return "\n".join(out)
+
+
+#: the zero-parameter baselines: every learned model must beat the best of them on each dataset
+BASELINES = ("popularity", "history_match")
+
+
+def against_baselines(rows: list[dict]) -> str:
+    """Per dataset: the best baseline and, per learned model without and with the counting features, the mean
+    test AUC and its margin over that baseline (negative = below it); the same on the seen-item samples."""
+    out = ["| dataset | best baseline: AUC (seen-item AUC) | model | AUC | margin | AUC +counts | margin +counts | "
+           "seen-item AUC +counts | margin |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def mean(ds: str, m: str, key: str) -> float | None:
+        xs = [r[key] for r in rows if r["dataset"] == ds and r["model"] == m and r.get(key) is not None]
+        return statistics.mean(xs) if xs else None
+
+    def cell(v: float | None, base: float | None) -> str:
+        return f"{v:.4f} | {v - base:+.4f}" if v is not None and base is not None else " | "
+
+    for ds in sorted({r["dataset"] for r in rows}):
+        have = [(v, b) for b in BASELINES if (v := mean(ds, b, "auc")) is not None]
+        if not have:
+            continue
+        best, name = max(have)
+        seen = [v for b in BASELINES if (v := mean(ds, b, "auc_seen")) is not None]
+        best_seen = max(seen) if seen else None
+        head = f"{name} {best:.4f}" + (f" ({best_seen:.4f})" if best_seen is not None else "")
+        for m in sorted({r["model"] for r in rows if r["dataset"] == ds and r["model"] not in BASELINES
+                         and "@" not in r["model"] and "+" not in r["model"]}):
+            out.append(f"| {ds} | {head} | {m} | {cell(mean(ds, m, 'auc'), best)} | "
+                       f"{cell(mean(ds, f'{m}+counts', 'auc'), best)} | "
+                       f"{cell(mean(ds, f'{m}+counts', 'auc_seen'), best_seen)} |")
     return "\n".join(out)
 
 
@@ -161,6 +223,11 @@ def main() -> None:
     ap.add_argument("--sampler", default="uniform", choices=["uniform", "popularity", "category"])
     ap.add_argument("--ablate-long", action="store_true",
                     help="also run every lifelong model with long_len = short_len (rows '<model>@short')")
+    ap.add_argument("--count-features", action="store_true",
+                    help="also run every learned model with count_features=all (rows '<model>+counts')")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME:key=value[,key=value]: also run every learned model with these settings "
+                         "(rows '<model>+NAME'), e.g. ucounts:count_features=user")
     args = ap.parse_args()
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -173,31 +240,39 @@ def main() -> None:
         models = [e.name for e in list_models()] if args.models == "all" else args.models.split(",")
         want = (args.split, args.sampler, args.epochs, args.patience)
         have = {(r["dataset"], r["model"], r["seed"]) for r in done if protocol(r) == want}
-        runs = [(m, m, args.long_len) for m in models]
-        if args.ablate_long:
-            runs += [(f"{m}@short", m, 50) for m in models if is_lifelong(m)]  # short_len is 50 by default
+        runs = [(m, m, {"long_len": args.long_len}) for m in models]
+        if args.ablate_long:  # short_len is 50 by default
+            runs += [(f"{m}@short", m, {"long_len": 50}) for m in models if is_lifelong(m)]
+        variants = args.variant + (["counts:count_features=all"] if args.count_features else [])
+        for v in variants:
+            name, _, pairs = v.partition(":")
+            settings = {"long_len": args.long_len, **dict(kv.split("=", 1) for kv in pairs.split(",") if kv)}
+            runs += [(f"{m}+{name}", m, settings) for m in models if m not in BASELINES]
         for ds in args.datasets.split(","):
             data = prepared(ds, work, args.content, args.split, args.sampler)
-            for label, m, long_len in runs:
+            for label, m, settings in runs:
                 for seed in (int(s) for s in args.seeds.split(",")):
                     if (ds, label, seed) in have:
                         continue
                     cfg = resolve_config(m, {"seed": seed, "epochs": args.epochs, "patience": args.patience,
-                                             "long_len": long_len, "threads": args.threads})
+                                             "threads": args.threads, **settings})
                     content = data.content() is not None
                     run = work / "runs" / f"{args.split}-{args.sampler}" / ds / label / str(seed)
                     if run.exists():  # the bench owns its workdir: a run left by an interrupted bench is redone
                         shutil.rmtree(run)
                     t0 = time.perf_counter()
                     res = fit(data, cfg, run, show_progress=False, log=lambda s: None, force=True)
-                    ev = evaluate_run(run)
+                    scores = run.with_name(f"{seed}-test.parquet")  # beside the run: evaluate refuses a path in it
+                    ev = evaluate_run(run, predictions=scores)
                     row = {"dataset": ds, "model": label, "seed": seed, "auc": ev["auc"], "gauc": ev["gauc"],
+                           "auc_seen": auc_seen(data, scores),
                            "logloss": ev["logloss"], "n_test": ev["n"], "samples_per_s": res.train_samples_per_s,
                            "epochs": res.epochs_run, "best_epoch": res.best_epoch,
                            "wall_s": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d"),
                            "torch": torch.__version__, "threads": args.threads, "content": content,
                            "max_epochs": args.epochs, "patience": args.patience, "split": args.split,
-                           "sampler": args.sampler, "long_len": long_len}
+                           "sampler": args.sampler, "long_len": int(settings["long_len"]),
+                           **{k: v for k, v in settings.items() if k != "long_len"}}
                     done.append(row)
                     with open(results, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
@@ -212,6 +287,8 @@ def main() -> None:
         print(matrix([r for r in same if not r["model"].endswith("@short")]))
         print()
         print(ablation(same))
+        print()
+        print(against_baselines(same))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,11 @@ HIST_FIELDS = ("hist_item", "hist_category", "hist_behavior", "hist_time")
 TARGET_FIELDS = ("user", "target_item", "target_category", "time", "target_count")
 LONG_FIELD = "long"
 LONG_EXTRAS = ("long_category", "long_content")
-ALL_FIELDS = frozenset(HIST_FIELDS + TARGET_FIELDS + (LONG_FIELD,) + LONG_EXTRAS)
+#: ``counts``: the counting features of :mod:`userlens.data.counts` (bucket indices), in ``Batch.counts``
+COUNTS_FIELD = "counts"
+#: bucket vocabulary of every counting feature: 0 is never produced (padding row), 1..23 log2 buckets, 24 = never
+COUNT_BUCKETS = 25
+ALL_FIELDS = frozenset(HIST_FIELDS + TARGET_FIELDS + (LONG_FIELD,) + LONG_EXTRAS + (COUNTS_FIELD,))
 
 
 @dataclass
@@ -154,7 +158,7 @@ class Batch:
     ``label`` is float32 (B,) in {0, 1} (absent when scoring online).
     ``target`` holds ``user``, ``target_item``, ``target_category``, ``time``,
     ``target_count`` (B,) int64 tensors, as requested by the model; ``context`` the declared context
-    feature indices (B,).
+    feature indices (B,); ``counts`` the counting features' bucket indices (B,) (:mod:`userlens.data.counts`).
     """
 
     target: dict[str, Tensor]
@@ -162,6 +166,7 @@ class Batch:
     label: Tensor | None = None
     context: dict[str, Tensor] = field(default_factory=dict)
     long: LongHistory | None = None
+    counts: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.history.lengths.shape[0])
@@ -172,7 +177,7 @@ class Batch:
         return Batch({k: v[sl] for k, v in self.target.items()},
                      History({k: v[sl] for k, v in self.history.values.items()}, self.history.lengths[sl]),
                      None if self.label is None else self.label[sl], {k: v[sl] for k, v in self.context.items()},
-                     None if self.long is None else self.long.take(sl))
+                     None if self.long is None else self.long.take(sl), {k: v[sl] for k, v in self.counts.items()})
 
     def need_long(self) -> LongHistory:
         if self.long is None:

@@ -267,6 +267,22 @@ FAMILY: tuple[InterestFamily, ...] = (
                    interest_span=0.1, noise_len=2000, noise_popularity=0.8),
     InterestFamily("noisy-labels", n_users=1500, n_items=5000, n_categories=150, interest_clicks=30,
                    interest_span=0.4, noise_len=500, label_noise=0.12),
+    # few training samples per item (60k items, ~36k training impressions) and long noise: the id embeddings a
+    # learned GSU ranks by see each item a handful of times
+    InterestFamily("sparse-items", n_users=1500, n_items=60_000, n_categories=600, category_skew=0.6,
+                   interest_clicks=20, interest_span=0.3, noise_len=1500, noise_popularity=0.6),
+    InterestFamily("very-long-noise", n_users=800, n_items=20_000, n_categories=400, category_skew=0.3,
+                   interest_clicks=24, interest_span=0.15, noise_len=5000, noise_popularity=0.9),
+)
+
+#: Held out: members no default was tuned on (defined before tuning, evaluated once at the end, published as
+#: such); a reviewer's own unseen members play the same role
+HELD_OUT: tuple[InterestFamily, ...] = (
+    InterestFamily("held-out-many-interests", n_users=1800, n_items=40_000, n_categories=800, category_skew=0.9,
+                   n_interests=5, interest_clicks=30, interest_span=0.25, noise_len=2500, noise_popularity=0.7,
+                   label_noise=0.03),
+    InterestFamily("held-out-huge-catalogue", n_users=1000, n_items=100_000, n_categories=300, category_skew=0.2,
+                   n_interests=2, interest_clicks=14, interest_span=0.4, noise_len=1200, noise_popularity=1.2),
 )
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from userlens.batch import Batch, History, LongHistory
+from userlens.batch import COUNT_BUCKETS, Batch, History, LongHistory
+from userlens.data.counts import COUNT_FEATURES
 from userlens.layers.gsu import CategoryIndex
 from userlens.models import FeatureSpec
 
@@ -35,7 +36,8 @@ def random_batch(spec: FeatureSpec = SPEC, batch: int = 8, max_len: int = 12, se
     ctx = {k: torch.randint(2, v, (b,), generator=g) for k, v in spec.context.items()}
     label = torch.randint(0, 2, (b,), generator=g).float()
     target["target_count"] = torch.randint(0, 1000, (b,), generator=g)  # drawn last: earlier fields unchanged
-    return Batch(target, hist, label, ctx, random_long(spec, b, seed))
+    counts = {k: torch.randint(1, COUNT_BUCKETS, (b,), generator=g) for k in COUNT_FEATURES}
+    return Batch(target, hist, label, ctx, random_long(spec, b, seed), counts)
 
 
 def random_long(spec: FeatureSpec, batch: int, seed: int = 0, n: int = 400, content_dim: int = 0) -> LongHistory:

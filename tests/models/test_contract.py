@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from userlens.batch import Batch, History
+from userlens.batch import COUNT_BUCKETS, Batch, History
+from userlens.data.counts import COUNT_FEATURES
 from userlens.layers.gsu import CategoryIndex
 from userlens.models import build_model, get_model, list_models
 from userlens.training.checkpoint import load_run, save_run
@@ -131,6 +132,26 @@ def test_save_load_round_trip(name: str, tmp_path, batch: Batch) -> None:
     loaded, cfg2, _ = load_run(tmp_path)
     assert cfg2.to_json() == cfg.to_json()
     torch.testing.assert_close(loaded(batch), model(batch), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - set(FIXED)))
+def test_counting_features_are_read_and_learned(name: str) -> None:
+    """With ``count_features`` every learned model declares them, its score depends on them, and their
+    tables get a gradient; without, they are neither declared nor read."""
+    spec = dataclasses.replace(SPEC, counts=COUNT_FEATURES)
+    torch.manual_seed(0)
+    model = build_model(name, spec, get_model(name).config_cls()).train()
+    assert "counts" in model.fields and "counts" not in _build(name).fields
+    batch = random_batch(spec, batch=16, seed=2)
+    loss, _ = training_loss(model, batch)
+    loss.backward()
+    tables = {n: p for n, p in model.named_parameters() if ".counts." in n}
+    assert len(tables) == len(COUNT_FEATURES) and all(torch.any(p.grad != 0) for p in tables.values())
+    model.eval()
+    other = Batch(batch.target, batch.history, batch.label, batch.context, batch.long,
+                  {k: v % (COUNT_BUCKETS - 1) + 1 for k, v in batch.counts.items()})
+    with torch.no_grad():
+        assert (model(batch) != model(other)).all()
 
 
 @pytest.mark.parametrize("name", MODELS)

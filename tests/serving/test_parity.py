@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from userlens.data.loader import BatchLoader
 from userlens.data.prepared import PreparedData
@@ -46,7 +47,20 @@ def data(make_prepared) -> PreparedData:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("name", MODELS)
 def test_online_scores_equal_offline_evaluate(name: str, data: PreparedData, tmp_path: Path) -> None:
-    cfg = resolve_config(name, {"epochs": 1, "batch_size": 64, "compile": False, "long_len": 100, "short_len": 20})
+    _replay_equals_offline(name, data, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["din", "sim_hard"])
+def test_counting_features_online_equal_offline(name: str, data: PreparedData, tmp_path: Path) -> None:
+    """The scorer computes the counting features from the store's window as the loader did from the timeline
+    (long_len 100 < the 150-behavior histories, so the window's lower end matters)."""
+    model = _replay_equals_offline(name, data, tmp_path, count_features="all")
+    assert "counts" in model.fields
+
+
+def _replay_equals_offline(name: str, data: PreparedData, tmp_path: Path, **settings: object) -> torch.nn.Module:
+    cfg = resolve_config(name, {"epochs": 1, "batch_size": 64, "compile": False, "long_len": 100, "short_len": 20,
+                                **settings})
     fit(data, cfg, tmp_path / "run", show_progress=False, log=lambda s: None)
     model, cfg, _ = load_run(tmp_path / "run")
     loader = BatchLoader(data, "test", model.fields, 4096, cfg.train.short_len, long_len=cfg.train.long_len)
@@ -68,6 +82,7 @@ def test_online_scores_equal_offline_evaluate(name: str, data: PreparedData, tmp
     np.testing.assert_allclose(online, offline, rtol=0, atol=1e-5)
     cold = scorer.score("nobody-ever", [items[0], "never-seen-item"], int(t.max()))  # explicit cold start
     assert cold.cold_user and cold.unknown_candidates == [1] and np.isfinite(cold.logits).all()
+    return model
 
 
 def test_cold_users_and_unknown_items_are_flagged_not_errors(data: PreparedData, tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from collections.abc import Collection, Iterator
 import numpy as np
 import torch
 
-from userlens.batch import ALL_FIELDS, LONG_FIELD, Batch, History, LongHistory
+from userlens.batch import ALL_FIELDS, COUNTS_FIELD, LONG_FIELD, Batch, History, LongHistory
+from userlens.data.counts import count_features
 from userlens.data.prepared import PreparedData, Samples
 
 
@@ -136,17 +137,24 @@ class BatchLoader:
             c: torch.from_numpy(np.asarray(a[idx], dtype=np.int64)) for c, a in self.samples.context.items()
         }
         long = None
+        lo = np.maximum(self.data.offsets[user], cutoff - self.long_len)  # the whole-history window
         if LONG_FIELD in self.fields:
-            lo = np.maximum(self.data.offsets[user], cutoff - self.long_len)
             index = self.data.category_index if "long_category" in self.fields else None  # built once, on demand
             long = LongHistory(self.data.timeline, lo, cutoff, self.data.item_category,
                                category_index=index, content=self._content)
+        counts = {}
+        if COUNTS_FIELD in self.fields:  # indexes built once per dataset, on demand
+            item = self._item[idx]
+            raw = count_features(self.data.item_counts, self.data.user_indexes, item,
+                                 self.data.item_category[item], lo, cutoff, self._time[idx])
+            counts = {k: torch.from_numpy(v) for k, v in raw.items()}
         return Batch(
             target=target,
             history=History({f: torch.from_numpy(v) for f, v in hist.items()}, torch.from_numpy(lengths)),
             label=torch.from_numpy(self._label[idx]),
             context=context,
             long=long,
+            counts=counts,
         )
 
     def _order(self) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from userlens.artifacts import read_json, verify
+from userlens.data.counts import UserIndexes
 from userlens.data.prepare import SCHEMA_VERSION, _sha256
 from userlens.data.sampling import ItemCounts
 from userlens.data.tables import SPLITS
@@ -95,6 +96,12 @@ class PreparedData:
     def item_counts(self) -> ItemCounts:
         """Per-item behavior counts before any time (the ``popularity`` baseline), built on first use and shared."""
         return ItemCounts(np.asarray(self.timeline["item"]), np.asarray(self.timeline["time"]))
+
+    @cached_property
+    def user_indexes(self) -> UserIndexes:
+        """The timeline's item / category position indexes (counting features), built on first use and shared."""
+        tl = self.timeline
+        return UserIndexes(np.asarray(tl["item"]), np.asarray(tl["category"]), np.asarray(tl["time"]))
 
     @property
     def vocab_sizes(self) -> dict[str, int]:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from userlens.batch import Batch, History
+from userlens.batch import COUNT_BUCKETS, COUNTS_FIELD, Batch, History
 
 
 def _gather(weight: Tensor, ids: Tensor) -> Tensor:
@@ -70,17 +70,19 @@ class FeatureEmbedding(nn.Module):
         dim: size of each table.
         n_users: user vocabulary size, or 0 for no user embedding.
         context: context feature name → vocabulary size.
+        counts: counting features (:mod:`userlens.data.counts`), each embedded from its bucket index.
         init_std: normal init scale.
     """
 
     def __init__(self, n_items: int, n_categories: int, dim: int, n_users: int = 0,
-                 context: dict[str, int] | None = None, init_std: float = 0.02) -> None:
+                 context: dict[str, int] | None = None, counts: Sequence[str] = (), init_std: float = 0.02) -> None:
         super().__init__()
         self.dim = dim
         self.item = Table(n_items, dim, padding_idx=0)
         self.category = Table(max(n_categories, 2), dim, padding_idx=0)
         self.user = Table(n_users, dim, padding_idx=0) if n_users > 0 else None
         self.context = nn.ModuleDict({k: Table(v, dim, padding_idx=0) for k, v in (context or {}).items()})
+        self.counts = nn.ModuleDict({k: Table(COUNT_BUCKETS, dim, padding_idx=0) for k in counts})
         for emb in self.modules():
             if isinstance(emb, nn.Embedding):
                 nn.init.normal_(emb.weight, std=init_std)
@@ -93,8 +95,14 @@ class FeatureEmbedding(nn.Module):
 
     @property
     def side_dim(self) -> int:
-        """Size of :meth:`side` (user + context embeddings)."""
-        return self.dim * ((self.user is not None) + len(self.context))
+        """Size of :meth:`side` (user + context + counting-feature embeddings)."""
+        return self.dim * ((self.user is not None) + len(self.context) + len(self.counts))
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """The batch fields :meth:`side` reads beyond the item ones (``user``, ``counts``)."""
+        return frozenset({"user"} if self.user is not None else set()) | frozenset(
+            {COUNTS_FIELD} if len(self.counts) else set())
 
     def items(self, item: Tensor, category: Tensor) -> Tensor:
         """``(...)`` item and category indices → ``(..., 2·dim)``."""
@@ -109,11 +117,12 @@ class FeatureEmbedding(nn.Module):
         return self.items(hist["item"], hist["category"])
 
     def side(self, batch: Batch) -> Tensor:
-        """``(B, side_dim)``: user and context embeddings, concatenated (empty when there are none)."""
+        """``(B, side_dim)``: user, context and counting-feature embeddings, concatenated (empty when none)."""
         parts: list[Tensor] = []
         if self.user is not None:
             parts.append(self.user(batch.target["user"]))
         parts += [self.context[k](batch.context[k]) for k in self.context]
+        parts += [self.counts[k](batch.counts[k]) for k in self.counts]
         if not parts:
             return batch.history.lengths.new_zeros((len(batch), 0), dtype=torch.float32)
         return torch.cat(parts, dim=-1)
@@ -125,7 +134,6 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-def fields_for(use_user: bool, extra: Sequence[str] = ()) -> frozenset[str]:
-    """The batch fields an item-and-category model needs."""
-    base = {"hist_item", "hist_category", "target_item", "target_category", *extra}
-    return frozenset(base | ({"user"} if use_user else set()))
+def fields_for(embedding: FeatureEmbedding, extra: Sequence[str] = ()) -> frozenset[str]:
+    """The batch fields an item-and-category model needs: its embedding's side features plus ``extra``."""
+    return frozenset({"hist_item", "hist_category", "target_item", "target_category", *extra}) | embedding.fields

@@ -16,7 +16,7 @@ from userlens.batch import Batch
 from userlens.layers import MLP, FeatureEmbedding, masked_mean
 from userlens.layers.embedding import fields_for
 from userlens.models.registry import register_model
-from userlens.models.spec import FeatureSpec
+from userlens.models.spec import FeatureSpec, feature_embedding
 
 
 @dataclass
@@ -38,7 +38,7 @@ class AvgPool(nn.Module):
         super().__init__()
         self.embedding, self.tower = embedding, tower
         #: batch fields the loader must build for this model
-        self.fields: frozenset[str] = fields_for(embedding.user is not None)
+        self.fields: frozenset[str] = fields_for(embedding)
 
     def forward(self, batch: Batch) -> Tensor:
         target = self.embedding.target(batch)  # (B, 2D)
@@ -49,7 +49,6 @@ class AvgPool(nn.Module):
 
 @register_model("avgpool", AvgPoolConfig, "embedding & MLP over the mean-pooled short history (baseline)")
 def build_avgpool(spec: FeatureSpec, cfg: AvgPoolConfig) -> AvgPool:
-    emb = FeatureEmbedding(spec.n_items, spec.n_categories, cfg.embed_dim,
-                           n_users=spec.n_users if cfg.use_user else 0, context=spec.context)
+    emb = feature_embedding(spec, cfg.embed_dim, cfg.use_user)
     tower = MLP(2 * emb.item_dim + emb.side_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1)
     return AvgPool(emb, tower)

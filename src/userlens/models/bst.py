@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from userlens.batch import Batch
-from userlens.layers import MLP, FeatureEmbedding, masked_mean
+from userlens.layers import MLP, masked_mean
 from userlens.layers.embedding import fields_for
 from userlens.models.registry import register_model
-from userlens.models.spec import FeatureSpec
+from userlens.models.spec import FeatureSpec, feature_embedding
 
 
 @dataclass
@@ -41,8 +41,7 @@ class BST(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: BSTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = FeatureEmbedding(spec.n_items, spec.n_categories, cfg.embed_dim,
-                                          n_users=spec.n_users if cfg.use_user else 0, context=spec.context)
+        self.embedding = feature_embedding(spec, cfg.embed_dim, cfg.use_user)
         d = self.embedding.item_dim
         self.position = nn.Embedding(cfg.max_len + 1, d)  # row 0: the candidate; 1..: recency rank
         nn.init.normal_(self.position.weight, std=0.02)
@@ -51,7 +50,7 @@ class BST(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.tower = MLP(3 * d + self.embedding.side_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1)
         #: batch fields the loader must build for this model
-        self.fields: frozenset[str] = fields_for(cfg.use_user)
+        self.fields: frozenset[str] = fields_for(self.embedding)
 
     def forward(self, batch: Batch) -> Tensor:
         hist = batch.history

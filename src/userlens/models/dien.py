@@ -33,11 +33,11 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from userlens.batch import Batch
-from userlens.layers import MLP, FeatureEmbedding
+from userlens.layers import MLP
 from userlens.layers.activation import make_activation
 from userlens.layers.embedding import fields_for
 from userlens.models.registry import register_model
-from userlens.models.spec import FeatureSpec
+from userlens.models.spec import FeatureSpec, feature_embedding
 
 
 @dataclass
@@ -71,8 +71,7 @@ class DIEN(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: DIENConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = FeatureEmbedding(spec.n_items, spec.n_categories, cfg.embed_dim,
-                                          n_users=spec.n_users if cfg.use_user else 0, context=spec.context)
+        self.embedding = feature_embedding(spec, cfg.embed_dim, cfg.use_user)
         d, h = self.embedding.item_dim, cfg.gru_dim
         self.extractor = nn.GRU(d, h, batch_first=True)
         self.aux_proj = nn.Linear(h, d)
@@ -87,7 +86,7 @@ class DIEN(nn.Module):
         self.aug_h = nn.Linear(h, 3 * h, bias=False)
         self.tower = MLP(d + h + self.embedding.side_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1)
         #: batch fields the loader must build for this model
-        self.fields: frozenset[str] = fields_for(cfg.use_user)
+        self.fields: frozenset[str] = fields_for(self.embedding)
 
     def _extract(self, e: Tensor, lengths: Tensor, mask: Tensor) -> Tensor:
         packed = pack_padded_sequence(e, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)

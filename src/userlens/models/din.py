@@ -30,7 +30,7 @@ from userlens.batch import Batch
 from userlens.layers import MLP, FeatureEmbedding, TargetAttention
 from userlens.layers.embedding import fields_for
 from userlens.models.registry import register_model
-from userlens.models.spec import FeatureSpec
+from userlens.models.spec import FeatureSpec, feature_embedding
 
 
 @dataclass
@@ -55,7 +55,7 @@ class DIN(nn.Module):
         super().__init__()
         self.embedding, self.attention, self.tower = embedding, attention, tower
         #: batch fields the loader must build for this model
-        self.fields: frozenset[str] = fields_for(embedding.user is not None)
+        self.fields: frozenset[str] = fields_for(embedding)
 
     def forward(self, batch: Batch) -> Tensor:
         target = self.embedding.target(batch)  # (B, 2D)
@@ -67,8 +67,7 @@ class DIN(nn.Module):
 
 @register_model("din", DINConfig, "Deep Interest Network: target attention over the short history (KDD 2018)")
 def build_din(spec: FeatureSpec, cfg: DINConfig) -> DIN:
-    emb = FeatureEmbedding(spec.n_items, spec.n_categories, cfg.embed_dim,
-                           n_users=spec.n_users if cfg.use_user else 0, context=spec.context)
+    emb = feature_embedding(spec, cfg.embed_dim, cfg.use_user)
     att = TargetAttention(emb.item_dim, cfg.attention_mlp, cfg.attention_activation)
     tower = MLP(2 * emb.item_dim + emb.side_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1,
                 batch_norm=cfg.batch_norm)

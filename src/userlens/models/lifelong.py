@@ -15,10 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from userlens.batch import Batch
-from userlens.layers import MLP, FeatureEmbedding
+from userlens.layers import MLP
 from userlens.layers.embedding import fields_for
 from userlens.layers.interest import ShortInterest
-from userlens.models.spec import FeatureSpec
+from userlens.models.spec import FeatureSpec, feature_embedding
 
 
 @dataclass
@@ -48,14 +48,13 @@ class LifelongModel(nn.Module):
                  tower: Callable[[int], nn.Module] | None = None, extras: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = FeatureEmbedding(spec.n_items, spec.n_categories, cfg.embed_dim,
-                                          n_users=spec.n_users if cfg.use_user else 0, context=spec.context)
+        self.embedding = feature_embedding(spec, cfg.embed_dim, cfg.use_user)
         self.short = ShortInterest(self.embedding.item_dim, cfg.attention_mlp, cfg.activation)
         d = self.embedding.item_dim
         in_dim = 2 * d + long_dim + self.embedding.side_dim
         self.tower = tower(in_dim) if tower else MLP(in_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1)
         #: batch fields the loader must build for this model
-        self.fields: frozenset[str] = fields_for(cfg.use_user, extra=("long", "time", *extras))
+        self.fields: frozenset[str] = fields_for(self.embedding, extra=("long", "time", *extras))
 
     def long_interest(self, batch: Batch, target: Tensor) -> Tensor:
         raise NotImplementedError

@@ -22,11 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from userlens.batch import Batch
-from userlens.layers import MLP, FeatureEmbedding
+from userlens.layers import MLP
 from userlens.layers.embedding import fields_for
 from userlens.layers.interest import TIME_BUCKETS, time_gap_buckets
 from userlens.models.registry import register_model
-from userlens.models.spec import FeatureSpec
+from userlens.models.spec import FeatureSpec, feature_embedding
 
 
 @dataclass
@@ -43,14 +43,13 @@ class TIN(nn.Module):
 
     def __init__(self, spec: FeatureSpec, cfg: TINConfig) -> None:
         super().__init__()
-        self.embedding = FeatureEmbedding(spec.n_items, spec.n_categories, cfg.embed_dim,
-                                          n_users=spec.n_users if cfg.use_user else 0, context=spec.context)
+        self.embedding = feature_embedding(spec, cfg.embed_dim, cfg.use_user)
         d = self.embedding.item_dim
         self.temporal = nn.Embedding(TIME_BUCKETS + 1, d)  # rows 1..: behavior gaps; row TIME_BUCKETS: the target
         nn.init.normal_(self.temporal.weight, std=0.02)
         self.tower = MLP(2 * d + self.embedding.side_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1)
         #: batch fields the loader must build for this model
-        self.fields: frozenset[str] = fields_for(cfg.use_user, extra=("hist_time", "time"))
+        self.fields: frozenset[str] = fields_for(self.embedding, extra=("hist_time", "time"))
 
     def forward(self, batch: Batch) -> Tensor:
         hist = batch.history

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from userlens.batch import Batch, History, LongHistory
+from userlens.batch import COUNTS_FIELD, Batch, History, LongHistory
+from userlens.data.counts import ItemTimes, UserIndexes, count_features
 from userlens.errors import InputError
 from userlens.layers.explain import tracing
 from userlens.layers.gsu import CategoryIndex, HistoryState
@@ -97,6 +98,7 @@ class Scorer:
         self.package, self.store = package, store
         self.model = package.model
         self.fields = frozenset(getattr(self.model, "fields", ()))
+        self.item_times = ItemTimes(*package.item_times)  # behaviors per item before a time (all users)
         self.state_bytes = state_bytes
         self._states: OrderedDict[str, _UserState] = OrderedDict()
         self._state_total = 0  # bytes held by all users' states, as last measured
@@ -236,10 +238,9 @@ class Scorer:
         }
         if "user" in self.fields:
             target["user"] = torch.full((b,), pkg.vocabs["user"].code(user_id), dtype=torch.int64)
+        when = np.full(b, t, dtype=np.int64)
         if "target_count" in self.fields:
-            offsets, times = pkg.item_times
-            counts = [np.searchsorted(times[offsets[i]: offsets[i + 1]], t, side="left") for i in item]
-            target["target_count"] = torch.tensor(counts, dtype=torch.int64)
+            target["target_count"] = torch.from_numpy(self.item_times.before(item, when))
         hist_fields = [f[len("hist_"):] for f in sorted(self.fields) if f.startswith("hist_")]
         k = min(n, pkg.short_len)
         width = max(k, 1)  # at least one (padded) column, as the offline loader always has
@@ -261,7 +262,14 @@ class Scorer:
                                state=state)
         ctx = {c: torch.full((b,), pkg.vocabs[f"ctx_{c}"].code(context.get(c, "")), dtype=torch.int64)
                for c in pkg.manifest.get("context_columns", [])}
-        return Batch(target, short, None, ctx, long), n
+        counts = {}
+        if COUNTS_FIELD in self.fields:  # the offline loader's function, over this user's window [lo, n)
+            users = UserIndexes(timeline["item"], timeline["category"], timeline["time"])
+            raw = count_features(self.item_times, users, item, pkg.item_category[item],
+                                 np.full(b, max(0, n - pkg.long_len), dtype=np.int64), np.full(b, n, dtype=np.int64),
+                                 when)
+            counts = {k: torch.from_numpy(v) for k, v in raw.items()}
+        return Batch(target, short, None, ctx, long, counts), n
 
 
 __all__ = ("ScoreResult", "Scorer", "history_fingerprint")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from userlens.data.counts import resolve_count_features
 from userlens.errors import ConfigError
 from userlens.models.registry import get_model
 
@@ -32,6 +33,9 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # decoupled weight decay of the id embedding tables only (w <- w - lr * embed_decay * w every step, every
+    # row): rarely seen ids shrink toward 0 between their updates; 0 = the tables decay like the rest
+    embed_decay: float = 0.0
     # early stopping: stop after this many consecutive epochs without a better `monitor` (>= 1). 3 keeps
     # the default runs as they were: the old default 2 stopped after 3 such epochs (an off-by-one); slow
     # starters need it (qin on the generated family: 2 flat epochs, then 0.53 → 0.89 AUC)
@@ -47,6 +51,10 @@ class TrainConfig:
     # shuffle runs of this many time-consecutive samples of one user (0 = plain shuffle): the lifelong
     # GSUs then read each user's history once per batch (see benchmarks/RESULTS.md for speed and AUC)
     user_group: int = 0
+    # counting features (userlens.data.counts: the target item's recent popularity, the user's repeats of its
+    # item and category, time since the user last touched them; all strictly before the sample) embedded
+    # beside the user / context features of every learned model: names, or the groups all / item / user
+    count_features: tuple[str, ...] = ()
     compile: bool = True  # torch.compile the elementwise hot spots (Dice): ~2x faster DIN on CPU
     deterministic: bool = True  # torch deterministic algorithms while fitting: seeded runs repeat bit for bit
 
@@ -57,8 +65,12 @@ class TrainConfig:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a finite number > 0 (e.g. 1e-3), got {self.lr}")
-        if not math.isfinite(self.weight_decay):
-            raise ConfigError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        for k in ("weight_decay", "embed_decay"):
+            if not math.isfinite(getattr(self, k)) or getattr(self, k) < 0:
+                raise ConfigError(f"{k} must be a finite number >= 0, got {getattr(self, k)}")
+        if self.lr * self.embed_decay >= 1:
+            raise ConfigError(f"lr × embed_decay must be < 1 (the per-step shrink factor), got {self.lr} × "
+                              f"{self.embed_decay}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1 (or none for torch's default), got {self.threads}")
         if self.patience < 1:
@@ -72,6 +84,10 @@ class TrainConfig:
             raise ConfigError(f"monitor must be one of ['auc', 'logloss'], got {self.monitor!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        try:
+            resolve_count_features(self.count_features)
+        except ValueError as e:
+            raise ConfigError(f"count_features: {e} (e.g. count_features=all)") from None
 
 
 @dataclass

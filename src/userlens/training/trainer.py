@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from userlens.batch import Batch
+from userlens.data.counts import resolve_count_features
 from userlens.data.loader import BatchLoader
 from userlens.data.prepared import PreparedData
 from userlens.layers.activation import compile_hot_layers
@@ -36,7 +37,7 @@ from userlens.errors import ConfigError, InputError, Interrupted, TrainingError
 from userlens.training.checkpoint import (CONFIG, METRICS, STATE, STATE_META, load_checkpoint, partial_dir,
                                           save_checkpoint, save_run)
 from userlens.training.progress import RunReporter
-from userlens.training.config import RunConfig
+from userlens.training.config import RunConfig, TrainConfig
 
 
 @dataclass
@@ -157,6 +158,20 @@ def _validate(model: nn.Module, loader: BatchLoader, epoch: int, on_batch: Calla
                             "the data") from None
 
 
+def make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW over the trainable parameters; the id embedding tables in a group of their own that
+    decays by ``embed_decay`` (decoupled: every row shrinks each step, whether the batch read it or not)."""
+    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad]
+    ids = {id(p) for p in tables}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    decoupled = t.optimizer == "adamw"
+    groups = [{"params": rest, "weight_decay": t.weight_decay, "decoupled_weight_decay": decoupled}]
+    if tables:
+        groups.append({"params": tables, "weight_decay": t.embed_decay if t.embed_decay else t.weight_decay,
+                       "decoupled_weight_decay": decoupled or bool(t.embed_decay)})
+    return torch.optim.Adam(groups, lr=t.lr)
+
+
 def _check_paths(out: Path, work: Path, resume: bool, force: bool) -> None:
     """Refuse to overwrite a finished run (unless ``force``) or to silently restart an interrupted one."""
     if resume:
@@ -235,7 +250,8 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
     if t.threads:
         torch.set_num_threads(t.threads)
     seed_everything(t.seed)
-    spec = FeatureSpec.from_meta(data.meta, content_dim=data.content_dim())
+    spec = FeatureSpec.from_meta(data.meta, content_dim=data.content_dim(),
+                                 counts=resolve_count_features(t.count_features))
     model = build_model(cfg.model, spec, cfg.model_config)
     notes = {"content_vectors": spec.content_dim > 0}
     if getattr(model, "can_use_content", False) and spec.content_dim == 0:
@@ -262,8 +278,7 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
                              **{f"valid_{k}": v for k, v in valid.items()}})
         save_run(work, model, cfg, spec, data.path, data.fingerprint, notes=notes)
         return FitResult(0, valid or {"auc": float("nan")}, 0, 0.0, 0.0)
-    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = make_optimizer(model, t)
     epochs = 1 if t.fast_dev_run else t.epochs
     sign = 1.0 if t.monitor == "auc" else -1.0  # compare sign * metric, higher is better
     run_id = {"config": cfg.to_json(), "data_fingerprint": data.fingerprint}
