@@ -199,12 +199,12 @@ def _shared_long(seed: int, batch: int = 9, n: int = 700) -> LongHistory:
 @pytest.mark.parametrize("budget, catalogue", [(64, N_ITEMS), (1 << 22, N_ITEMS), (64, 5000), (1 << 22, 5000)])
 def test_one_shared_history_scores_as_separate_rows(budget: int, catalogue: int) -> None:
     """The shared-range fast path (expanded ids) gives exactly the per-row results, ties included."""
-    from userlens.layers.gsu import _chunks, _partition
+    from userlens.layers.gsu import chunks, partition
 
     long = _shared_long(seed=11)
-    [(rows, slab)] = _partition(long.lo, long.hi)
+    [(rows, slab)] = partition(long.lo, long.hi)
     assert slab and len(rows) == len(long.lo)
-    ids, _, _ = next(iter(_chunks(long, 32, slab=True)))
+    ids, _, _ = next(iter(chunks(long, 32, slab=True)))
     assert ids.stride(0) == 0  # the fast path is the one under test
     rng = np.random.default_rng(12)
     table = torch.from_numpy(rng.integers(-2, 3, size=(catalogue, 4)).astype(np.float32))
@@ -248,55 +248,13 @@ def test_integer_and_float_scores_rank_alike_with_ties_to_the_most_recent(dtype:
         assert _as_lists(sel)[b] == _rank_topk(scores, 7)
 
 
-@pytest.mark.parametrize("integer", [True, False])
-@pytest.mark.parametrize("catalogue", [N_ITEMS, 5000])
-def test_serving_state_scores_each_item_once_with_the_same_picks(integer: bool, catalogue: int) -> None:
-    """The item-grouped top-k of a serving request (state kept per user) = the scan = brute force."""
-    from userlens.layers.gsu import HistoryState
-
-    base = _long(seed=15, n=700)
-    n = 650
-    lo, hi = np.zeros(9, dtype=np.int64), np.full(9, n, dtype=np.int64)
-    rng = np.random.default_rng(16)
-    draw = (lambda *shape: rng.integers(-2, 3, size=shape)) if integer else (lambda *shape: rng.normal(size=shape))
-    table = torch.from_numpy(draw(catalogue, 4).astype(np.float32))
-    query = torch.from_numpy(draw(9, 4).astype(np.float32))
-    state = HistoryState()
-    with torch.no_grad():
-        plain = table_topk(LongHistory(base.timeline, lo, hi, base.item_category), query, table, k=9)
-        kept = table_topk(LongHistory(base.timeline, lo, hi, base.item_category, state=state), query, table, k=9)
-    assert "item_groups" in state.parts  # the grouped path ran
-    assert _as_lists(kept) == _as_lists(plain)
-    for b in range(9):
-        scores = {p: float(query[b] @ table[base.timeline["item"][p]]) for p in range(n)}
-        assert _as_lists(kept)[b] == _rank_topk(scores, 9)
-
-
-def test_serving_state_hamming_search_equals_the_scan() -> None:
-    """ETA's grouped search (distances of distinct items, nearly all tied) picks what the scan picks."""
-    from userlens.layers.gsu import HistoryState
-
-    base = _long(seed=17, n=700)
-    lo, hi = np.zeros(9, dtype=np.int64), np.full(9, 650, dtype=np.int64)
-    hasher = SimHash(6, bits=16, seed=0)
-    item_sig = hasher(torch.randn(N_ITEMS, 6, generator=torch.Generator().manual_seed(3)))
-    target_sig = hasher(torch.randn(9, 6, generator=torch.Generator().manual_seed(4)))
-    state = HistoryState()
-    with torch.no_grad():
-        plain = hamming_topk(LongHistory(base.timeline, lo, hi, base.item_category), target_sig, item_sig, k=11)
-        kept = hamming_topk(LongHistory(base.timeline, lo, hi, base.item_category, state=state), target_sig,
-                            item_sig, k=11)
-    assert "item_groups" in state.parts
-    assert _as_lists(kept) == _as_lists(plain)
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_partition_covers_every_row_once_and_slabs_only_join_overlapping_rows(seed: int) -> None:
     """Each row lands in exactly one group; a slab's rows all overlap its newest row and stay within the slack."""
-    from userlens.layers.gsu import _partition
+    from userlens.layers.gsu import partition
 
     long = _long(seed=seed, layout="users")
-    parts = _partition(long.lo, long.hi, slack=0.25, min_rows=2)
+    parts = partition(long.lo, long.hi, slack=0.25, min_rows=2)
     rows = np.concatenate([r for r, _ in parts])
     assert sorted(rows.tolist()) == list(range(len(long.lo)))
     slabs = [r for r, slab in parts if slab]
@@ -312,7 +270,7 @@ def test_partition_covers_every_row_once_and_slabs_only_join_overlapping_rows(se
 @pytest.mark.parametrize("seed", range(4))
 def test_block_prefilter_keeps_the_exact_top_k_with_ties_and_holes(seed: int) -> None:
     """Long recency-ordered rows (heavy ties, masked runs) give what the full-row top-k gives."""
-    from userlens.layers.gsu import BLOCK, _topk_recent, _topk_recent_ordered
+    from userlens.layers.gsu.topk import BLOCK, topk_recent, topk_recent_ordered
 
     rng = np.random.default_rng(seed)
     b, n, k = 6, 64 * BLOCK, 7
@@ -323,8 +281,8 @@ def test_block_prefilter_keeps_the_exact_top_k_with_ties_and_holes(seed: int) ->
     s[3] = float("-inf")
     s[3, 5], s[3, 9] = 1.0, 1.0  # fewer real entries than k
     pos = torch.arange(1000, 1000 + n).expand(b, n)
-    got_s, got_p = _topk_recent_ordered(s, pos, k)
-    ref_s, ref_p = _topk_recent(s, pos, k)
+    got_s, got_p = topk_recent_ordered(s, pos, k)
+    ref_s, ref_p = topk_recent(s, pos, k)
 
     def as_set(v: torch.Tensor, p: torch.Tensor) -> list[set[int]]:
         return [{int(x) for x, y in zip(p[r], v[r]) if y > float("-inf")} for r in range(b)]
