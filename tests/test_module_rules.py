@@ -1,4 +1,5 @@
-"""No module of the package reaches into another's private (underscore) names (STYLE: one owner per helper)."""
+"""Module rules: no module reaches into another's private (underscore) names (STYLE: one owner per helper), and
+dependencies point one way (layers and models know nothing of serving, training or files)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,21 @@ def test_no_module_uses_another_modules_private_names() -> None:
     found = [v for p in sorted(SRC.rglob("*.py")) for v in violations(p)]
     assert not found, "private names used across modules (make them public and documented, or move them):\n" + \
         "\n".join(found)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    out = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    return out | {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
+
+
+def test_layers_and_models_import_nothing_above_them() -> None:
+    """``layers`` and ``models`` take tensors and return logits: serving state reaches a GSU only through
+    ``LongHistory.state`` (the ``SearchState`` protocol), never by an import."""
+    above = ("userlens.serving", "userlens.training", "userlens.data", "userlens.cli", "userlens.demo")
+    found = [f"{p}: {m}" for d in ("layers", "models") for p in sorted((SRC / d).rglob("*.py"))
+             for m in _imports(p) if m.startswith(above)]
+    assert not found, "\n".join(found)
 
 
 def test_the_check_sees_both_forms(tmp_path: Path) -> None:
