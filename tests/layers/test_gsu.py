@@ -296,26 +296,40 @@ def test_block_prefilter_keeps_the_exact_top_k_with_ties_and_holes(seed: int) ->
 def test_long_slabs_equal_brute_force() -> None:
     """20,000-behavior histories of few items, rows of one user at several cutoffs: blocks, slabs and ties
     (float scores and ETA's integer distances)."""
+    from userlens.layers.gsu import CHUNK_BUDGET, partition
+    from userlens.layers.gsu.slab import chunk_len
+    from userlens.layers.gsu.topk import BLOCK
+
     rng = np.random.default_rng(21)
-    n = 40_000
+    n, k = 40_000, 20
     item = rng.integers(2, 12, size=n)  # 10 items: every score repeats thousands of times
     item_cat = rng.integers(2, N_CATS, size=N_ITEMS)
     tl = {"item": item.astype(np.int32), "category": item_cat[item].astype(np.int32),
           "time": np.arange(n, dtype=np.int64)}
-    hi = np.array([20_000, 20_000, 19_990, 19_500, 40_000, 39_999, 39_000, 30_000], dtype=np.int64)
+    # two users, [0, 20000) and [20000, 40000), nine samples each; one of the second user's is far from the others
+    hi = np.array([20_000, 20_000, 19_990, 19_500, 19_000, 18_000, 17_000, 16_500, 16_000,
+                   40_000, 39_999, 39_000, 38_500, 38_000, 37_500, 37_000, 36_500, 30_000], dtype=np.int64)
     lo = np.where(hi > 20_000, 20_000, 0).astype(np.int64)
+    perm = rng.permutation(len(hi))  # a user's rows are not adjacent in the batch
+    lo, hi = lo[perm], hi[perm]
+    parts = partition(lo, hi)
+    slabs = [rows for rows, slab in parts if slab]
+    assert len(slabs) == 2 and sorted(len(r) for r in slabs) == [8, 9]  # the slab scan is what is under test
+    assert [len(rows) for rows, slab in parts if not slab] == [1]  # and the row-by-row scan beside it
+    for rows in slabs:  # a slab's chunks are long enough for the block prefilter
+        assert chunk_len(len(rows), 1, int(hi[rows].max() - lo[rows].min()), CHUNK_BUDGET) >= 8 * k * BLOCK
     long = LongHistory(tl, lo, hi, item_cat)
     table = torch.from_numpy(rng.normal(size=(N_ITEMS, 4)).astype(np.float32))
     query = torch.from_numpy(rng.normal(size=(len(lo), 4)).astype(np.float32))
-    sel = table_topk(long, query, table, k=20)  # chunks of ~20,000 ≥ 8·k·BLOCK: the block prefilter runs
+    sel = table_topk(long, query, table, k=k)
     hasher = SimHash(4, bits=16, seed=0)
     item_sig, target_sig = hasher(table), hasher(query)
-    ham = hamming_topk(long, target_sig, item_sig, k=20)  # int8 distances: exact keys, prefiltered by blocks
+    ham = hamming_topk(long, target_sig, item_sig, k=k)  # int8 distances: exact keys, prefiltered by blocks
     item_score = (query @ table.t()).numpy()  # (B, n_items): a behavior's score is its item's
     item_ham = -np.bitwise_count(item_sig[None, :] ^ target_sig[:, None]).astype(np.int64)
     for b in range(len(lo)):
         p = np.arange(lo[b], hi[b])
         order = np.lexsort((-p, -item_score[b, item[p]]))  # score desc, then most recent
-        assert _as_lists(sel)[b] == sorted(p[order[:20]].tolist())
+        assert _as_lists(sel)[b] == sorted(p[order[:k]].tolist())
         order = np.lexsort((-p, -item_ham[b, item[p]]))
-        assert _as_lists(ham)[b] == sorted(p[order[:20]].tolist())
+        assert _as_lists(ham)[b] == sorted(p[order[:k]].tolist())
