@@ -78,6 +78,56 @@ def test_category_search_is_the_k_most_recent_of_the_category(k: int, layout: st
         assert (sel.positions[b, sel.lengths[b]:] == -1).all()
 
 
+def _category_brute_force(category: np.ndarray, c: int, lo: int, hi: int, k: int) -> list[int]:
+    return [p for p in range(lo, hi) if category[p] == c][-k:]
+
+
+def test_category_ids_that_differ_by_2_to_the_32_are_not_confused() -> None:
+    """The old packing (``category << 32``) wrapped such ids onto one key; the key now makes room for both."""
+    rng = np.random.default_rng(31)
+    category = rng.choice(np.array([3, 3 + (1 << 32), 7, 7 + (1 << 40)]), size=200)
+    index = CategoryIndex(category)
+    lo, hi = rng.integers(0, 100, size=8), rng.integers(100, 201, size=8)
+    for c in (3, 3 + (1 << 32), 7, 7 + (1 << 40), 5, 1 << 50):
+        sel = index.search(np.full(8, c), lo, hi, 6)
+        assert _as_lists(sel) == [_category_brute_force(category, c, int(a), int(b), 6) for a, b in zip(lo, hi)]
+
+
+def test_category_index_widens_positions_past_2_to_the_32_and_refuses_ids_that_do_not_fit() -> None:
+    """Keys hold positions of a timeline longer than 2**32 (checked by reserving the room, not by allocating
+    it); category ids that would overflow the key raise instead of silently mixing categories."""
+    from userlens.layers.gsu.category import position_bits
+
+    assert position_bits(2**32 - 1) == 32 and position_bits(2**32) == 33
+    category = np.random.default_rng(32).integers(2, 9, size=300)
+    index = CategoryIndex(category)
+    index.reserve(2**32 + 7)  # as if the timeline were about to grow past 2**32 behaviors
+    assert index.shift == 33
+    lo, hi = np.array([0, 10, 250]), np.array([300, 200, 300])
+    sel = index.search(np.array([2, 5, 8]), lo, hi, 9)
+    assert _as_lists(sel) == [_category_brute_force(category, c, a, b, 9) for c, a, b in zip([2, 5, 8], lo, hi)]
+    with pytest.raises(ValueError, match=r"category ids must be in \[0, 2\*\*29\).*got ids from 2 to 536870912"):
+        index.reserve(300, np.array([2, 1 << 29]))
+    assert index.shift == 33 and index.top == 8  # a refused reserve changes nothing
+    with pytest.raises(ValueError, match="got ids from -1 to"):
+        CategoryIndex(np.array([4, -1, 2]))
+
+
+def test_category_index_extended_across_powers_of_two_equals_one_built_at_once() -> None:
+    rng = np.random.default_rng(33)
+    category = rng.integers(2, 9, size=700)
+    index = CategoryIndex(category[:5])
+    for a, b in [(5, 8), (8, 9), (9, 64), (64, 65), (65, 700)]:  # crossing 8, 64, 512: the position field widens
+        index.extend(category[a:b])
+    whole = CategoryIndex(category)
+    assert index.shift == whole.shift == 10
+    np.testing.assert_array_equal(index.keys, whole.keys)
+    np.testing.assert_array_equal(index.positions, whole.positions)
+    sel = index.search(np.full(4, 6), np.array([0, 3, 500, 699]), np.array([700, 9, 700, 700]), 5)
+    assert _as_lists(sel) == [_category_brute_force(category, 6, a, b, 5) for a, b in [(0, 700), (3, 9), (500, 700),
+                                                                                          (699, 700)]]
+
+
 # 64: chunks of a few behaviors, gathering table rows; 4M: one chunk over the full (B, n_items) score matrix
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("budget, catalogue", [(64, N_ITEMS), (1 << 22, N_ITEMS), (64, 5000), (1 << 22, 5000)])
