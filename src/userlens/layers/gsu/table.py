@@ -34,7 +34,7 @@ def table_topk(long: LongHistory, query: Tensor, table: Tensor, k: int, budget: 
         state = serving_state(long) if bias is None else None
         if state is not None:  # one user's request: score each distinct item once (exact, see serving.state)
             sel = state.item_topk(long, lambda items, newest: (query @ table[torch.from_numpy(items)].t(), None), k)
-            if sel is not None:  # (B, d) @ (d, U)
+            if sel is not None:  # None: a request before the latest behaviors, scanned below
                 return sel
         b, n_items, d = query.shape[0], table.shape[0], table.shape[1]
         full_pays = b * n_items <= 4 * budget and n_items < int(long.lengths.sum())
