@@ -8,7 +8,7 @@ recent behaviors, the speed every lifelong model is compared with: column
 L``); the lifelong models keep DIN's 50 recent behaviors and search all L with
 their GSU (``long_len = L``, k = 50). With 8 users at L = 100,000 a shuffled
 batch of 256 holds ~32 samples of each user: the GSUs scan each user's
-history once per batch for all of them (slabs, ``layers/gsu.py``). "rows/user"
+history once per batch for all of them (slabs, ``layers/gsu/slab.py``). "rows/user"
 reports that sharing.
 
 Every (model, L) runs in a fresh process (so peak RSS is its own): 3 warm-up
@@ -55,7 +55,7 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
     from userlens.data.loader import BatchLoader
     from userlens.data.prepared import PreparedData
     from userlens.layers.activation import compile_hot_layers
-    from userlens.layers.gsu import _partition
+    from userlens.layers.gsu import partition
     from userlens.models.registry import build_model
     from userlens.models.spec import FeatureSpec
     from userlens.training.config import resolve_config
@@ -90,8 +90,8 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
             if step == 3:
                 t0 = time.perf_counter()
             b = next(it)
-            if b.long is not None and step >= 3:  # how many rows each history scan serves (slabs, layers/gsu.py)
-                parts = _partition(b.long.lo, b.long.hi)  # slabs, then the rows scanned one by one
+            if b.long is not None and step >= 3:  # how many rows each history scan serves (slabs, layers/gsu/slab.py)
+                parts = partition(b.long.lo, b.long.hi)  # slabs, then the rows scanned one by one
                 scans = sum(1 if slab else len(rows) for rows, slab in parts)
                 groups.append(len(b.long.lo) / scans)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(m(b), b.label)

@@ -2,7 +2,7 @@
 
 ``user_group = G`` shuffles runs of G time-consecutive samples of one user instead
 of single samples, so a batch holds a few users' runs and the lifelong GSUs scan
-each user's history once per batch (slabs, ``layers/gsu.py``). The price is less
+each user's history once per batch (slabs, ``layers/gsu/slab.py``). The price is less
 varied batches. Each (dataset, model, seed) is trained twice on identical samples
 (the quality benchmark's default protocol and prepared data), with ``user_group``
 0 and G, and the paired test-AUC difference is printed with the training speed of

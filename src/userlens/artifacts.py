@@ -37,6 +37,16 @@ def checksum(path: str | Path) -> str:
     return "blake2b:" + h.hexdigest()
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, streamed: the provenance fingerprint of input files (``meta.json``
+    ``sources``) and of the item vocabulary a content matrix was built for (``content.json``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def describe(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     """``{relative name: {"bytes": size, "checksum": ...}}`` of files under ``directory``."""
     return {n: {"bytes": (directory / n).stat().st_size, "checksum": checksum(directory / n)} for n in names}

@@ -115,7 +115,7 @@ class LongHistory:
     item_category: np.ndarray
     category_index: Any = None
     content: tuple[np.ndarray, np.ndarray] | None = None
-    state: Any = None  # serving only: the user's :class:`userlens.layers.gsu.HistoryState` (one user, lo = 0)
+    state: Any = None  # serving only: the user's :class:`userlens.serving.state.HistoryState` (one user, lo = 0)
 
     def __post_init__(self) -> None:
         if self.lo.shape != self.hi.shape or self.lo.ndim != 1:

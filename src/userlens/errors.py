@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class UserlensError(Exception):
     """Base class: the CLI prints these as a one-line cause and exits non-zero."""
@@ -21,3 +24,9 @@ class TrainingError(UserlensError, ValueError):
 
 class Interrupted(UserlensError):
     """The user interrupted a long command (SIGINT); the message says what was kept and how to go on."""
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options`` to a misspelt ``name``, else ``""``."""
+    hit = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {hit[0]!r}?)" if hit else ""

@@ -78,6 +78,56 @@ def test_category_search_is_the_k_most_recent_of_the_category(k: int, layout: st
         assert (sel.positions[b, sel.lengths[b]:] == -1).all()
 
 
+def _category_brute_force(category: np.ndarray, c: int, lo: int, hi: int, k: int) -> list[int]:
+    return [p for p in range(lo, hi) if category[p] == c][-k:]
+
+
+def test_category_ids_that_differ_by_2_to_the_32_are_not_confused() -> None:
+    """The old packing (``category << 32``) wrapped such ids onto one key; the key now makes room for both."""
+    rng = np.random.default_rng(31)
+    category = rng.choice(np.array([3, 3 + (1 << 32), 7, 7 + (1 << 40)]), size=200)
+    index = CategoryIndex(category)
+    lo, hi = rng.integers(0, 100, size=8), rng.integers(100, 201, size=8)
+    for c in (3, 3 + (1 << 32), 7, 7 + (1 << 40), 5, 1 << 50):
+        sel = index.search(np.full(8, c), lo, hi, 6)
+        assert _as_lists(sel) == [_category_brute_force(category, c, int(a), int(b), 6) for a, b in zip(lo, hi)]
+
+
+def test_category_index_widens_positions_past_2_to_the_32_and_refuses_ids_that_do_not_fit() -> None:
+    """Keys hold positions of a timeline longer than 2**32 (checked by reserving the room, not by allocating
+    it); category ids that would overflow the key raise instead of silently mixing categories."""
+    from userlens.layers.gsu.category import position_bits
+
+    assert position_bits(2**32 - 1) == 32 and position_bits(2**32) == 33
+    category = np.random.default_rng(32).integers(2, 9, size=300)
+    index = CategoryIndex(category)
+    index.reserve(2**32 + 7)  # as if the timeline were about to grow past 2**32 behaviors
+    assert index.shift == 33
+    lo, hi = np.array([0, 10, 250]), np.array([300, 200, 300])
+    sel = index.search(np.array([2, 5, 8]), lo, hi, 9)
+    assert _as_lists(sel) == [_category_brute_force(category, c, a, b, 9) for c, a, b in zip([2, 5, 8], lo, hi)]
+    with pytest.raises(ValueError, match=r"category ids must be in \[0, 2\*\*29\).*got ids from 2 to 536870912"):
+        index.reserve(300, np.array([2, 1 << 29]))
+    assert index.shift == 33 and index.top == 8  # a refused reserve changes nothing
+    with pytest.raises(ValueError, match="got ids from -1 to"):
+        CategoryIndex(np.array([4, -1, 2]))
+
+
+def test_category_index_extended_across_powers_of_two_equals_one_built_at_once() -> None:
+    rng = np.random.default_rng(33)
+    category = rng.integers(2, 9, size=700)
+    index = CategoryIndex(category[:5])
+    for a, b in [(5, 8), (8, 9), (9, 64), (64, 65), (65, 700)]:  # crossing 8, 64, 512: the position field widens
+        index.extend(category[a:b])
+    whole = CategoryIndex(category)
+    assert index.shift == whole.shift == 10
+    np.testing.assert_array_equal(index.keys, whole.keys)
+    np.testing.assert_array_equal(index.positions, whole.positions)
+    sel = index.search(np.full(4, 6), np.array([0, 3, 500, 699]), np.array([700, 9, 700, 700]), 5)
+    assert _as_lists(sel) == [_category_brute_force(category, 6, a, b, 5) for a, b in [(0, 700), (3, 9), (500, 700),
+                                                                                          (699, 700)]]
+
+
 # 64: chunks of a few behaviors, gathering table rows; 4M: one chunk over the full (B, n_items) score matrix
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("budget, catalogue", [(64, N_ITEMS), (1 << 22, N_ITEMS), (64, 5000), (1 << 22, 5000)])
@@ -199,12 +249,12 @@ def _shared_long(seed: int, batch: int = 9, n: int = 700) -> LongHistory:
 @pytest.mark.parametrize("budget, catalogue", [(64, N_ITEMS), (1 << 22, N_ITEMS), (64, 5000), (1 << 22, 5000)])
 def test_one_shared_history_scores_as_separate_rows(budget: int, catalogue: int) -> None:
     """The shared-range fast path (expanded ids) gives exactly the per-row results, ties included."""
-    from userlens.layers.gsu import _chunks, _partition
+    from userlens.layers.gsu import chunks, partition
 
     long = _shared_long(seed=11)
-    [(rows, slab)] = _partition(long.lo, long.hi)
+    [(rows, slab)] = partition(long.lo, long.hi)
     assert slab and len(rows) == len(long.lo)
-    ids, _, _ = next(iter(_chunks(long, 32, slab=True)))
+    ids, _, _ = next(iter(chunks(long, 32, slab=True)))
     assert ids.stride(0) == 0  # the fast path is the one under test
     rng = np.random.default_rng(12)
     table = torch.from_numpy(rng.integers(-2, 3, size=(catalogue, 4)).astype(np.float32))
@@ -248,55 +298,13 @@ def test_integer_and_float_scores_rank_alike_with_ties_to_the_most_recent(dtype:
         assert _as_lists(sel)[b] == _rank_topk(scores, 7)
 
 
-@pytest.mark.parametrize("integer", [True, False])
-@pytest.mark.parametrize("catalogue", [N_ITEMS, 5000])
-def test_serving_state_scores_each_item_once_with_the_same_picks(integer: bool, catalogue: int) -> None:
-    """The item-grouped top-k of a serving request (state kept per user) = the scan = brute force."""
-    from userlens.layers.gsu import HistoryState
-
-    base = _long(seed=15, n=700)
-    n = 650
-    lo, hi = np.zeros(9, dtype=np.int64), np.full(9, n, dtype=np.int64)
-    rng = np.random.default_rng(16)
-    draw = (lambda *shape: rng.integers(-2, 3, size=shape)) if integer else (lambda *shape: rng.normal(size=shape))
-    table = torch.from_numpy(draw(catalogue, 4).astype(np.float32))
-    query = torch.from_numpy(draw(9, 4).astype(np.float32))
-    state = HistoryState()
-    with torch.no_grad():
-        plain = table_topk(LongHistory(base.timeline, lo, hi, base.item_category), query, table, k=9)
-        kept = table_topk(LongHistory(base.timeline, lo, hi, base.item_category, state=state), query, table, k=9)
-    assert "item_groups" in state.parts  # the grouped path ran
-    assert _as_lists(kept) == _as_lists(plain)
-    for b in range(9):
-        scores = {p: float(query[b] @ table[base.timeline["item"][p]]) for p in range(n)}
-        assert _as_lists(kept)[b] == _rank_topk(scores, 9)
-
-
-def test_serving_state_hamming_search_equals_the_scan() -> None:
-    """ETA's grouped search (distances of distinct items, nearly all tied) picks what the scan picks."""
-    from userlens.layers.gsu import HistoryState
-
-    base = _long(seed=17, n=700)
-    lo, hi = np.zeros(9, dtype=np.int64), np.full(9, 650, dtype=np.int64)
-    hasher = SimHash(6, bits=16, seed=0)
-    item_sig = hasher(torch.randn(N_ITEMS, 6, generator=torch.Generator().manual_seed(3)))
-    target_sig = hasher(torch.randn(9, 6, generator=torch.Generator().manual_seed(4)))
-    state = HistoryState()
-    with torch.no_grad():
-        plain = hamming_topk(LongHistory(base.timeline, lo, hi, base.item_category), target_sig, item_sig, k=11)
-        kept = hamming_topk(LongHistory(base.timeline, lo, hi, base.item_category, state=state), target_sig,
-                            item_sig, k=11)
-    assert "item_groups" in state.parts
-    assert _as_lists(kept) == _as_lists(plain)
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_partition_covers_every_row_once_and_slabs_only_join_overlapping_rows(seed: int) -> None:
     """Each row lands in exactly one group; a slab's rows all overlap its newest row and stay within the slack."""
-    from userlens.layers.gsu import _partition
+    from userlens.layers.gsu import partition
 
     long = _long(seed=seed, layout="users")
-    parts = _partition(long.lo, long.hi, slack=0.25, min_rows=2)
+    parts = partition(long.lo, long.hi, slack=0.25, min_rows=2)
     rows = np.concatenate([r for r, _ in parts])
     assert sorted(rows.tolist()) == list(range(len(long.lo)))
     slabs = [r for r, slab in parts if slab]
@@ -312,7 +320,7 @@ def test_partition_covers_every_row_once_and_slabs_only_join_overlapping_rows(se
 @pytest.mark.parametrize("seed", range(4))
 def test_block_prefilter_keeps_the_exact_top_k_with_ties_and_holes(seed: int) -> None:
     """Long recency-ordered rows (heavy ties, masked runs) give what the full-row top-k gives."""
-    from userlens.layers.gsu import BLOCK, _topk_recent, _topk_recent_ordered
+    from userlens.layers.gsu.topk import BLOCK, topk_recent, topk_recent_ordered
 
     rng = np.random.default_rng(seed)
     b, n, k = 6, 64 * BLOCK, 7
@@ -323,8 +331,8 @@ def test_block_prefilter_keeps_the_exact_top_k_with_ties_and_holes(seed: int) ->
     s[3] = float("-inf")
     s[3, 5], s[3, 9] = 1.0, 1.0  # fewer real entries than k
     pos = torch.arange(1000, 1000 + n).expand(b, n)
-    got_s, got_p = _topk_recent_ordered(s, pos, k)
-    ref_s, ref_p = _topk_recent(s, pos, k)
+    got_s, got_p = topk_recent_ordered(s, pos, k)
+    ref_s, ref_p = topk_recent(s, pos, k)
 
     def as_set(v: torch.Tensor, p: torch.Tensor) -> list[set[int]]:
         return [{int(x) for x, y in zip(p[r], v[r]) if y > float("-inf")} for r in range(b)]
@@ -338,26 +346,40 @@ def test_block_prefilter_keeps_the_exact_top_k_with_ties_and_holes(seed: int) ->
 def test_long_slabs_equal_brute_force() -> None:
     """20,000-behavior histories of few items, rows of one user at several cutoffs: blocks, slabs and ties
     (float scores and ETA's integer distances)."""
+    from userlens.layers.gsu import CHUNK_BUDGET, partition
+    from userlens.layers.gsu.slab import chunk_len
+    from userlens.layers.gsu.topk import BLOCK
+
     rng = np.random.default_rng(21)
-    n = 40_000
+    n, k = 40_000, 20
     item = rng.integers(2, 12, size=n)  # 10 items: every score repeats thousands of times
     item_cat = rng.integers(2, N_CATS, size=N_ITEMS)
     tl = {"item": item.astype(np.int32), "category": item_cat[item].astype(np.int32),
           "time": np.arange(n, dtype=np.int64)}
-    hi = np.array([20_000, 20_000, 19_990, 19_500, 40_000, 39_999, 39_000, 30_000], dtype=np.int64)
+    # two users, [0, 20000) and [20000, 40000), nine samples each; one of the second user's is far from the others
+    hi = np.array([20_000, 20_000, 19_990, 19_500, 19_000, 18_000, 17_000, 16_500, 16_000,
+                   40_000, 39_999, 39_000, 38_500, 38_000, 37_500, 37_000, 36_500, 30_000], dtype=np.int64)
     lo = np.where(hi > 20_000, 20_000, 0).astype(np.int64)
+    perm = rng.permutation(len(hi))  # a user's rows are not adjacent in the batch
+    lo, hi = lo[perm], hi[perm]
+    parts = partition(lo, hi)
+    slabs = [rows for rows, slab in parts if slab]
+    assert len(slabs) == 2 and sorted(len(r) for r in slabs) == [8, 9]  # the slab scan is what is under test
+    assert [len(rows) for rows, slab in parts if not slab] == [1]  # and the row-by-row scan beside it
+    for rows in slabs:  # a slab's chunks are long enough for the block prefilter
+        assert chunk_len(len(rows), 1, int(hi[rows].max() - lo[rows].min()), CHUNK_BUDGET) >= 8 * k * BLOCK
     long = LongHistory(tl, lo, hi, item_cat)
     table = torch.from_numpy(rng.normal(size=(N_ITEMS, 4)).astype(np.float32))
     query = torch.from_numpy(rng.normal(size=(len(lo), 4)).astype(np.float32))
-    sel = table_topk(long, query, table, k=20)  # chunks of ~20,000 ≥ 8·k·BLOCK: the block prefilter runs
+    sel = table_topk(long, query, table, k=k)
     hasher = SimHash(4, bits=16, seed=0)
     item_sig, target_sig = hasher(table), hasher(query)
-    ham = hamming_topk(long, target_sig, item_sig, k=20)  # int8 distances: exact keys, prefiltered by blocks
+    ham = hamming_topk(long, target_sig, item_sig, k=k)  # int8 distances: exact keys, prefiltered by blocks
     item_score = (query @ table.t()).numpy()  # (B, n_items): a behavior's score is its item's
     item_ham = -np.bitwise_count(item_sig[None, :] ^ target_sig[:, None]).astype(np.int64)
     for b in range(len(lo)):
         p = np.arange(lo[b], hi[b])
         order = np.lexsort((-p, -item_score[b, item[p]]))  # score desc, then most recent
-        assert _as_lists(sel)[b] == sorted(p[order[:20]].tolist())
+        assert _as_lists(sel)[b] == sorted(p[order[:k]].tolist())
         order = np.lexsort((-p, -item_ham[b, item[p]]))
-        assert _as_lists(ham)[b] == sorted(p[order[:20]].tolist())
+        assert _as_lists(ham)[b] == sorted(p[order[:k]].tolist())

@@ -139,3 +139,13 @@ def test_health_metrics_embedding_and_openapi(client: TestClient) -> None:
     m = client.get("/metrics").text
     assert "userlens_requests_total" in m and 'endpoint="/v1/score"' in m
     assert "/v1/score" in client.get("/openapi.json").json()["paths"]
+
+
+def test_every_endpoint_comes_from_one_router(client: TestClient) -> None:
+    """create_app only assembles: each API path is declared once, by the router of its concern."""
+    from userlens.serving.routes import ROUTERS
+
+    declared = [r.path for router in ROUTERS for r in router.routes]  # type: ignore[attr-defined]
+    assert len(set(declared)) == len(declared)
+    assert set(client.get("/openapi.json").json()["paths"]) == set(declared) == {
+        "/v1/events", "/v1/score", "/v1/users/{user_id}/embedding", "/healthz", "/metrics"}

@@ -38,11 +38,11 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from userlens.artifacts import describe, write_atomic
-from userlens.data.prepare import FIRST_INDEX, _sha256
+from userlens.artifacts import describe, sha256_file, write_atomic
+from userlens.data.prepare import FIRST_INDEX
 from userlens.data.prepared import PreparedData
-from userlens.data.tables import LINE, _closest, read_table
-from userlens.errors import InputError, UserlensError
+from userlens.data.tables import LINE, read_table
+from userlens.errors import InputError, UserlensError, did_you_mean
 
 ContentDType = Literal["float32", "int8"]
 DTYPES: tuple[str, ...] = ("float32", "int8")
@@ -210,7 +210,7 @@ def _finish(data: PreparedData, ids: pl.Series, index: np.ndarray, vectors: np.n
         "dtype": dtype,
         "normalize": normalize,
         "seed": seed,
-        "vocab_item_sha256": _sha256(data.path / "vocab" / "item.parquet"),  # rows are only valid for it
+        "vocab_item_sha256": sha256_file(data.path / "vocab" / "item.parquet"),  # rows are only valid for it
         "n_items": int(n_items),  # rows of content.npy, padding and unknown included
         "n_with_content": n_with,
         "n_missing": int(n_items - FIRST_INDEX - n_with),  # vocabulary items left as zero vectors
@@ -259,7 +259,7 @@ def build_content(
     cols = [c for c in t.frame.columns if c != LINE]
     for c in (id_column, *text_columns):
         if c not in cols:
-            raise InputError(f"{t.source}: missing column {c!r}{_closest(c, cols)}; found {cols}. "
+            raise InputError(f"{t.source}: missing column {c!r}{did_you_mean(c, cols)}; found {cols}. "
                              "Fix: pass the right --id-column / --text-column.")
     lines = t.frame[LINE].to_numpy()
     locate: Locate = lambda i: f"{t.source}:{t.line_label} {lines[i]}"  # noqa: E731
@@ -275,7 +275,7 @@ def build_content(
                          f"Fix: pass --pca-dim <= {len(todo)}, or leave it out.")
     vectors = np.zeros((len(index), TEXT_DIM), dtype=np.float32)
     vectors[todo] = embed_texts(text.gather(todo).to_list(), batch_size=batch_size)
-    info = {"kind": "text", "sources": {str(items): _sha256(Path(items))}, "id_column": id_column,
+    info = {"kind": "text", "sources": {str(items): sha256_file(Path(items))}, "id_column": id_column,
             "text_columns": list(text_columns), "model": _model_info(), "n_rows": len(index),
             "n_empty_rows": int((~has).sum())}
     return _finish(data, t.frame[id_column], index, vectors, has, info=info, pca_dim=pca_dim, dtype=dtype,
@@ -291,7 +291,7 @@ def _parquet_vectors(path: Path, id_column: str, vector_column: str | None
     t = read_table(path)
     cols = [c for c in t.frame.columns if c != LINE]
     if id_column not in cols:
-        raise InputError(f"{path}: missing column {id_column!r}{_closest(id_column, cols)}; found {cols}. "
+        raise InputError(f"{path}: missing column {id_column!r}{did_you_mean(id_column, cols)}; found {cols}. "
                          "Fix: pass the right --id-column.")
     lists = [c for c in cols if isinstance(t.frame[c].dtype, (pl.List, pl.Array))]
     if vector_column is None:
@@ -301,7 +301,7 @@ def _parquet_vectors(path: Path, id_column: str, vector_column: str | None
                              f"{', or name it with --vector-column' if lists else ''}.")
         vector_column = lists[0]
     elif vector_column not in cols:
-        raise InputError(f"{path}: missing column {vector_column!r}{_closest(vector_column, cols)}; found {cols}. "
+        raise InputError(f"{path}: missing column {vector_column!r}{did_you_mean(vector_column, cols)}; found {cols}. "
                          "Fix: pass the right --vector-column.")
     s = t.frame[vector_column]
     if not isinstance(s.dtype, (pl.List, pl.Array)) or not s.dtype.inner.is_numeric():
@@ -410,7 +410,7 @@ def import_vectors(
     if not path.is_file():
         raise InputError(f"{path}: file not found. Fix: check the --vectors path.")
     suffix = path.suffix.lower()
-    sources = {str(path): _sha256(path)}
+    sources = {str(path): sha256_file(path)}
     if suffix in (".parquet", ".pq"):
         if ids is not None:
             raise InputError(f"--ids is only for a .npy matrix; {path} carries its ids in column {id_column!r}. "
@@ -420,7 +420,7 @@ def import_vectors(
                                 "vector_column": vcol}
     elif suffix == ".npy":
         id_values, mat, has, locate = _npy_vectors(path, Path(ids) if ids is not None else None)
-        sources[str(ids)] = _sha256(Path(ids))  # type: ignore[arg-type]
+        sources[str(ids)] = sha256_file(Path(ids))  # type: ignore[arg-type]
         info = {"kind": "vectors", "sources": sources}
     else:
         raise InputError(f"{path}: unknown vectors file type {suffix!r}. Fix: use .parquet (id + list column) "

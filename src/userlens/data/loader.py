@@ -71,7 +71,7 @@ class BatchLoader:
             ``long_len`` most recent behaviors before the cutoff (a :class:`LongHistory`).
         user_group: with ``shuffle``, shuffle runs of this many time-consecutive samples of one
             user instead of single samples (0 = plain shuffle). A batch then holds a few users'
-            runs, whose histories the lifelong GSUs read once per batch (slabs, ``layers/gsu.py``);
+            runs, whose histories the lifelong GSUs read once per batch (slabs, ``layers/gsu/slab.py``);
             the price is less varied batches.
     """
 

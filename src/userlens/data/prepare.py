@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from userlens.artifacts import check_output_path, describe, staged_directory, write_atomic
+from userlens.artifacts import check_output_path, describe, sha256_file, staged_directory, write_atomic
 from userlens.data.attributes import attribute_cutoff, item_categories
 from userlens.data.sampling import SAMPLERS, NegativeSampler, Sampler, stable_id_hash
 from userlens.data.tables import LINE, SPLITS, BadRowPolicy, RawTable, SkipReport, unify_id_types, validate
@@ -102,14 +102,6 @@ class PrepareOptions:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _vocab(*columns: pl.Series) -> pl.DataFrame:
@@ -476,7 +468,7 @@ def _meta(sources: Sources, opt: PrepareOptions, report: SkipReport, offsets: np
         "item_attributes": item_attributes,
         "negatives": negatives,
         "options": asdict(opt),
-        "sources": {str(p): _sha256(Path(p)) for p in sources.files},
+        "sources": {str(p): sha256_file(p) for p in sources.files},
         "bad_rows": report.to_json(),
         "prepare_seconds": round(time.perf_counter() - started, 3),
     }

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from userlens.artifacts import read_json, verify
+from userlens.artifacts import read_json, sha256_file, verify
 from userlens.data.counts import UserIndexes
-from userlens.data.prepare import SCHEMA_VERSION, _sha256
+from userlens.data.prepare import SCHEMA_VERSION
 from userlens.data.sampling import ItemCounts
 from userlens.data.tables import SPLITS
 from userlens.errors import InputError
@@ -151,7 +151,7 @@ class PreparedData:
             vectors = vectors.astype(np.float32) * np.load(d / "content_scale.npy")
         mask = np.asarray(self._load("items/content_mask.npy"), dtype=bool)
         made_for = json.loads((d / "content.json").read_text()).get("vocab_item_sha256")
-        if len(vectors) != self.vocab_sizes["item"] or made_for != _sha256(self.path / "vocab" / "item.parquet"):
+        if len(vectors) != self.vocab_sizes["item"] or made_for != sha256_file(self.path / "vocab" / "item.parquet"):
             raise InputError(f"{d / 'content.npy'}: written for another item vocabulary (the directory was "
                              "prepared again since). Fix: run `userlens embed-items` again.")
         return np.asarray(vectors, dtype=np.float32), mask

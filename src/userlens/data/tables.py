@@ -11,7 +11,6 @@ in a :class:`SkipReport`, printed and recorded in ``meta.json``.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +19,7 @@ from typing import Literal
 
 import polars as pl
 
-from userlens.errors import InputError
+from userlens.errors import InputError, did_you_mean
 
 TableKind = Literal["behaviors", "impressions", "items"]
 BadRowPolicy = Literal["error", "skip"]
@@ -77,11 +76,6 @@ class RawTable:
     frame: pl.DataFrame
     source: str
     line_label: str = "line"  # "line" for text files, "row" for Parquet
-
-
-def _closest(name: str, options: Sequence[str]) -> str:
-    hit = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" (did you mean {hit[0]!r}?)" if hit else ""
 
 
 def _first_ragged_line(p: Path, sep: str) -> int | str:
@@ -234,7 +228,7 @@ def _check_columns(t: RawTable, kind: TableKind, extra: Sequence[str]) -> None:
     for need in REQUIRED[kind] + tuple(extra):
         if need not in cols:
             raise InputError(
-                f"{t.source}: missing required column {need!r}{_closest(need, cols)}; "
+                f"{t.source}: missing required column {need!r}{did_you_mean(need, cols)}; "
                 f"found {cols}. Fix: rename the column or map it with the adapter's rename option."
             )
 

@@ -104,7 +104,8 @@ class Dice(nn.Module):
         return fixed(x, self.alpha, self.running_mean, self.running_var, self.eps)  # type: ignore[no-any-return]
 
 
-_ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
+#: activation name → builder ``(width) -> nn.Module``: what :func:`make_activation` and config checks accept
+ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
     "relu": lambda d: nn.ReLU(),
     "prelu": lambda d: nn.PReLU(d),
     "sigmoid": lambda d: nn.Sigmoid(),
@@ -115,9 +116,9 @@ _ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
 def make_activation(name: str, dim: int) -> nn.Module:
     """Build an activation for ``dim`` features; unknown names list the known ones."""
     try:
-        return _ACTIVATIONS[name](dim)
+        return ACTIVATIONS[name](dim)
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; known: {sorted(_ACTIVATIONS)}") from None
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
 
 
 def compile_hot_layers(model: nn.Module) -> int:

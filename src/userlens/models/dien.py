@@ -3,10 +3,12 @@ Click-Through Rate Prediction", AAAI 2019, arXiv:1809.03672).
 
 **Interest extractor**: a GRU over the recent behaviors, supervised by an
 auxiliary loss — each hidden state must tell the next real behavior from a
-negative (a behavior at the same step of another user in the batch; DIEN's
-public code samples them from other users' sequences too). A negative whose
-item equals the positive is dropped (:func:`auxiliary_pairs`): it would train
-the state to reject the behavior that really came next.
+negative (a behavior at the same step of another user in the batch,
+:func:`other_user_rows`; DIEN's public code samples them from other users'
+sequences too). A negative whose item equals the positive is dropped
+(:func:`auxiliary_pairs`): it would train the state to reject the behavior that
+really came next. A batch of one user has no negatives (its positives still
+count; :class:`AuxiliaryPairs` ``lone`` counts such rows).
 **Interest evolving**: an AUGRU (GRU whose update
 gate is scaled by the target attention weight of each step) runs over the
 extracted interests; its final state is the user's interest in the candidate.
@@ -26,6 +28,7 @@ negatives come from the batch (the paper samples them from the item pool).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,19 +55,61 @@ class DIENConfig:
     use_user: bool = False
 
 
-def auxiliary_pairs(item: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The steps the auxiliary loss scores and their negatives, for ``item``/``mask`` ``(B, L)``.
+def other_user_rows(user: Tensor) -> Tensor:
+    """For each row of a batch, a row of **another user** ``(B,)``; ``-1`` when no other user is in the batch.
 
-    Returns ``pair (B, L-1)`` (step ``t`` has a real next behavior: a positive),
-    ``neg_row (B,)`` (the row whose behavior at ``t + 1`` is row ``b``'s negative:
-    the previous row of the batch) and ``neg_ok (B, L-1)`` (that negative exists,
-    comes from another row, and its item differs from the positive's).
+    Rows are grouped by user (a stable sort, so the rule does not depend on where a user's
+    rows sit); the i-th row of a user's group takes the i-th row after the group, cyclically
+    and skipping the group. Each user's negatives spread over the other users' rows and never
+    come from its own: with ``user_group`` batches (runs of one user's samples, which often
+    share one cutoff and so one history) the previous row was mostly the same user's same
+    behavior. No random draw: the same batch always gets the same negatives.
     """
+    b = user.shape[0]
+    if b == 0:
+        return user.new_zeros(0)
+    order = torch.sort(user, stable=True).indices
+    u = user[order]
+    ar = torch.arange(b, device=user.device)
+    first = torch.ones(b, dtype=torch.bool, device=user.device)
+    first[1:] = u[1:] != u[:-1]
+    start = torch.cummax(torch.where(first, ar, 0), 0).values  # (B,) where each row's group starts
+    group = torch.cumsum(first.long(), 0) - 1
+    size = torch.bincount(group)[group]
+    others = b - size
+    after = b - start - size  # rows after the group (sorted order); the rest lie before it
+    j = (ar - start) % others.clamp_min(1)
+    pos = torch.where(j < after, start + size + j, j - after).clamp(0, b - 1)
+    out = torch.empty_like(order)
+    out[order] = torch.where(others > 0, order[pos], -1)
+    return out
+
+
+class AuxiliaryPairs(NamedTuple):
+    """What DIEN's auxiliary loss scores, for ``item``/``mask`` ``(B, L)`` (:func:`auxiliary_pairs`).
+
+    ``pair (B, L-1)``: step ``t`` has a real next behavior (a positive). ``neg_row (B,)``: the row
+    whose behavior at ``t + 1`` is row ``b``'s negative (:func:`other_user_rows`; the row itself when
+    there is none). ``neg_ok (B, L-1)``: that negative exists, is another user's, and its item differs
+    from the positive's. ``lone``: rows with no other user in the batch (no negatives; their
+    positives still count).
+    """
+
+    pair: Tensor
+    neg_row: Tensor
+    neg_ok: Tensor
+    lone: int
+
+
+def auxiliary_pairs(item: Tensor, mask: Tensor, user: Tensor) -> AuxiliaryPairs:
+    """Next-behavior positives and other users' negatives (see :class:`AuxiliaryPairs`)."""
     rows = torch.arange(item.shape[0], device=item.device)
-    neg_row = torch.roll(rows, 1)
+    other = other_user_rows(user)
+    has = other >= 0
+    neg_row = torch.where(has, other, rows)
     pair = mask[:, :-1] & mask[:, 1:]
-    neg_ok = pair & mask[neg_row, 1:] & (neg_row != rows).unsqueeze(1) & (item[neg_row, 1:] != item[:, 1:])
-    return pair, neg_row, neg_ok
+    neg_ok = pair & has.unsqueeze(1) & mask[neg_row, 1:] & (item[neg_row, 1:] != item[:, 1:])
+    return AuxiliaryPairs(pair, neg_row, neg_ok, int((~has).sum()))
 
 
 class DIEN(nn.Module):
@@ -86,7 +131,7 @@ class DIEN(nn.Module):
         self.aug_h = nn.Linear(h, 3 * h, bias=False)
         self.tower = MLP(d + h + self.embedding.side_dim, cfg.mlp, cfg.activation, cfg.dropout, out_dim=1)
         #: batch fields the loader must build for this model
-        self.fields: frozenset[str] = fields_for(self.embedding)
+        self.fields: frozenset[str] = fields_for(self.embedding, extra=("user",))  # user: the auxiliary negatives
 
     def _extract(self, e: Tensor, lengths: Tensor, mask: Tensor) -> Tensor:
         packed = pack_padded_sequence(e, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
@@ -94,9 +139,9 @@ class DIEN(nn.Module):
         out = pad_packed_sequence(out, batch_first=True, total_length=e.shape[1])[0]
         return out * mask.unsqueeze(-1)
 
-    def _aux_loss(self, states: Tensor, e: Tensor, item: Tensor, mask: Tensor) -> Tensor:
-        """Mean BCE of next-behavior positives (label 1) and other rows' behaviors (label 0)."""
-        pair, neg_row, neg_ok = auxiliary_pairs(item, mask)
+    def _aux_loss(self, states: Tensor, e: Tensor, item: Tensor, mask: Tensor, user: Tensor) -> Tensor:
+        """Mean BCE of next-behavior positives (label 1) and other users' behaviors (label 0)."""
+        pair, neg_row, neg_ok, _ = auxiliary_pairs(item, mask, user)
         pred = self.aux_proj(states[:, :-1])
         pos = (pred * e[:, 1:]).sum(-1)[pair]
         neg = (pred * e[neg_row, 1:]).sum(-1)[neg_ok]
@@ -140,8 +185,11 @@ class DIEN(nn.Module):
     def forward_train(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """``(logits (B,), {"auxiliary": aux_weight × next-behavior BCE})``: the trainer adds the extra terms."""
         logits, states, e, mask = self._score(batch)
+        if "user" not in batch.target:
+            raise ValueError("DIEN's auxiliary loss draws its negatives from other users' rows: the batch needs "
+                             "the `user` field. Fix: build batches with the model's `fields` (they include it).")
         if batch.history.max_len > 1:
-            aux = self._aux_loss(states, e, batch.history["item"], mask)
+            aux = self._aux_loss(states, e, batch.history["item"], mask, batch.target["user"])
         else:
             aux = states.sum() * 0.0
         return logits, {"auxiliary": self.cfg.aux_weight * aux}

@@ -31,7 +31,7 @@ category are not similar. The score is a ranking score, **not a calibrated
 logit**: the logloss reported for it is not meaningful; compare AUC / GAUC only.
 
 Memory: the ranges are scanned newest first in chunks of ``B × C`` item ids
-(:func:`userlens.layers.gsu._chunks`, ``B × C ≤`` :data:`~userlens.layers.gsu.CHUNK_BUDGET`),
+(:func:`userlens.layers.gsu.chunks`, ``B × C ≤`` :data:`~userlens.layers.gsu.CHUNK_BUDGET`),
 never a ``(B, 100000)`` tensor.
 """
 
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from userlens.batch import Batch
 from userlens.errors import ConfigError
-from userlens.layers.gsu import CHUNK_BUDGET, _chunks
+from userlens.layers.gsu import CHUNK_BUDGET, chunks
 from userlens.models.registry import register_model
 from userlens.models.spec import FeatureSpec
 
@@ -78,7 +78,7 @@ class HistoryMatch(nn.Module):
         score = torch.zeros(len(long.lo), dtype=torch.float64)
         newest = torch.from_numpy(long.hi - 1)[:, None]  # (B, 1) position of the newest behavior
         width = max(1, min(max(long.longest, 1), self.budget // max(len(long.lo), 1)))
-        for ids, valid, pos in _chunks(long, width):  # (B, C) each, newest chunk first
+        for ids, valid, pos in chunks(long, width):  # (B, C) each, newest chunk first
             weight = torch.pow(self.decay, (newest - pos).clamp_min(0).to(torch.float64))  # γ^rank
             match = self.item_weight * (ids == item) + (item_cat[ids] == cat)  # (B, C)
             score += (weight * match * (1 if valid is None else valid.mask(ids.shape[1]))).sum(1)

@@ -13,7 +13,7 @@ for every registered model).
 
 Per-user GSU state is kept between requests, not recomputed: SIM hard's
 category index and SDIM's per-round bucket sums live in a
-:class:`~userlens.layers.gsu.HistoryState` per user (least recently used first out
+:class:`~userlens.serving.state.HistoryState` per user (least recently used first out
 beyond ``state_bytes``, 1 GiB by default: SIM's index is 16 bytes per behavior, 1.6 MB for a
 100K history; SDIM's sums 17 KB per user)
 and are extended with the behaviors appended since the previous request. The
@@ -44,8 +44,9 @@ from userlens.batch import COUNTS_FIELD, Batch, History, LongHistory
 from userlens.data.counts import ItemTimes, UserIndexes, count_features
 from userlens.errors import InputError
 from userlens.layers.explain import tracing
-from userlens.layers.gsu import CategoryIndex, HistoryState
+from userlens.layers.gsu import CategoryIndex
 from userlens.serving.package import ModelPackage
+from userlens.serving.state import HistoryState
 from userlens.serving.store.base import UNKNOWN, BehaviorStore, Event, UserHistory
 
 

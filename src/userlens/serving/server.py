@@ -4,7 +4,7 @@ Workers are separate processes, so each builds its own app from the environment
 (:func:`app_from_env`): the package path and store URL travel as
 ``USERLENS_PACKAGE`` / ``USERLENS_STORE``; the write token as ``USERLENS_TOKEN``. Every worker
 watches the package directory (``USERLENS_RELOAD_SECONDS``, 0 = off) and swaps in a re-exported
-package without dropping requests (:class:`~userlens.serving.app.PackageReloader`).
+package without dropping requests (:class:`~userlens.serving.reload.PackageReloader`).
 LMDB and Redis both take several processes (LMDB through its own file locks).
 """
 

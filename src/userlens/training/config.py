@@ -181,7 +181,7 @@ def check_model_config(model: str, config: Any) -> None:
     known. Building on a 3-item spec surfaces the model's own constraints (e.g. SDIM's
     ``rounds × width <= 64``) here, before any data is read.
     """
-    from userlens.layers.activation import _ACTIVATIONS
+    from userlens.layers.activation import ACTIVATIONS
     from userlens.models.registry import build_model
     from userlens.models.spec import FeatureSpec
 
@@ -198,10 +198,10 @@ def check_model_config(model: str, config: Any) -> None:
                 raise ConfigError(f"dropout must be in [0, 1), got {v}")
         if isinstance(v, tuple) and any(not isinstance(x, int) or x < 1 for x in v):
             raise ConfigError(f"{name} must be layer sizes >= 1 like 200,80; got {','.join(map(str, v))}")
-        if (name == "activation" or name.endswith("_activation")) and v not in _ACTIVATIONS:
-            close = difflib.get_close_matches(str(v), list(_ACTIVATIONS), n=1)
+        if (name == "activation" or name.endswith("_activation")) and v not in ACTIVATIONS:
+            close = difflib.get_close_matches(str(v), list(ACTIVATIONS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{name} must be one of {sorted(_ACTIVATIONS)}, got {v!r}.{hint}")
+            raise ConfigError(f"{name} must be one of {sorted(ACTIVATIONS)}, got {v!r}.{hint}")
     try:
         build_model(model, FeatureSpec(n_users=3, n_items=3, n_categories=3), config)
     except (ValueError, TypeError) as e:

@@ -1,0 +1,92 @@
+"""SIM hard search (Pi et al., CIKM 2020): the most recent k behaviors of the target's category."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from userlens.layers.explain import note
+from userlens.layers.gsu.base import Selection
+
+
+def position_bits(n: int) -> int:
+    """Bits of a :class:`CategoryIndex` key that hold a position in ``[0, n]`` (``n``: a search's open end)."""
+    return max(int(n).bit_length(), 1)
+
+
+class CategoryIndex:
+    """SIM hard search: timeline positions grouped by category, each group in time order.
+
+    Built once per dataset (a stable argsort of the category column, 16 bytes per
+    behavior) and shared by every batch; a search is two ``searchsorted`` calls for
+    the whole batch, so its cost does not depend on the history length. A serving
+    scorer keeps one per user and :meth:`extend` s it with appended behaviors.
+
+    Keys are ``category << shift | position`` in one int64, with ``shift =``
+    :func:`position_bits` of the timeline length: as wide as the positions need
+    (33 bits past 2**32 behaviors), widened when :meth:`extend` crosses a power of
+    two. Categories take the remaining bits; ids that do not fit raise instead of
+    wrapping around into other categories' keys.
+    """
+
+    def __init__(self, category: np.ndarray) -> None:
+        category = np.asarray(category)
+        self.n = 0
+        self.shift = 1
+        self.top = -1  # the largest category indexed
+        self.reserve(len(category), category)
+        self.n = len(category)
+        self.positions = np.argsort(category, kind="stable").astype(np.int64)
+        self.keys = (category.astype(np.int64)[self.positions] << self.shift) | self.positions
+
+    def reserve(self, n: int, category: np.ndarray | None = None) -> None:
+        """Make the keys hold positions up to ``n`` and the ids of ``category`` (re-packing them when the
+        position field widens). Raises ValueError, changing nothing, when the ids would not fit beside
+        the positions: ``0 <= category < 2**(62 − shift)`` (one spare bit for searches). :meth:`extend`
+        calls it; a caller that knows how far the history will grow may call it first."""
+        category = np.zeros(0, dtype=np.int64) if category is None else np.asarray(category)
+        shift = max(self.shift, position_bits(n))
+        top = max(self.top, int(category.max())) if len(category) else self.top
+        low = int(category.min()) if len(category) else 0
+        if low < 0 or top >= 1 << (62 - shift):
+            raise ValueError(f"CategoryIndex: category ids must be in [0, 2**{62 - shift}) beside {n} timeline "
+                             f"positions ({shift} bits of a 64-bit key); got ids from {low} to {top}. "
+                             "Fix: index categories by their vocabulary codes (what `userlens prepare` writes).")
+        if shift != self.shift and self.n:
+            self.keys = ((self.keys >> self.shift) << shift) | self.positions
+        self.shift, self.top = shift, top
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index (a serving scorer's byte budget counts it)."""
+        return self.keys.nbytes + self.positions.nbytes
+
+    def extend(self, category: np.ndarray) -> None:
+        """Add positions ``n, n+1, …`` with these categories (appended behaviors): O(n) copy, no sort."""
+        m = len(category)
+        if not m:
+            return
+        category = np.asarray(category)
+        self.reserve(self.n + m, category)
+        pos = np.arange(self.n, self.n + m, dtype=np.int64)
+        order = np.argsort(category, kind="stable")
+        new = (category.astype(np.int64)[order] << self.shift) | pos[order]
+        at = np.searchsorted(self.keys, new)
+        self.keys = np.insert(self.keys, at, new)
+        self.positions = self.keys & ((1 << self.shift) - 1)
+        self.n += m
+
+    def search(self, category: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int) -> Selection:
+        """The ``k`` most recent positions in ``[lo, hi)`` whose category equals ``category`` (per row)."""
+        # a category outside the index matches nothing: clipped to just below or above every key's
+        base = np.clip(np.asarray(category, dtype=np.int64), -1, self.top + 1) << self.shift
+        a = np.searchsorted(self.keys, base + np.clip(lo, 0, self.n))
+        b = np.searchsorted(self.keys, base + np.clip(hi, 0, self.n))
+        start = np.maximum(a, b - k)
+        count = (b - start).astype(np.int64)
+        ar = np.arange(k)
+        valid = ar[None, :] < count[:, None]
+        idx = np.where(valid, start[:, None] + ar[None, :], 0)
+        pos = np.where(valid, self.positions[np.minimum(idx, max(self.n - 1, 0))] if self.n else -1, -1)
+        sel = Selection(pos.astype(np.int64), count)
+        note("gsu", sel)
+        return sel
