@@ -12,7 +12,7 @@ import polars as pl
 
 from userlens.artifacts import read_json, verify
 from userlens.data.prepare import SCHEMA_VERSION, _sha256
-from userlens.data.sampling import ItemCounts
+from userlens.data.sampling import ItemCounts, NegativeReport
 from userlens.data.tables import SPLITS
 from userlens.errors import InputError
 
@@ -95,6 +95,12 @@ class PreparedData:
     def item_counts(self) -> ItemCounts:
         """Per-item behavior counts before any time (the ``popularity`` baseline), built on first use and shared."""
         return ItemCounts(np.asarray(self.timeline["item"]), np.asarray(self.timeline["time"]))
+
+    @property
+    def negatives(self) -> NegativeReport | None:
+        """What negative sampling did (``None``: samples from impressions, or ``--negatives 0``)."""
+        saved = self.meta.get("negatives")
+        return NegativeReport.from_json(saved) if saved else None
 
     @property
     def vocab_sizes(self) -> dict[str, int]:
