@@ -203,8 +203,9 @@ def train(
         data = PreparedData(data_dir)
         res = fit(data, cfg, out, resume=resume, force=force, show_progress=progress, log=_say)
         valid = {k: (None if isinstance(v, float) and v != v else v) for k, v in res.best_valid.items()}
-        speed = (f"{res.train_samples_per_s:,.0f} train samples/s over all {res.epochs_run} epoch(s) "
-                 "(Σ train_samples / Σ train_seconds of metrics.jsonl)" if res.epochs_run else "not trained (no parameters)")
+        speed = "not trained (no parameters)" if not res.epochs_run else (
+            f"{res.train_samples_per_s:,.0f} train samples/s over all {res.epochs_run} epoch(s) "
+            "(Σ train_samples / Σ train_seconds of metrics.jsonl)")
         _say(f"best epoch {res.best_epoch}: valid {json.dumps(valid)}; {speed}; run saved to {out}")
 
     _run(go)
