@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# On a fresh machine: `make install`, then `make demo`, `make test` or `make serve` (each installs if needed).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -105,7 +105,7 @@ def main() -> None:
             gsu.append(GSU_SECONDS[0] * 1000 / n_test * 1000)
             aucs.append(ev["auc"])
             gaucs.append(ev["gauc"])
-            speed.append(res.train_samples_per_s)
+            speed.append(res.train_samples_per_s_steady)
 
         def ms(xs: list[float]) -> str:
             return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"

@@ -72,7 +72,7 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
                                     "threads": threads, "compile": False, "seed": seed, "patience": patience})
         run = work / "runs" / f"{model}-{length}-{seed}"
         res = fit(data, cfg, run, show_progress=False, log=lambda s: None, force=True)
-        row.update(auc=evaluate_run(run)["auc"], train_samples_per_s=res.train_samples_per_s_overall, seed=seed,
+        row.update(auc=evaluate_run(run)["auc"], train_samples_per_s=res.train_samples_per_s, seed=seed,
                    epochs=res.epochs_run, best_epoch=res.best_epoch,
                    train_seconds=round(sum(json.loads(x).get("train_seconds", 0)
                                            for x in (run / "metrics.jsonl").read_text().splitlines()), 1))

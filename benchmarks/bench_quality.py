@@ -266,7 +266,7 @@ def main() -> None:
                     ev = evaluate_run(run, predictions=scores)
                     row = {"dataset": ds, "model": label, "seed": seed, "auc": ev["auc"], "gauc": ev["gauc"],
                            "auc_seen": auc_seen(data, scores),
-                           "logloss": ev["logloss"], "n_test": ev["n"], "samples_per_s": res.train_samples_per_s,
+                           "logloss": ev["logloss"], "n_test": ev["n"], "samples_per_s": res.train_samples_per_s_steady,
                            "epochs": res.epochs_run, "best_epoch": res.best_epoch,
                            "wall_s": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d"),
                            "torch": torch.__version__, "threads": args.threads, "content": content,

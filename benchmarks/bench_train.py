@@ -83,8 +83,8 @@ def main() -> None:
                 test = evaluate_run(run)
                 rows.append((ds, L, seed, res, test))
                 print(f"| {ds} | {L} | {seed} | {res.best_epoch} | {res.epochs_run} | {test['auc']:.4f} | "
-                      f"{test['gauc']:.4f} | {test['logloss']:.4f} | {res.train_samples_per_s:,.0f} | "
-                      f"{res.train_samples_per_s_overall:,.0f} |", flush=True)
+                      f"{test['gauc']:.4f} | {test['logloss']:.4f} | {res.train_samples_per_s_steady:,.0f} | "
+                      f"{res.train_samples_per_s:,.0f} |", flush=True)
     print("\n| dataset | history | ours AUC | ours GAUC | ours samples/s (all epochs) | peer | peer AUC | "
           "peer GAUC | peer samples/s | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -92,7 +92,7 @@ def main() -> None:
         mine = [r for r in rows if r[0] == ds and r[1] == L]
         auc = statistics.mean(r[4]["auc"] for r in mine)
         gauc = statistics.mean(r[4]["gauc"] for r in mine)
-        sps = statistics.mean(r[3].train_samples_per_s_overall for r in mine)
+        sps = statistics.mean(r[3].train_samples_per_s for r in mine)
         for peer, pa, pg, ps in PEER_RESULTS.get((ds, L), [("-", float("nan"), float("nan"), float("nan"))]):
             print(f"| {ds} | {L} | {auc:.4f} | {gauc:.4f} | {sps:,.0f} | {peer} | {pa:.4f} | {pg:.4f} | "
                   f"{ps:,.0f} | {sps / ps:.2f}x |")

@@ -57,7 +57,7 @@ def main() -> None:
                 run = work / "user-group" / args.dataset / model / f"{seed}-{g}"
                 res = fit(data, cfg, run, show_progress=False, log=lambda s: None, force=True)
                 auc[g] = evaluate_run(run)["auc"]
-                speed[g].append(res.train_samples_per_s)
+                speed[g].append(res.train_samples_per_s_steady)
             diffs.append(auc[args.group] - auc[0])
             print(f"| {model} | {seed} | {auc[0]:.4f} | {auc[args.group]:.4f} | {diffs[-1]:+.4f} | "
                   f"{speed[0][-1]:,.0f} | {speed[args.group][-1]:,.0f} |", flush=True)

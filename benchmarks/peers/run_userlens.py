@@ -8,7 +8,7 @@ line ``RESULT {json}`` on stdout.
 
 Train samples/s = train rows × epochs / training seconds over all epochs (validation
 excluded, the first epoch's ``torch.compile`` warm-up included): the peers' definition,
-``FitResult.train_samples_per_s_overall``.
+``FitResult.train_samples_per_s``.
 
     .venv/bin/python benchmarks/peers/run_userlens.py --dataset movielens-latest-small --history 50 \\
         --workdir /tmp/userlens-peers-work
@@ -62,7 +62,7 @@ def main() -> None:
     test = evaluate_run(run)
     result = {"runner": "ours", "dataset": s.dataset, "history": s.history, "epochs": res.epochs_run,
               "best_epoch": res.best_epoch, "train_rows": seen // max(res.epochs_run, 1), "train_seconds": secs,
-              "samples_per_s": res.train_samples_per_s_overall, "test_auc": test["auc"],
+              "samples_per_s": res.train_samples_per_s, "test_auc": test["auc"],
               "test_logloss": test["logloss"], "threads": torch.get_num_threads(), "torch": torch.__version__,
               "compile": cfg.train.compile}
     print("RESULT " + json.dumps(result), flush=True)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from userlens.errors import Interrupted, UserlensError
 
@@ -52,13 +55,62 @@ def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise typer.Exit(1) from None
 
 
-@app.command()
+def _help_completed(before: Callable[[click.Command], None] | None = None,
+                    after: Callable[[], None] | None = None) -> type[TyperCommand]:
+    """A command class whose ``--help`` is completed when shown: ``before`` edits it, ``after`` prints more.
+
+    What they list comes from registries (adapters, config dataclasses) that import polars or torch:
+    reading them at import time would slow every ``userlens`` call, and a hand-copied list goes stale.
+    """
+
+    class Command(TyperCommand):
+        def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+            if before is not None:
+                before(self)
+            super().format_help(ctx, formatter)
+            if after is not None:
+                after()
+
+    return Command
+
+
+def _list_formats(command: click.Command) -> None:
+    from userlens.data.adapters import ADAPTERS
+
+    for param in command.params:
+        if param.name == "format":  # comma-separated: Rich wraps it, where it cropped one a|b|c word
+            param.help = f"dataset adapter, one of: {', '.join(sorted(ADAPTERS))}"  # type: ignore[attr-defined]
+
+
+def _list_train_keys() -> None:
+    """The training keys as a panel under the options, like Typer's own (it prints to stdout too)."""
+    from rich.padding import Padding
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    from userlens.training.keys import train_keys
+
+    table = Table(box=None, show_header=True, header_style="dim", pad_edge=False)
+    for column in ("key", "default", "type", "meaning"):
+        table.add_column(column, no_wrap=column != "meaning")
+    for k in train_keys():
+        table.add_row(k.name, k.default, k.kind, k.meaning)
+    out = Console(highlight=False)
+    out.print(Panel(table, title="Config keys: --set key=value, or a flat JSON/TOML --config file; every model",
+                    title_align="left", border_style="dim"))
+    out.print(Padding(Text("Model keys (embed_dim, mlp, k ...) depend on the model: `userlens models NAME` lists "
+                           "them with their defaults. An unknown key is refused with the closest match; the first "
+                           "log line is the resolved config."), (0, 1, 1, 1)))
+
+
+@app.command(cls=_help_completed(before=_list_formats))
 def prepare(
     out: Annotated[Path, typer.Option(help="prepared directory to write")],
     behaviors: Annotated[Optional[Path], typer.Option(help="behaviors table (CSV/Parquet)")] = None,
     impressions: Annotated[Optional[Path], typer.Option(help="impressions table with labels")] = None,
     items: Annotated[Optional[Path], typer.Option(help="items table (category, title ...)")] = None,
-    format: Annotated[Optional[str], typer.Option("--format", help="dataset adapter: movielens|amazon|taobao|lastfm")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="dataset adapter (listed by --help)")] = None,
     source: Annotated[Optional[Path], typer.Option(help="dataset folder for --format")] = None,
     on_bad_rows: Annotated[str, typer.Option(help="error (stop) or skip (skip, count, report)")] = "error",
     timestamp_unit: Annotated[str, typer.Option(help="auto|s|ms for integer timestamps")] = "auto",
@@ -106,7 +158,7 @@ def prepare(
          f"test {s['test']['samples']:,}; {meta['prepare_seconds']} s")
 
 
-@app.command()
+@app.command(cls=_help_completed(after=_list_train_keys))
 def train(
     data_dir: Annotated[Path, typer.Argument(help="prepared directory")],
     model: Annotated[Optional[str], typer.Option(help="registered model name (see `userlens models`)")] = None,
@@ -121,8 +173,8 @@ def train(
 ) -> None:
     """Train a model; writes config.json, model.safetensors and metrics.jsonl to --out.
 
-    The run is built in OUT.partial with a checkpoint per epoch and moved to OUT when finished; a killed
-    or interrupted run continues with the same command plus --resume (--model may then be omitted).
+    The run is built in OUT.partial with a checkpoint per epoch and moved to OUT when finished.
+    A killed or interrupted run continues with the same command plus --resume (--model may then be omitted).
     """
     from userlens.data.prepared import PreparedData
     from userlens.errors import ConfigError
@@ -151,8 +203,10 @@ def train(
         data = PreparedData(data_dir)
         res = fit(data, cfg, out, resume=resume, force=force, show_progress=progress, log=_say)
         valid = {k: (None if isinstance(v, float) and v != v else v) for k, v in res.best_valid.items()}
-        _say(f"best epoch {res.best_epoch}: valid {json.dumps(valid)}; "
-             f"{res.train_samples_per_s:,.0f} train samples/s; run saved to {out}")
+        speed = "not trained (no parameters)" if not res.epochs_run else (
+            f"{res.train_samples_per_s:,.0f} train samples/s over all {res.epochs_run} epoch(s) "
+            "(Σ train_samples / Σ train_seconds of metrics.jsonl)")
+        _say(f"best epoch {res.best_epoch}: valid {json.dumps(valid)}; {speed}; run saved to {out}")
 
     _run(go)
 
@@ -295,12 +349,23 @@ def _raise(message: str) -> None:
 
 
 @app.command()
-def models() -> None:
-    """List the registered models, one line each."""
-    from userlens.models import list_models
+def models(name: Annotated[Optional[str], typer.Argument(help="a model: list its config keys")] = None) -> None:
+    """List the registered models, one line each; with NAME, that model's config keys and their defaults."""
+    from userlens.models import get_model, list_models
+    from userlens.training.keys import key_lines, model_keys, train_keys
 
-    for e in list_models():
-        typer.echo(f"{e.name:<12} {e.summary}")
+    if name is None:
+        entries = list_models()
+        width = max(len(e.name) for e in entries)
+        for e in entries:
+            typer.echo(f"{e.name:<{width}}  {e.summary}")
+        return
+    own = _run(model_keys, name)
+    lines = key_lines(own + train_keys())  # one alignment for both parts
+    typer.echo(f"{name}: {get_model(name).summary}\n")
+    typer.echo("model keys (--set key=value; name, default, type, meaning):" if own else "model keys: none")
+    for line in lines[:len(own)] + ["", "training keys (every model):"] + lines[len(own):]:
+        typer.echo(line)
 
 
 @app.command()

@@ -10,7 +10,8 @@ import pytest
 
 from userlens.data.attributes import attribute_cutoff, item_categories
 from userlens.data.prepare import PrepareOptions, earlier_counts, prepare, sources_from_files
-from userlens.data.sampling import NegativeSampler, counter_uniform, stable_id_hash
+from userlens.data.prepared import PreparedData
+from userlens.data.sampling import NegativeReport, NegativeSampler, counter_uniform, stable_id_hash
 from userlens.data.tables import SPLITS
 
 T = 1_600_000_000  # epoch seconds
@@ -126,6 +127,37 @@ def test_exact_fallback_and_impossible_negatives_are_counted() -> None:
     assert neg[0].tolist() == [6, 6]  # the only item seen before t=10 that user 2 had not touched
     assert neg[1].tolist() == [-1, -1] and rep.positives_without_negative == 1
     assert rep.drawn == 2
+
+
+def test_draws_left_after_the_rejection_rounds_are_enumerated_and_counted_by_name() -> None:
+    # user 2 touched items 2..301 before t=1000; only item 302 (user 3's) is allowed: a uniform proposal is
+    # accepted 1 time in 301, so a draw survives the 64 rounds with probability (300/301)^64 ≈ 0.81
+    beh = pl.DataFrame({"user": [2] * 300 + [3, 2], "item": list(range(2, 302)) + [302, 303],
+                        "time": list(range(300)) + [0, 1000]})
+    s, *_ = _sampler(beh)
+    neg, rep = s.draw(np.array([2]), np.array([300]), np.array([1000]), np.array([303]), 16)
+    assert (neg == 302).all()
+    assert 0 < rep.draws_enumerated_after_rejections <= 16
+    saved = rep.to_json()
+    assert saved["draws_enumerated_after_rejections"] == rep.draws_enumerated_after_rejections
+    assert saved["rejection_rounds"] == 64 and "exact_fallbacks" not in saved
+    assert NegativeReport.from_json(saved) == rep
+
+
+def test_prepared_data_reads_the_negatives_report_under_its_old_name(tmp_path: Path) -> None:
+    import json
+
+    d = _prepare(tmp_path, _log(n=400), "data", negatives=2)
+    report = PreparedData(d).negatives
+    assert report is not None and report.drawn > 0
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["negatives"]["draws_enumerated_after_rejections"] == report.draws_enumerated_after_rejections
+    # a directory prepared before the rename (meta.json is not in its own file manifest)
+    meta["negatives"]["exact_fallbacks"] = 7
+    del meta["negatives"]["draws_enumerated_after_rejections"], meta["negatives"]["rejection_rounds"]
+    (d / "meta.json").write_text(json.dumps(meta))
+    old = PreparedData(d).negatives
+    assert old is not None and old.draws_enumerated_after_rejections == 7 and old.drawn == report.drawn
 
 
 def test_counter_uniform_and_id_hash_are_stable() -> None:

@@ -41,3 +41,29 @@ def test_config_files(tmp_path) -> None:
     (tmp_path / "b.toml").write_text("[train]\nlr = 1\n")
     with pytest.raises(ConfigError, match="flat"):
         load_config_file(tmp_path / "b.toml")
+
+
+def test_every_config_key_of_every_model_has_a_meaning() -> None:
+    """`userlens train --help` / `userlens models NAME` read keys from the dataclasses; a new key needs a meaning."""
+    from userlens.models import list_models
+    from userlens.training.keys import MODEL_KEYS, TRAIN_KEYS, model_keys, train_keys
+
+    listed = train_keys() + [k for e in list_models() for k in model_keys(e.name)]
+    assert [k.name for k in listed if k.meaning == "(no description)"] == []
+    used = {k.name for k in listed}
+    assert set(TRAIN_KEYS) | set(MODEL_KEYS) <= used  # no meaning left for a key that is gone
+    assert set(TRAIN_KEYS).isdisjoint(MODEL_KEYS)  # a key has one home (resolve_config enforces it too)
+
+
+def test_keys_are_described_as_set_takes_them() -> None:
+    from userlens.training.keys import model_keys, train_keys
+
+    t = {k.name: k for k in train_keys()}
+    assert (t["optimizer"].kind, t["optimizer"].default) == ("adam|adamw", "adam")
+    assert (t["threads"].kind, t["threads"].default) == ("int | none", "none")
+    assert (t["compile"].kind, t["compile"].default) == ("bool", "true")
+    m = {k.name: k for k in model_keys("din")}
+    assert (m["mlp"].kind, m["mlp"].default) == ("ints", "200,80")
+    # the listed defaults, given back through --set, are the defaults
+    back = resolve_config("din", {**{k: v.default for k, v in m.items()}, **{k: v.default for k, v in t.items()}})
+    assert back.to_json() == resolve_config("din").to_json()

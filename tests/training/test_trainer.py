@@ -291,13 +291,18 @@ def test_non_finite_validation_logits_stop_training_with_a_clear_error(small_dat
 
 @pytest.mark.parametrize("name", ["popularity", "history_match"])
 def test_parameter_free_models_are_evaluated_not_trained(small_data: PreparedData, tmp_path, name: str) -> None:
-    res = fit(small_data, resolve_config(name, FAST), tmp_path, show_progress=False, log=lambda s: None)
+    lines: list[str] = []
+    res = fit(small_data, resolve_config(name, FAST), tmp_path, show_progress=False, log=lines.append)
     assert (res.epochs_run, res.best_epoch) == (0, 0)
     [row] = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert row["epoch"] == 0 and row["evaluation_only"] is True and row["train_samples"] == 0
     assert load_file(str(tmp_path / "model.safetensors")) == {}  # no parameters, no buffers
     again = evaluate_run(tmp_path, split="valid")
     assert again["auc"] == row["valid_auc"] == res.best_valid["auc"] and again["auc"] > 0.5
+    # a ranking score, not a probability: the logloss beside it is flagged where it is shown
+    said = f"logloss is not meaningful for {name}"
+    assert any(x.startswith(f"note: {said}") for x in lines), lines
+    assert again["logloss"] is not None and any(n.startswith(said) for n in again["notes"]), again
     assert evaluate_run(tmp_path, split="test")["n"] == len(small_data.samples("test"))
 
 

@@ -13,7 +13,7 @@ import polars as pl
 from userlens.artifacts import read_json, sha256_file, verify
 from userlens.data.counts import UserIndexes
 from userlens.data.prepare import SCHEMA_VERSION
-from userlens.data.sampling import ItemCounts
+from userlens.data.sampling import ItemCounts, NegativeReport
 from userlens.data.tables import SPLITS
 from userlens.errors import InputError
 
@@ -102,6 +102,12 @@ class PreparedData:
         """The timeline's item / category position indexes (counting features), built on first use and shared."""
         tl = self.timeline
         return UserIndexes(np.asarray(tl["item"]), np.asarray(tl["category"]), np.asarray(tl["time"]))
+
+    @property
+    def negatives(self) -> NegativeReport | None:
+        """What negative sampling did (``None``: samples from impressions, or ``--negatives 0``)."""
+        saved = self.meta.get("negatives")
+        return NegativeReport.from_json(saved) if saved else None
 
     @property
     def vocab_sizes(self) -> dict[str, int]:

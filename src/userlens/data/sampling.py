@@ -79,13 +79,24 @@ class NegativeReport:
     drawn: int = 0
     positives_without_negative: int = 0  # no item seen before t that the user had not touched
     category_fallbacks: int = 0  # category sampler fell back to uniform (no unseen item of that category)
-    exact_fallbacks: int = 0  # draws resolved by enumeration after ROUNDS rejection rounds
+    # negative draws still rejected after ROUNDS vectorised rounds, then settled by enumerating their allowed
+    # items (same distribution, slower; none allowed: no negative); meta.json called it "exact_fallbacks" before
+    draws_enumerated_after_rejections: int = 0
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"sampler": self.sampler, "alpha": self.alpha, "drawn": self.drawn,
                 "positives_without_negative": self.positives_without_negative,
-                "category_fallbacks": self.category_fallbacks, "exact_fallbacks": self.exact_fallbacks}
+                "category_fallbacks": self.category_fallbacks, "rejection_rounds": ROUNDS,
+                "draws_enumerated_after_rejections": self.draws_enumerated_after_rejections}
+
+    @classmethod
+    def from_json(cls, d: dict) -> NegativeReport:
+        """The report as meta.json holds it; directories prepared before the rename say ``exact_fallbacks``."""
+        enumerated = d.get("draws_enumerated_after_rejections", d.get("exact_fallbacks", 0))
+        return cls(d["sampler"], d["alpha"], drawn=d.get("drawn", 0),
+                   positives_without_negative=d.get("positives_without_negative", 0),
+                   category_fallbacks=d.get("category_fallbacks", 0), draws_enumerated_after_rejections=enumerated)
 
 
 class ItemCounts:
@@ -275,7 +286,7 @@ class NegativeSampler:
             result[todo[ok]] = cand[ok]
             todo = todo[~ok & ~give_up]
         for i in todo:  # rare: rejected ROUNDS times; enumerate the allowed items exactly
-            report.exact_fallbacks += 1
+            report.draws_enumerated_after_rejections += 1
             pool, w = self._candidates(mode[i], int(u[i]), int(tt[i]), int(cat[i]), alpha)
             if len(pool) == 0 and mode[i] == "category":
                 report.category_fallbacks += 1

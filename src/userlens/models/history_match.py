@@ -62,6 +62,9 @@ class HistoryMatch(nn.Module):
     Shapes: ``B`` samples, each a ``[lo, hi)`` timeline range → ``(B,)`` float32 scores.
     """
 
+    #: a ranking score, not a probability fitted to labels: evaluate and train say its logloss means nothing
+    calibrated: bool = False
+
     def __init__(self, decay: float, item_weight: float, budget: int = CHUNK_BUDGET) -> None:
         super().__init__()
         self.decay, self.item_weight, self.budget = decay, item_weight, budget

@@ -50,6 +50,9 @@ class Popularity(nn.Module):
         True
     """
 
+    #: a ranking score, not a probability fitted to labels: evaluate and train say its logloss means nothing
+    calibrated: bool = False
+
     def __init__(self) -> None:
         super().__init__()
         #: batch fields the loader must build for this model (the item id only identifies the candidate)

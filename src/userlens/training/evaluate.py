@@ -12,7 +12,7 @@ from userlens.errors import InputError
 from userlens.data.prepared import PreparedData
 from userlens.metrics import evaluate_predictions, sigmoid
 from userlens.training.checkpoint import load_run
-from userlens.training.trainer import predict
+from userlens.training.trainer import logloss_note, predict
 
 
 PREDICTION_FORMATS = (".parquet", ".csv")
@@ -37,8 +37,9 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     """Metrics (``auc``, ``gauc``, ``logloss``, ``n``) of the run's best weights on ``split``.
 
     A metric that the split makes undefined (AUC with one class only, GAUC when no user has both
-    labels) is ``None`` with the reason under ``notes``: JSON has no NaN. An empty split, or data
-    with other vocabularies than the run's, is refused.
+    labels) is ``None`` with the reason under ``notes``: JSON has no NaN. A model whose score only ranks
+    (``calibrated = False``: the zero-parameter baselines) gets a note that its logloss means nothing. An
+    empty split, or data with other vocabularies than the run's, is refused.
 
     ``predictions`` (a ``.parquet`` or ``.csv`` path) receives one row per sample:
     raw user and item ids, time (epoch ms), label, ``score`` (probability, float64
@@ -67,6 +68,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     if result["gauc"] is None or result["gauc"] != result["gauc"]:
         result["gauc"] = None
         notes.append("gauc is undefined: no user has both a positive and a negative sample")
+    if (note := logloss_note(model, cfg.model)) is not None:
+        notes.append(note)
     if notes:
         result["notes"] = notes
     if predictions is not None:

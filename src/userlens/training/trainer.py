@@ -45,8 +45,10 @@ class FitResult:
     best_epoch: int
     best_valid: dict[str, float]
     epochs_run: int
-    train_samples_per_s: float  # steady state: epochs after the first (warm-up, compile), validation excluded
-    train_samples_per_s_overall: float  # all epochs, first (with compile warm-up) included
+    # training samples / training seconds over all epochs (the first, with compile warm-up, included; validation
+    # excluded): Σ train_samples / Σ train_seconds of metrics.jsonl, the figure `userlens train` prints
+    train_samples_per_s: float
+    train_samples_per_s_steady: float  # the same over the epochs after the first (benchmarks: speed without warm-up)
 
 
 def seed_everything(seed: int) -> None:
@@ -172,6 +174,15 @@ def make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=t.lr)
 
 
+def logloss_note(model: nn.Module, name: str) -> str | None:
+    """Why the logloss of ``model`` means nothing, or None: a model with ``calibrated = False`` (the
+    zero-parameter baselines) outputs a ranking score, and its sigmoid is no probability of a click."""
+    if getattr(model, "calibrated", True):
+        return None
+    return (f"logloss is not meaningful for {name}: its score ranks candidates but is not a probability fitted "
+            "to the labels; compare auc / gauc only")
+
+
 def _check_paths(out: Path, work: Path, resume: bool, force: bool) -> None:
     """Refuse to overwrite a finished run (unless ``force``) or to silently restart an interrupted one."""
     if resume:
@@ -270,6 +281,8 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
         raise InputError(f"{data.path}: the train split is empty; nothing to train on. Fix: prepare with another "
                          "split (e.g. larger --valid-fraction/--test-fraction leave less for training).")
     log(f"config: {json.dumps(cfg.to_json())}")
+    if (note := logloss_note(model, cfg.model)) is not None:
+        log(f"note: {note}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # a fixed scoring rule: nothing to optimise, validate once
         (work / METRICS).write_text("")
@@ -310,13 +323,13 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
                 for name, term in extra.items():
                     extra_sum[name] = extra_sum.get(name, 0.0) + float(term.detach()) * len(batch)
                 report.step(epoch, step, seen, loss_sum / seen)
-            secs = time.perf_counter() - t0
+            secs = round(time.perf_counter() - t0, 6)  # as metrics.jsonl holds it: the run's rate is summed from it
             if not np.isfinite(loss_sum):
                 raise TrainingError(f"epoch {epoch + 1}: the training loss is {loss_sum / max(seen, 1)} (diverged). "
                                     f"Fix: lower lr (now {t.lr}).")
             valid = _validate(model, valid_loader, epoch + 1, report.validating(epoch + 1, len(valid_loader)))
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_samples": seen,
-                   "train_seconds": round(secs, 3), "train_samples_per_s": round(seen / max(secs, 1e-9), 1),
+                   "train_seconds": secs, "train_samples_per_s": round(seen / max(secs, 1e-9), 1),
                    **{f"train_extra_{k}": v / max(seen, 1) for k, v in extra_sum.items()},
                    **{f"valid_{k}": v for k, v in valid.items()}}
             _append_row(work, row)
@@ -338,10 +351,13 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
     save_run(work, model, cfg, spec, data.path, data.fingerprint, state=best_state,
              notes={**notes, "best_epoch": p["best_epoch"]})
     timings = [tuple(x) for x in p["timings"]]
-    steady = timings[1:] or timings
-    rate = sum(n for n, _ in steady) / max(sum(s for _, s in steady), 1e-9)
-    overall = sum(n for n, _ in timings) / max(sum(s for _, s in timings), 1e-9)
-    return FitResult(p["best_epoch"], p["best_valid"] or {"auc": float("nan")}, p["epoch"], rate, overall)
+    return FitResult(p["best_epoch"], p["best_valid"] or {"auc": float("nan")}, p["epoch"],
+                     samples_per_second(timings), samples_per_second(timings[1:] or timings))
+
+
+def samples_per_second(timings: list[tuple[int, float]]) -> float:
+    """Σ samples / Σ seconds of (train_samples, train_seconds) epochs: one figure for a run, summed as stored."""
+    return sum(n for n, _ in timings) / max(sum(s for _, s in timings), 1e-9)
 
 
 def json_line(row: dict) -> str:
