@@ -458,11 +458,11 @@ def _(t, b):
     import torch
 
     save_file({"w": torch.zeros(3)}, str(r / "model.safetensors"))
-    from userlens.artifacts import describe
+    from userlens.artifacts import describe, seal
 
     doc = json.loads((r / "config.json").read_text())
     doc["weights"] = describe(r, ["model.safetensors"])["model.safetensors"]  # checksum right, content foreign
-    (r / "config.json").write_text(json.dumps(doc))
+    (r / "config.json").write_text(json.dumps(seal(doc)))  # re-sealed: as a deliberate writer would
     return ["evaluate", str(r)], ["model.safetensors", "do not fit model 'din'"]
 
 
@@ -480,9 +480,11 @@ def _(t, b):
 
 @case("moved data directory")
 def _(t, b):
+    from userlens.artifacts import seal
+
     r = _copy(b["run"], t, "r")
     doc = json.loads((r / "config.json").read_text())
-    (r / "config.json").write_text(json.dumps({**doc, "data_dir": str(t / "gone")}))
+    (r / "config.json").write_text(json.dumps(seal({**doc, "data_dir": str(t / "gone")})))
     return ["evaluate", str(r)], ["gone", "is gone or moved", "--data"]
 
 

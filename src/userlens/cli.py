@@ -134,12 +134,9 @@ def train(
         name = model or overrides.pop("model", None)
         overrides.pop("model", None)
         if resume and not name and not overrides and not set_:  # the interrupted run's own config
-            from userlens.artifacts import read_json
-            from userlens.training.checkpoint import STATE_META, partial_dir
+            from userlens.training.checkpoint import interrupted_config
 
-            saved = read_json(partial_dir(out) / STATE_META, "training checkpoint", "train without --resume")
-            name = saved["run"]["config"]["model"]
-            overrides = {**saved["run"]["config"]["model_config"], **saved["run"]["config"]["train"]}
+            name, overrides = interrupted_config(out)
         if not name:
             raise ConfigError("no model given. Fix: pass --model NAME (see `userlens models`).")
         overrides.update(parse_sets(set_ or []))
@@ -278,20 +275,12 @@ def serve(
         help="poll the package directory this often and swap in a re-exported package (0: never)")] = 2.0,
 ) -> None:
     """Serve the package over HTTP (OpenAPI at /docs); writes need the USERLENS_TOKEN bearer token."""
+    from userlens.serving.server import check_serve_options
     from userlens.serving.server import serve as run_server
 
-    if workers < 1 or not 0 < port < 65536:
-        _run(_raise, "--workers must be >= 1 and --port in 1..65535")
+    _run(check_serve_options, port, workers, max_candidates, reload_seconds)
     _say(f"serving {package} on http://{host}:{port} (store {store}, {workers} worker(s)); docs at /docs")
-    if reload_seconds < 0:
-        _run(_raise, "--reload-seconds must be >= 0")
     _run(run_server, str(package), store, host, port, workers, max_candidates, reload_seconds)
-
-
-def _raise(message: str) -> None:
-    from userlens.errors import ConfigError
-
-    raise ConfigError(message)
 
 
 @app.command()

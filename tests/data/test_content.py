@@ -296,10 +296,10 @@ def test_stale_content_after_a_new_prepare_is_refused(data_dir: Path, tmp_path: 
     import_vectors(data_dir, vectors=_vectors_parquet(tmp_path / "v.parquet", [1, 2], [[1.0, 0.0], [0.0, 1.0]]))
     v = pl.read_parquet(data_dir / "vocab/item.parquet")
     v.with_columns(pl.col("index").reverse()).write_parquet(data_dir / "vocab/item.parquet")  # same size, new map
-    from userlens.artifacts import describe  # as a re-prepare would: the manifest describes the new vocabulary
+    from userlens.artifacts import describe, seal  # as a re-prepare would: the manifest describes the new vocabulary
 
     meta = json.loads((data_dir / "meta.json").read_text())
     meta["files"].update(describe(data_dir, ["vocab/item.parquet"]))
-    (data_dir / "meta.json").write_text(json.dumps(meta))
+    (data_dir / "meta.json").write_text(json.dumps(seal(meta)))
     with pytest.raises(InputError, match=r"written for another item vocabulary.*Fix: run `userlens embed-items`"):
         PreparedData(data_dir).content()
