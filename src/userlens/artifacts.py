@@ -139,7 +139,8 @@ def read_manifest(path: Path, what: str, fix: str) -> dict[str, Any]:
 
 
 _FULL_DISK_TEXT = re.compile(r"No space left on device|StorageFull|Disk quota exceeded|os error 28|"
-                             r"\d+ requested and \d+ written")  # the last: numpy's short write on a full disk
+                             r"\d+ requested and \d+ written",  # numpy's short write on a full disk
+                             re.IGNORECASE)  # also our own message, so an outer writer can restate it
 
 
 def disk_full(exc: BaseException) -> bool:

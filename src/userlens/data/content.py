@@ -189,20 +189,23 @@ def _check_some_content(source: str | Path, data: PreparedData, ids: pl.Series, 
 
 def _reduce(full: np.ndarray, mask: np.ndarray, pca_dim: int, seed: int, source: str | Path
             ) -> tuple[np.ndarray, dict[str, Any]]:
-    """PCA fitted on the items with content; refused when it finds no variance (it would divide 0 by 0)."""
+    """PCA fitted on the items with content; refused when there is no variance to keep (0 / 0 inside PCA)."""
     from sklearn.decomposition import PCA
 
     n_with = int(mask.sum())
     if pca_dim > n_with:
         raise InputError(f"pca_dim {pca_dim} needs at least {pca_dim} items with content, found {n_with}. "
                          f"Fix: pass --pca-dim <= {n_with}, or leave it out.")
-    pca = PCA(n_components=pca_dim, random_state=seed).fit(full[mask].astype(np.float64))
-    reduced = np.zeros((len(full), pca_dim), dtype=np.float32)
-    reduced[mask] = pca.transform(full[mask].astype(np.float64))
-    total = float(np.sum(pca.explained_variance_))
-    if not (total > 0 and np.isfinite(reduced).all()):
+    x = full[mask].astype(np.float64)
+    if not x.var(axis=0).sum() > 0:
         raise InputError(f"{source}: PCA found no variance to keep (the {n_with} items with content have the same "
                          "vector). Fix: leave out --pca-dim, or check the input.")
+    pca = PCA(n_components=pca_dim, random_state=seed).fit(x)
+    reduced = np.zeros((len(full), pca_dim), dtype=np.float32)
+    reduced[mask] = pca.transform(x)
+    if not np.isfinite(reduced).all():
+        raise InputError(f"{source}: PCA gave non-finite vectors (values too large?). Fix: scale the vectors down, "
+                         "or leave out --pca-dim.")
     return reduced, {"pca_explained_variance": round(float(pca.explained_variance_ratio_.sum()), 6)}
 
 
