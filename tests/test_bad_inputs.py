@@ -597,14 +597,26 @@ def _(t, b):
     return ["evaluate", str(run), "--data", str(d)], ["its item content vectors are not those"]
 
 
-@case("item categories changed after training")
-def _(t, b):
+def _other_categories(t: Path, b: dict[str, Path]) -> Path:
+    """The base data prepared again with the items' categories permuted: same vocabularies, other categories."""
     items = pl.read_parquet(b["items"])
-    items.with_columns(pl.col("category").reverse()).write_parquet(t / "items.parquet")  # same names, other items
+    items.with_columns(pl.col("category").reverse()).write_parquet(t / "items.parquet")
     ok = runner.invoke(app, ["prepare", "--behaviors", str(b["behaviors"]), "--impressions", str(b["impressions"]),
                              "--items", str(t / "items.parquet"), "--out", str(t / "d")])
     assert ok.exit_code == 0, ok.output
-    return ["evaluate", str(b["run"]), "--data", str(t / "d")], ["its item categories are not those"]
+    return t / "d"
+
+
+@case("item categories changed after training")
+def _(t, b):
+    return ["evaluate", str(b["run"]), "--data", str(_other_categories(t, b))], ["its item categories are not those"]
+
+
+@case("behavior store loaded from data with other item categories")
+def _(t, b):
+    d = _other_categories(t, b)
+    return (["load-store", str(d), "--store", f"lmdb://{t / 'store'}", "--package", str(_package(t, b))],
+            ["its item categories are not those", "pkg was trained with"], _nothing_in(t, "d", "pkg", "items.parquet"))
 
 
 @case("embed-items where every text is empty")

@@ -235,7 +235,6 @@ def load_store(
     import time
 
     from userlens.data.prepared import PreparedData
-    from userlens.errors import InputError
     from userlens.serving.store import bulk_load_prepared, open_store
     from userlens.training.config import TrainConfig
 
@@ -244,14 +243,10 @@ def load_store(
         data = PreparedData(data_dir)
         cap = TrainConfig.long_len
         if package is not None:
-            from userlens.serving.package import load_package
+            from userlens.serving.package import check_store_data, load_package
 
             pkg = load_package(package)
-            # the store keeps item / category codes: codes of other vocabularies would score silently wrong
-            if pkg.manifest["data_fingerprint"] != data.fingerprint:
-                raise InputError(f"{data_dir}: not the prepared data {package} was exported from (vocabulary "
-                                 f"fingerprints differ). Fix: load the directory the package's run was trained on "
-                                 f"({pkg.manifest['trained_on']['data_dir']}).")
+            check_store_data(pkg, data)
             cap = pkg.long_len
         with open_store(store, cap=cap) as s:
             loaded = bulk_load_prepared(s, data)

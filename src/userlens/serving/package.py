@@ -89,6 +89,23 @@ def export_package(run_dir: str | Path, out: str | Path, data_dir: str | Path | 
     return manifest
 
 
+def check_store_data(pkg: ModelPackage, data: PreparedData) -> None:
+    """Refuse prepared data whose histories would reach the package's model with other codes or categories.
+
+    A behavior store keeps item and category codes of the directory it was loaded from: other
+    vocabularies, or other item categories (a re-prepared directory), would score silently wrong.
+    """
+    trained_on = pkg.manifest["trained_on"]["data_dir"]
+    if pkg.manifest["data_fingerprint"] != data.fingerprint:
+        raise InputError(f"{data.path}: not the prepared data {pkg.path} was exported from (vocabulary fingerprints "
+                         f"differ). Fix: load the directory the package's run was trained on ({trained_on}).")
+    recorded = pkg.manifest.get("inputs")
+    if isinstance(recorded, dict) and recorded.get("item_category") != array_digest(data.item_category):
+        raise InputError(f"{data.path}: its item categories are not those {pkg.path} was trained with (prepared "
+                         f"again from other item attributes?). Fix: load the directory the package's run was "
+                         f"trained on ({trained_on}).")
+
+
 def _item_times(data: PreparedData) -> np.ndarray:
     """(n_items + 1,) CSR offsets followed by every behavior's time, grouped by item and sorted by time."""
     item = np.asarray(data.timeline["item"], dtype=np.int64)
@@ -241,4 +258,4 @@ def _check_inputs(p: Path, manifest: dict, item_category: np.ndarray,
                              f"(recorded in {MANIFEST}). Fix: {fix}")
 
 
-__all__ = ("FORMAT_VERSION", "ModelPackage", "Vocab", "export_package", "load_package")
+__all__ = ("FORMAT_VERSION", "ModelPackage", "Vocab", "check_store_data", "export_package", "load_package")

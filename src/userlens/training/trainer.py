@@ -160,6 +160,7 @@ def _validate(model: nn.Module, loader: BatchLoader, epoch: int, on_batch: Calla
 
 def _check_paths(out: Path, work: Path, resume: bool, force: bool) -> None:
     """Refuse to overwrite a finished run (unless ``force``) or to silently restart an interrupted one."""
+    refuse_link(out)  # before any work: the finished run replaces what is at `out`
     refuse_link(work)
     if resume:
         if force:
