@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from userlens.layers.activation import Dice, compile_hot_layers
 from userlens.layers.embedding import Table

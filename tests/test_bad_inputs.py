@@ -61,7 +61,8 @@ def _flip_byte(path: Path, offset: int = -1) -> None:
 
 
 GOOD_HEAD = "user_id,item_id,timestamp\n"
-Case = Callable[[Path, dict[str, Path]], tuple[list[str], list[str]]]  # → (argv, substrings expected)
+# → (argv, substrings expected[, checks run after the command: e.g. that nothing was written])
+Case = Callable[[Path, dict[str, Path]], tuple]
 CASES: dict[str, Case] = {}
 
 
@@ -458,11 +459,11 @@ def _(t, b):
     import torch
 
     save_file({"w": torch.zeros(3)}, str(r / "model.safetensors"))
-    from userlens.artifacts import describe
+    from userlens.artifacts import describe, seal
 
     doc = json.loads((r / "config.json").read_text())
     doc["weights"] = describe(r, ["model.safetensors"])["model.safetensors"]  # checksum right, content foreign
-    (r / "config.json").write_text(json.dumps(doc))
+    (r / "config.json").write_text(json.dumps(seal(doc)))  # re-sealed: as a deliberate writer would
     return ["evaluate", str(r)], ["model.safetensors", "do not fit model 'din'"]
 
 
@@ -480,9 +481,11 @@ def _(t, b):
 
 @case("moved data directory")
 def _(t, b):
+    from userlens.artifacts import seal
+
     r = _copy(b["run"], t, "r")
     doc = json.loads((r / "config.json").read_text())
-    (r / "config.json").write_text(json.dumps({**doc, "data_dir": str(t / "gone")}))
+    (r / "config.json").write_text(json.dumps(seal({**doc, "data_dir": str(t / "gone")})))
     return ["evaluate", str(r)], ["gone", "is gone or moved", "--data"]
 
 
@@ -501,13 +504,474 @@ def _(t, b):
     return ["embed-items", str(b["data"])], ["nothing to embed"]
 
 
+# ------------------------------------------------ round 3: outputs, manifests, options
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _unchanged(d: Path) -> Callable[[], None]:
+    """A check that ``d`` (a directory) holds the same bytes after the command as now."""
+    before = _files(d)
+    return lambda: _same(_files(d), before)
+
+
+def _same(after: dict, before: dict) -> None:
+    assert after == before, sorted(set(after) ^ set(before)) or "contents changed"
+
+
+def _nothing_in(d: Path, *allowed: str) -> Callable[[], None]:
+    """A check that the command left nothing in ``d`` but ``allowed`` (hidden staging and litter included)."""
+    return lambda: _same(sorted(p.name for p in d.iterdir() if p.name not in allowed), [])
+
+
+def _reseal(path: Path, edit: Callable[[dict], None]) -> None:
+    """Edit a manifest and seal it again: what a writer (or a careful forger) would produce."""
+    from userlens.artifacts import seal
+
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(seal(doc)))
+
+
+def _package(t: Path, b: dict[str, Path]) -> Path:
+    ok = runner.invoke(app, ["export", str(b["run"]), "--out", str(t / "pkg")])
+    assert ok.exit_code == 0, ok.output
+    return t / "pkg"
+
+
+def _load_store(t: Path, b: dict[str, Path], pkg: Path) -> list[str]:
+    return ["load-store", str(b["data"]), "--store", f"lmdb://{t / 'store'}", "--package", str(pkg)]
+
+
+def _embed(d: Path, t: Path, seed: int, name: str) -> None:
+    """Random content vectors for every item of ``d`` (a .npy matrix and its ids), through the CLI."""
+    import numpy as np
+
+    raw = pl.read_parquet(d / "vocab" / "item.parquet")["raw"].cast(pl.Utf8).to_list()
+    np.save(t / f"{name}.npy", np.random.default_rng(seed).normal(size=(len(raw), 8)).astype(np.float32))
+    (t / f"{name}.txt").write_text("\n".join(raw) + "\n")
+    ok = runner.invoke(app, ["embed-items", str(d), "--vectors", str(t / f"{name}.npy"), "--ids",
+                             str(t / f"{name}.txt")])
+    assert ok.exit_code == 0, ok.output
+
+
+def _content_run(b: dict[str, Path]) -> tuple[Path, Path]:
+    """A prepared copy with content vectors and a muse run trained on it (built once per module)."""
+    home = b["data"].parent / "content"
+    if not (home / "run" / "config.json").is_file():
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir()
+        shutil.copytree(b["data"], home / "data")
+        _embed(home / "data", home, 0, "v0")
+        ok = runner.invoke(app, ["train", str(home / "data"), "--model", "muse", "--out", str(home / "run"),
+                                 "--no-progress", "--set", "epochs=1", "--set", "compile=false"])
+        assert ok.exit_code == 0, ok.output
+    return home / "data", home / "run"
+
+
+@case("content vectors replaced after training (evaluate)")
+def _(t, b):
+    data, run = _content_run(b)
+    d = _copy(data, t, "d")
+    _embed(d, t, 1, "v1")  # other vectors for the same items
+    return ["evaluate", str(run), "--data", str(d)], ["d: its item content vectors are not those", "embed-items"]
+
+
+@case("content vectors replaced after training (export)")
+def _(t, b):
+    data, run = _content_run(b)
+    d = _copy(data, t, "d")
+    _embed(d, t, 1, "v1")
+    return (["export", str(run), "--data", str(d), "--out", str(t / "pkg")],
+            ["its item content vectors are not those", "retrain"], _nothing_in(t, "d", "v1.npy", "v1.txt"))
+
+
+@case("content vectors removed after training")
+def _(t, b):
+    data, run = _content_run(b)
+    d = _copy(data, t, "d")
+    for f in (d / "items").glob("content*"):
+        f.unlink()
+    return ["evaluate", str(run), "--data", str(d)], ["its item content vectors are not those"]
+
+
+def _other_categories(t: Path, b: dict[str, Path]) -> Path:
+    """The base data prepared again with the items' categories permuted: same vocabularies, other categories."""
+    items = pl.read_parquet(b["items"])
+    items.with_columns(pl.col("category").reverse()).write_parquet(t / "items.parquet")
+    ok = runner.invoke(app, ["prepare", "--behaviors", str(b["behaviors"]), "--impressions", str(b["impressions"]),
+                             "--items", str(t / "items.parquet"), "--out", str(t / "d")])
+    assert ok.exit_code == 0, ok.output
+    return t / "d"
+
+
+@case("item categories changed after training")
+def _(t, b):
+    return ["evaluate", str(b["run"]), "--data", str(_other_categories(t, b))], ["its item categories are not those"]
+
+
+@case("behavior store loaded from data with other item categories")
+def _(t, b):
+    d = _other_categories(t, b)
+    return (["load-store", str(d), "--store", f"lmdb://{t / 'store'}", "--package", str(_package(t, b))],
+            ["its item categories are not those", "pkg was trained with"], _nothing_in(t, "d", "pkg", "items.parquet"))
+
+
+@case("embed-items where every text is empty")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    ids = pl.read_parquet(d / "vocab" / "item.parquet")["raw"]
+    pl.DataFrame({"item_id": ids, "title": [""] * len(ids)}).write_parquet(t / "items.parquet")
+    return (["embed-items", str(d), "--items", str(t / "items.parquet")], ["items.parquet", "every row's text",
+                                                                          "is empty"], _unchanged(d))
+
+
+@case("embed-items where no id is in the vocabulary")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    f = t / "v.parquet"
+    pl.DataFrame({"item_id": ["x1", "x2"], "emb": [[1.0, 0.0], [0.0, 1.0]]}).write_parquet(f)
+    return ["embed-items", str(d), "--vectors", str(f)], ["v.parquet", "none of its 2 ids", "--id-column"], _unchanged(d)
+
+
+@case("embed-items with vectors of dimension 0")
+def _(t, b):
+    import numpy as np
+
+    d = _copy(b["data"], t, "d")
+    np.save(t / "v.npy", np.zeros((2, 0), dtype=np.float32))
+    (t / "ids.txt").write_text("1\n2\n")
+    return (["embed-items", str(d), "--vectors", str(t / "v.npy"), "--ids", str(t / "ids.txt")],
+            ["v.npy", "dimension 0"], _unchanged(d))
+
+
+@case("embed-items whose PCA finds no variance keeps the old vectors")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    _embed(d, t, 0, "v0")
+    f = t / "v.parquet"
+    pl.DataFrame({"item_id": [1, 2, 3], "emb": [[1.0, 2.0]] * 3}).write_parquet(f)  # one vector three times
+    return (["embed-items", str(d), "--vectors", str(f), "--pca-dim", "1"], ["PCA found no variance"],
+            _unchanged(d))
+
+
+@case("threads far beyond any machine")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "threads=100000"), ["threads must be in [1, 1,024]", "got 100000"]
+
+
+@case("negatives per positive in the trillions")
+def _(t, b):
+    return _prep("--behaviors", b["behaviors"], "--negatives", str(10**12), out=t / "o"), [
+        "--negatives must be in [0, 1,000]"]
+
+
+@case("short_len in the trillions")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", f"short_len={10**12}"), ["short_len must be in [1, 100,000]"]
+
+
+@case("batch times short_len beyond memory")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "short_len=100000"), ["eval_batch_size × short_len must be <="]
+
+
+@case("negative seed")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "seed=-1"), ["seed must be in [0, 4,294,967,295]", "got -1"]
+
+
+@case("seed beyond 64 bits")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", f"seed={2**70}"), ["seed must be in [0, 4,294,967,295]"]
+
+
+@case("prepare seed beyond 64 bits")
+def _(t, b):
+    return _prep("--behaviors", b["behaviors"], "--seed", str(2**70), out=t / "o"), ["--seed must be in [0,"]
+
+
+@case("embed-items negative seed")
+def _(t, b):
+    f = t / "v.parquet"
+    pl.DataFrame({"item_id": [1, 2], "emb": [[1.0, 0.0], [0.0, 1.0]]}).write_parquet(f)
+    return ["embed-items", str(b["data"]), "--vectors", str(f), "--seed", "-1"], ["--seed must be in [0,"]
+
+
+@case("negative batch limit")
+def _(t, b):
+    return _train(b["data"], t / "r", "--limit-batches", "-3"), ["limit_batches must be in [1, 1,000,000]"]
+
+
+@case("embedding size in the trillions")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", f"embed_dim={10**13}"), ["embed_dim must be in [1, 4,096]"]
+
+
+@case("prefetch of a million batches")
+def _(t, b):
+    return _train(b["data"], t / "r", "--set", "prefetch=1000000"), ["prefetch must be in [0, 64]"]
+
+
+def _serve(t: Path, *extra: str) -> list[str]:
+    return ["serve", str(t / "no-package"), "--store", f"lmdb://{t / 'store'}", *extra]
+
+
+@case("serve reload interval nan")
+def _(t, b):
+    return _serve(t, "--reload-seconds", "nan"), ["--reload-seconds must be a finite number in [0, 86400]"]
+
+
+@case("serve negative candidate limit")
+def _(t, b):
+    return _serve(t, "--max-candidates", "-1"), ["--max-candidates must be in [1, 100,000]"]
+
+
+@case("serve a hundred thousand workers")
+def _(t, b):
+    return _serve(t, "--workers", "100000"), ["--workers must be in [1, 256]"]
+
+
+@case("demo with zero epochs")
+def _(t, b):
+    (t / "demo").mkdir()
+    return (["demo", "--out", str(t / "demo"), "--epochs", "0"], ["epochs must be >= 1"],
+            _nothing_in(t / "demo"))  # refused before generating and preparing anything
+
+
+@case("output is a symbolic link")
+def _(t, b):
+    (t / "real").mkdir()
+    (t / "o").symlink_to(t / "real")
+    return (_prep("--behaviors", b["behaviors"], out=t / "o"), ["o: is a symbolic link", "does not write through"],
+            _nothing_in(t, "real", "o"), _nothing_in(t / "real"))
+
+
+@case("output is a dangling symbolic link")
+def _(t, b):
+    (t / "o").symlink_to(t / "gone")
+    return _prep("--behaviors", b["behaviors"], out=t / "o"), ["o: is a symbolic link", "dangling"], _nothing_in(t, "o")
+
+
+@case("run output is a symbolic link")
+def _(t, b):
+    (t / "real").mkdir()
+    (t / "r").symlink_to(t / "real")
+    return _train(b["data"], t / "r"), ["r: is a symbolic link"], _nothing_in(t, "real", "r")
+
+
+@case("meta.json edited by hand")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    meta = json.loads((d / "meta.json").read_text())
+    del meta["files"]["samples/test/label.npy"]  # so that flipped labels would go unnoticed
+    (d / "meta.json").write_text(json.dumps(meta))
+    return ["evaluate", str(b["run"]), "--data", str(d)], ["meta.json: the prepared meta.json was edited"]
+
+
+@case("meta.json without the entry of a file it reads")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    _reseal(d / "meta.json", lambda m: m["files"].pop("samples/test/label.npy"))
+    label = d / "samples" / "test" / "label.npy"
+    import numpy as np
+
+    np.save(label, 1 - np.load(label))  # flipped test labels: AUC 1 - a
+    return ["evaluate", str(b["run"]), "--data", str(d)], ["does not list samples/test/label.npy"]
+
+
+@case("meta.json missing a key")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    _reseal(d / "meta.json", lambda m: m.pop("vocab_sizes"))
+    return _train(d, t / "r"), ["meta.json: the prepared meta.json is missing key 'vocab_sizes'", "prepare"]
+
+
+@case("meta.json with a file entry without its checksum")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    _reseal(d / "meta.json", lambda m: m["files"]["timeline/item.npy"].pop("checksum"))
+    return _train(d, t / "r"), ["timeline/item.npy: its manifest entry"]
+
+
+@case("package.json edited by hand")
+def _(t, b):
+    pkg = _package(t, b)
+    doc = json.loads((pkg / "package.json").read_text())
+    doc["short_len"] = 3  # was served as is
+    (pkg / "package.json").write_text(json.dumps(doc))
+    return _load_store(t, b, pkg), ["package.json: the package manifest was edited"], _nothing_in(t, "pkg")
+
+
+@case("package.json short_len unlike its config")
+def _(t, b):
+    pkg = _package(t, b)
+    _reseal(pkg / "package.json", lambda m: m.update(short_len=3))
+    return _load_store(t, b, pkg), ["long_len / short_len", "differ from its config"]
+
+
+@case("package.json missing a key")
+def _(t, b):
+    pkg = _package(t, b)
+    _reseal(pkg / "package.json", lambda m: m.pop("files"))
+    return _load_store(t, b, pkg), ["package.json: the package manifest is missing key 'files'", "export"]
+
+
+@case("package.json not listing its weights")
+def _(t, b):
+    pkg = _package(t, b)
+    _reseal(pkg / "package.json", lambda m: m["files"].pop("model.safetensors"))
+    (pkg / "model.safetensors").write_bytes(b"not safetensors")
+    return _load_store(t, b, pkg), ["does not list model.safetensors"]
+
+
+@case("package with a file it does not list")
+def _(t, b):
+    import numpy as np
+
+    pkg = _package(t, b)
+    np.save(pkg / "items" / "content.npy", np.zeros((3, 2), dtype=np.float32))
+    return _load_store(t, b, pkg), ["items/content.npy: not listed in package.json"]
+
+
+@case("run config.json edited by hand")
+def _(t, b):
+    r = _copy(b["run"], t, "r")
+    doc = json.loads((r / "config.json").read_text())
+    doc["train"]["short_len"] = 3
+    (r / "config.json").write_text(json.dumps(doc))
+    return ["evaluate", str(r)], ["config.json: the run config was edited"]
+
+
+@case("run config.json missing a key")
+def _(t, b):
+    r = _copy(b["run"], t, "r")
+    _reseal(r / "config.json", lambda m: m.pop("feature_spec"))
+    return ["evaluate", str(r)], ["config.json: the run config is missing key 'feature_spec'"]
+
+
+@case("predictions inside the prepared directory")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    return (["evaluate", str(b["run"]), "--data", str(d), "--predictions", str(d / "vocab" / "item.parquet")],
+            ["is inside", "write --predictions outside it"], _unchanged(d))
+
+
+@case("predictions inside the run directory")
+def _(t, b):
+    r = _copy(b["run"], t, "r")
+    return ["evaluate", str(r), "--predictions", str(r / "model.parquet")], ["is inside"], _nothing_in(
+        r, "config.json", "model.safetensors", "metrics.jsonl")
+
+
+@case("predictions path is a directory")
+def _(t, b):
+    (t / "p.parquet").mkdir()
+    return ["evaluate", str(b["run"]), "--predictions", str(t / "p.parquet")], ["p.parquet: is a directory"]
+
+
+# a full disk: each writer fails at its first write; the message names the output and nothing is left behind
+
+FULL = OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["numpy", "parquet", "oserror"])
+def test_full_disk_while_preparing(where: str, base: dict[str, Path], tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import userlens.data.prepare as prep
+
+    def short_write(*a, **k):  # what np.save raises on a full disk: no errno, only the counts
+        raise OSError("450000 requested and 114624 written")
+
+    def rust_full(*a, **k):
+        raise pl.exceptions.ComputeError("No space left on device (os error 28)")
+
+    def full(*a, **k):
+        raise FULL
+
+    if where == "numpy":
+        monkeypatch.setattr(prep.np, "save", short_write)
+    elif where == "parquet":
+        monkeypatch.setattr(pl.DataFrame, "write_parquet", rust_full)
+    else:
+        monkeypatch.setattr(prep, "_save", full)
+    del np
+    _full_disk(runner.invoke(app, _prep("--behaviors", base["behaviors"], out=tmp_path / "o")), tmp_path / "o")
+    assert list(tmp_path.iterdir()) == []  # no staging, no lock, no partial file
+
+
+def test_full_disk_while_training_evaluating_exporting(base: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors import SafetensorError
+
+    import userlens.training.checkpoint as ckpt
+
+    def full_tensors(*a, **k):  # safetensors wraps the OS error in its own type
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "save_file", full_tensors)
+        _full_disk(runner.invoke(app, _train(base["data"], tmp_path / "r")), tmp_path / "r.partial")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    def full(*a, **k):
+        raise FULL
+
+    with monkeypatch.context() as m:
+        m.setattr(pl.DataFrame, "write_parquet", full)
+        _full_disk(runner.invoke(app, ["evaluate", str(base["run"]), "--predictions", str(tmp_path / "p.parquet")]),
+                   tmp_path / "p.parquet")
+        _full_disk(runner.invoke(app, ["export", str(base["run"]), "--out", str(tmp_path / "pkg")]), tmp_path / "pkg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_full_disk_while_embedding_keeps_the_old_vectors(base: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import userlens.data.content as content
+
+    d = _copy(base["data"], tmp_path, "d")
+    _embed(d, tmp_path, 0, "v0")
+    before = _files(d)
+
+    def full(*a, **k):
+        raise FULL
+
+    monkeypatch.setattr(content.np, "save", full)
+    f = tmp_path / "v.parquet"
+    pl.DataFrame({"item_id": [1, 2], "emb": [[1.0, 0.0], [0.0, 1.0]]}).write_parquet(f)
+    _full_disk(runner.invoke(app, ["embed-items", str(d), "--vectors", str(f)]), d / "items")
+    _same(_files(d), before)
+
+
+def _full_disk(r, where: Path) -> None:
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    errors = [x for x in lines if x.startswith("error:")]
+    assert r.exit_code == 1 and errors == lines[-1:] and "Traceback" not in r.output, (r.exit_code, r.output)
+    assert lines[-1].startswith(f"error: no space left on device at {where}; nothing was written"), lines[-1]
+
+
+def test_dead_writers_staging_is_cleaned(base: dict[str, Path], tmp_path: Path) -> None:
+    """`.out.tmp-PID` / `.out.old-PID` of a writer that died (killed mid-write) go with the next write."""
+    for name in (".o.tmp-999999", ".o.old-999998"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "big.npy").write_bytes(b"x" * 1000)
+    ok = runner.invoke(app, _prep("--behaviors", base["behaviors"], out=tmp_path / "o"))
+    assert ok.exit_code == 0, ok.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
 def test_the_catalogue_is_large() -> None:
     assert len(CASES) >= 40
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_gives_one_clear_line(name: str, base: dict[str, Path], tmp_path: Path) -> None:
-    argv, expected = CASES[name](tmp_path, base)
+    argv, expected, *after = CASES[name](tmp_path, base)
     r = runner.invoke(app, argv)
     err = r.stderr
     assert r.exit_code == 1, (name, r.exit_code, r.output, r.exception)
@@ -516,6 +980,8 @@ def test_bad_input_gives_one_clear_line(name: str, base: dict[str, Path], tmp_pa
     assert "Traceback" not in r.output and "Traceback" not in err
     for text in expected:
         assert text in lines[0], (name, text, lines[0])
+    for check in after:
+        check()
 
 
 def test_an_error_message_keeps_square_brackets(tmp_path: Path) -> None:

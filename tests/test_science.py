@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from userlens.data.prepare import prepare, sources_from_files
 from userlens.data.prepared import PreparedData
@@ -54,11 +53,11 @@ def _leaky_copy(data: PreparedData, dest: Path) -> PreparedData:
     # the edit is deliberate here: re-describe the changed files, or the integrity check refuses them
     import json
 
-    from userlens.artifacts import describe
+    from userlens.artifacts import describe, seal
 
     meta = json.loads((dest / "meta.json").read_text())
     meta["files"].update(describe(dest, [f"samples/{s}/cutoff.npy" for s in ("train", "valid", "test")]))
-    (dest / "meta.json").write_text(json.dumps(meta))
+    (dest / "meta.json").write_text(json.dumps(seal(meta)))
     return PreparedData(dest)
 
 

@@ -10,22 +10,38 @@
   writer never leaves a stale lock behind.
 * :func:`staged_directory` — build a directory in ``<path>.tmp-<pid>`` and swap it
   in only when complete: a failed or killed ``prepare`` leaves the previous
-  directory (or nothing) at ``path``, never a mix.
+  directory (or nothing) at ``path``, never a mix. Staging left by a writer that
+  died is removed by the next writer (it holds the lock, so no live writer owns it).
+* :func:`seal` / :func:`check_seal` — a manifest (``meta.json``, ``config.json``,
+  ``package.json``, ``content.json``) carries the checksum of its own canonical
+  JSON, so a hand edit (a dropped file entry, a changed ``short_len``) is reported;
+  :func:`require_keys` turns a missing key into one line naming it and the fix.
+* :func:`output_errors` — a full disk while writing becomes "no space left on
+  device at PATH; nothing was written", after the partial output is removed.
+
+Outputs are never written through a symbolic link (:func:`refuse_link`): replacing a
+directory swaps the link itself, so the data would land beside the target.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from userlens.errors import InputError
+
+MANIFEST_CHECKSUM = "manifest_checksum"  # the key under which a manifest stores its own checksum
 
 
 def checksum(path: str | Path) -> str:
@@ -52,8 +68,22 @@ def describe(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     return {n: {"bytes": (directory / n).stat().st_size, "checksum": checksum(directory / n)} for n in names}
 
 
+def array_digest(*arrays: np.ndarray) -> str:
+    """``blake2b:<hex>`` of arrays' dtypes, shapes and values: the same data in any file gives the same digest."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return "blake2b:" + h.hexdigest()
+
+
 def verify(path: Path, expected: dict[str, Any], fix: str) -> None:
     """Raise an :class:`InputError` naming ``path`` if its size or checksum differs from ``expected``."""
+    if not (isinstance(expected, dict) and isinstance(expected.get("bytes"), int)
+            and isinstance(expected.get("checksum"), str)):
+        raise InputError(f"{path}: its manifest entry {expected!r} is not {{'bytes': N, 'checksum': ...}} (edited?). "
+                         f"Fix: {fix}")
     if not path.is_file():
         raise InputError(f"{path}: missing (listed in the directory's manifest). Fix: {fix}")
     size = path.stat().st_size
@@ -65,18 +95,121 @@ def verify(path: Path, expected: dict[str, Any], fix: str) -> None:
                          f"edited). Fix: {fix}")
 
 
+# --------------------------------------------------------------------------- manifests that verify themselves
+
+
+def _canonical(doc: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in doc.items() if k != MANIFEST_CHECKSUM}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def seal(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` plus the BLAKE2b of its canonical JSON under ``manifest_checksum`` (see :func:`check_seal`)."""
+    return {**doc, MANIFEST_CHECKSUM: "blake2b:" + hashlib.blake2b(_canonical(doc), digest_size=16).hexdigest()}
+
+
+def check_seal(doc: Any, path: Path, what: str, fix: str) -> None:
+    """Refuse a manifest whose content no longer matches its ``manifest_checksum`` (edited by hand).
+
+    A manifest without the key was written before manifests were sealed and is read as before:
+    its files are still checked against it, and every file a reader reads must be listed.
+    """
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: the {what} is {type(doc).__name__}, expected a JSON object. Fix: {fix}")
+    if MANIFEST_CHECKSUM in doc and seal(doc)[MANIFEST_CHECKSUM] != doc[MANIFEST_CHECKSUM]:
+        raise InputError(f"{path}: the {what} was edited after it was written (its {MANIFEST_CHECKSUM} does not "
+                         f"match its content), so it cannot be trusted to describe the directory. Fix: {fix}")
+
+
+def require_keys(doc: Mapping[str, Any], keys: Mapping[str, type | tuple[type, ...]], path: Path, what: str,
+                 fix: str) -> None:
+    """Each dotted key of ``keys`` (``"weights.checksum"``) present in ``doc`` with the given type, else one line."""
+    for dotted, kind in keys.items():
+        node: Any = doc
+        for part in dotted.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is _MISSING:
+            raise InputError(f"{path}: the {what} is missing key {dotted!r}. Fix: {fix}")
+        if not isinstance(node, kind) or (isinstance(node, bool) and kind in (int, float, (int, float))):
+            want = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise InputError(f"{path}: the {what} has {dotted!r} = {node!r}, expected {want}. Fix: {fix}")
+
+
+_MISSING = object()
+
+
+def read_manifest(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """:func:`read_json` + :func:`check_seal`: a JSON object whose checksum (when it has one) matches."""
+    doc = read_json(path, what, fix)
+    check_seal(doc, path, what, fix)
+    return doc
+
+
+# --------------------------------------------------------------------------- writing
+
+
+_FULL_DISK_TEXT = re.compile(r"No space left on device|StorageFull|Disk quota exceeded|os error 28|"
+                             r"\d+ requested and \d+ written",  # numpy's short write on a full disk
+                             re.IGNORECASE)  # also our own message, so an outer writer can restate it
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk (or quota): an ``OSError`` ENOSPC / EDQUOT, or a library's wrapping of one.
+
+    numpy (``np.save``: "N requested and M written", no errno), safetensors and polars (Rust
+    ``io::Error`` text) do not raise ``OSError(ENOSPC)`` themselves, hence the text patterns.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return bool(_FULL_DISK_TEXT.search(str(exc)))
+
+
+def no_space(path: Path, what: str = "nothing was written") -> InputError:
+    """The one message for a full disk while writing ``path``."""
+    return InputError(f"no space left on device at {path}; {what}. Fix: free space on that disk (or write to "
+                      "another one) and run the command again.")
+
+
+@contextlib.contextmanager
+def output_errors(path: Path, *partial: Path) -> Iterator[None]:
+    """Remove ``partial`` outputs when the body fails; a full disk becomes :func:`no_space` for ``path``."""
+    try:
+        yield
+    except BaseException as e:
+        for p in partial:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        if disk_full(e):
+            raise no_space(path) from None
+        raise
+
+
 def write_atomic(path: str | Path, data: bytes | str | dict | list) -> None:
-    """Write ``data`` (JSON for dict / list) to ``path`` through a temporary sibling and a rename."""
+    """Write ``data`` (JSON for dict / list) to ``path`` through a temporary sibling and a rename.
+
+    On failure the temporary file is removed and ``path`` is as it was (a full disk: :func:`no_space`).
+    """
     p = Path(path)
     if isinstance(data, (dict, list)):
         data = json.dumps(data, indent=2, allow_nan=False)
     raw = data.encode() if isinstance(data, str) else data
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(raw)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
+    with output_errors(p, tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+
+
+def write_manifest(path: str | Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """Write ``seal(doc)`` atomically; returns the sealed document."""
+    sealed = seal(doc)
+    write_atomic(path, sealed)
+    return sealed
 
 
 def read_json(path: Path, what: str, fix: str) -> Any:
@@ -130,8 +263,53 @@ class DirLock:
             self._fh = None
 
 
+def refuse_link(path: Path) -> None:
+    """Refuse an output path that is a symbolic link (dangling or not): outputs replace what is at ``path``.
+
+    Following the link would swap the link itself for a directory (the data landing beside the
+    target, the link left behind as hidden litter); pass the target instead.
+    """
+    if not path.is_symlink():
+        return
+    target = os.readlink(path)
+    if not path.exists():
+        raise InputError(f"{path}: is a symbolic link to {target}, which does not exist (a dangling link). "
+                         "Fix: remove the link, or pass the path to write instead of the link.")
+    raise InputError(f"{path}: is a symbolic link (to {target}); userlens replaces an output as a whole (written "
+                     f"beside it, then renamed) and does not write through links. Fix: pass the target itself "
+                     f"({path.resolve()}), or another path.")
+
+
+def inside_artifact(path: Path, markers: tuple[tuple[str, ...], ...]) -> Path | None:
+    """The nearest directory above ``path`` holding every name of one of ``markers``, else None.
+
+    ``markers``: e.g. ``(("meta.json", "vocab"), ("config.json", "model.safetensors"))``; two names,
+    so a folder that merely has a ``config.json`` of its own is not taken for a run.
+    """
+    for parent in Path(os.path.realpath(path)).parents:
+        if any(all((parent / name).exists() for name in names) for names in markers):
+            return parent
+    return None
+
+
+def clean_stale(target: Path) -> None:
+    """Remove ``.<name>.tmp-*`` / ``.<name>.old-*`` beside ``target``: left by writers that died.
+
+    Call it holding :class:`DirLock` on ``target``: every writer of ``target`` holds it, so no
+    living process owns them.
+    """
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        for p in target.parent.glob(pattern):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
 def check_output_path(path: Path, what: str, marker: str, force: bool) -> None:
-    """Refuse an output path that is a file, or an existing directory unless ``force``."""
+    """Refuse an output path that is a link or a file, or an existing directory unless ``force``."""
+    refuse_link(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: exists and is a file, not a directory. Fix: choose another output path.")
     if path.is_dir() and any(path.iterdir()):
@@ -144,6 +322,7 @@ def check_output_path(path: Path, what: str, marker: str, force: bool) -> None:
 
 def swap_in(staged: Path, target: Path) -> None:
     """Replace ``target`` by the complete directory ``staged`` (two renames; the old one removed after)."""
+    refuse_link(target)
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -158,22 +337,23 @@ def staged_directory(target: str | Path, what: str, marker: str, force: bool = F
     """Yield an empty ``<target>.tmp-<pid>`` to fill; on success it replaces ``target``, on failure it is removed.
 
     ``marker`` is the file that makes a directory a complete ``what`` (e.g. ``meta.json``); an existing
-    one is replaced only with ``force``. The whole write holds :class:`DirLock` on ``target``.
+    one is replaced only with ``force``. The whole write holds :class:`DirLock` on ``target``; staging
+    left by writers that died is removed first. A full disk: :func:`no_space`, ``target`` untouched.
     """
     target = Path(target)
     check_output_path(target, what, marker, force)
     with DirLock(target):
+        clean_stale(target)
         staged = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir(parents=True)
-        try:
+        with output_errors(target, staged):
+            staged.mkdir(parents=True)
             yield staged
             if not (staged / marker).is_file():
                 raise RuntimeError(f"staged {what} has no {marker}")  # a writer bug, not a user error
             swap_in(staged, target)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
 
 
-__all__ = ("DirLock", "check_output_path", "checksum", "describe", "read_json", "staged_directory", "swap_in",
-           "verify", "write_atomic")
+__all__ = ("MANIFEST_CHECKSUM", "DirLock", "array_digest", "check_output_path", "check_seal", "checksum",
+           "clean_stale", "describe", "disk_full", "inside_artifact", "no_space", "output_errors", "read_json",
+           "read_manifest", "refuse_link", "require_keys", "seal", "staged_directory", "swap_in", "verify",
+           "write_atomic", "write_manifest")

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import click
 import typer
@@ -186,12 +186,9 @@ def train(
         name = model or overrides.pop("model", None)
         overrides.pop("model", None)
         if resume and not name and not overrides and not set_:  # the interrupted run's own config
-            from userlens.artifacts import read_json
-            from userlens.training.checkpoint import STATE_META, partial_dir
+            from userlens.training.checkpoint import interrupted_config
 
-            saved = read_json(partial_dir(out) / STATE_META, "training checkpoint", "train without --resume")
-            name = saved["run"]["config"]["model"]
-            overrides = {**saved["run"]["config"]["model_config"], **saved["run"]["config"]["train"]}
+            name, overrides = interrupted_config(out)
         if not name:
             raise ConfigError("no model given. Fix: pass --model NAME (see `userlens models`).")
         overrides.update(parse_sets(set_ or []))
@@ -292,7 +289,6 @@ def load_store(
     import time
 
     from userlens.data.prepared import PreparedData
-    from userlens.errors import InputError
     from userlens.serving.store import bulk_load_prepared, open_store
     from userlens.training.config import TrainConfig
 
@@ -301,14 +297,10 @@ def load_store(
         data = PreparedData(data_dir)
         cap = TrainConfig.long_len
         if package is not None:
-            from userlens.serving.package import load_package
+            from userlens.serving.package import check_store_data, load_package
 
             pkg = load_package(package)
-            # the store keeps item / category codes: codes of other vocabularies would score silently wrong
-            if pkg.manifest["data_fingerprint"] != data.fingerprint:
-                raise InputError(f"{data_dir}: not the prepared data {package} was exported from (vocabulary "
-                                 f"fingerprints differ). Fix: load the directory the package's run was trained on "
-                                 f"({pkg.manifest['trained_on']['data_dir']}).")
+            check_store_data(pkg, data)
             cap = pkg.long_len
         with open_store(store, cap=cap) as s:
             loaded = bulk_load_prepared(s, data)
@@ -332,20 +324,12 @@ def serve(
         help="poll the package directory this often and swap in a re-exported package (0: never)")] = 2.0,
 ) -> None:
     """Serve the package over HTTP (OpenAPI at /docs); writes need the USERLENS_TOKEN bearer token."""
+    from userlens.serving.server import check_serve_options
     from userlens.serving.server import serve as run_server
 
-    if workers < 1 or not 0 < port < 65536:
-        _run(_raise, "--workers must be >= 1 and --port in 1..65535")
+    _run(check_serve_options, port, workers, max_candidates, reload_seconds)
     _say(f"serving {package} on http://{host}:{port} (store {store}, {workers} worker(s)); docs at /docs")
-    if reload_seconds < 0:
-        _run(_raise, "--reload-seconds must be >= 0")
     _run(run_server, str(package), store, host, port, workers, max_candidates, reload_seconds)
-
-
-def _raise(message: str) -> None:
-    from userlens.errors import ConfigError
-
-    raise ConfigError(message)
 
 
 @app.command()

@@ -20,6 +20,7 @@ DEMO_MODELS = ("avgpool", "din")
 def run_demo(out: str | Path = "runs/demo", epochs: int = 4, models: tuple[str, ...] = DEMO_MODELS,
              console: Console | None = None) -> dict[str, dict[str, float]]:
     """Generate → prepare → train each model → evaluate on test; prints and returns the comparison."""
+    configs = {name: resolve_config(name, {"epochs": epochs}) for name in models}  # refused before any work
     console = console or Console()
     out = Path(out)
     console.rule("userlens demo")
@@ -34,8 +35,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 4, models: tuple[str, 
     results: dict[str, dict[str, float]] = {}
     for name in models:
         console.print(f"3/3 training {name}")
-        cfg = resolve_config(name, {"epochs": epochs})
-        fit_res = fit(data, cfg, out / "runs" / name, log=lambda s: None, force=True)
+        fit_res = fit(data, configs[name], out / "runs" / name, log=lambda s: None, force=True)
         results[name] = {**evaluate_run(out / "runs" / name), "samples_per_s": fit_res.train_samples_per_s}
     table = Table(title="test split (generated log with a planted interest)")
     for col in ("model", "AUC", "GAUC", "logloss", "n", "train samples/s"):

@@ -296,10 +296,67 @@ def test_stale_content_after_a_new_prepare_is_refused(data_dir: Path, tmp_path: 
     import_vectors(data_dir, vectors=_vectors_parquet(tmp_path / "v.parquet", [1, 2], [[1.0, 0.0], [0.0, 1.0]]))
     v = pl.read_parquet(data_dir / "vocab/item.parquet")
     v.with_columns(pl.col("index").reverse()).write_parquet(data_dir / "vocab/item.parquet")  # same size, new map
-    from userlens.artifacts import describe  # as a re-prepare would: the manifest describes the new vocabulary
+    from userlens.artifacts import describe, seal  # as a re-prepare would: the manifest describes the new vocabulary
 
     meta = json.loads((data_dir / "meta.json").read_text())
     meta["files"].update(describe(data_dir, ["vocab/item.parquet"]))
-    (data_dir / "meta.json").write_text(json.dumps(meta))
+    (data_dir / "meta.json").write_text(json.dumps(seal(meta)))
     with pytest.raises(InputError, match=r"written for another item vocabulary.*Fix: run `userlens embed-items`"):
         PreparedData(data_dir).content()
+
+
+# --------------------------------------------------------------------------- staged writing, sealed description
+
+
+def test_a_failed_import_keeps_the_previous_vectors(data_dir: Path, tmp_path: Path) -> None:
+    import_vectors(data_dir, vectors=_vectors_parquet(tmp_path / "a.parquet", [1, 2, 3], [[1.0, 0.0], [0.0, 1.0],
+                                                                                          [1.0, 1.0]]))
+    before = {p.name: p.read_bytes() for p in (data_dir / "items").iterdir()}
+    same = _vectors_parquet(tmp_path / "b.parquet", [1, 2, 3], [[2.0, 2.0]] * 3)
+    with pytest.raises(InputError, match="PCA found no variance"):
+        import_vectors(data_dir, vectors=same, pca_dim=1)
+    with pytest.raises(InputError, match="none of its 2 ids is an item"):
+        import_vectors(data_dir, vectors=_vectors_parquet(tmp_path / "c.parquet", ["x", "y"], [[1.0], [2.0]]))
+    assert {p.name: p.read_bytes() for p in (data_dir / "items").iterdir()} == before
+    assert PreparedData(data_dir).content() is not None
+
+
+def test_reimport_swaps_every_file_and_cleans_dead_staging(data_dir: Path, tmp_path: Path) -> None:
+    import_vectors(data_dir, vectors=_vectors_parquet(tmp_path / "a.parquet", [1, 2], [[1.0, 0.0], [0.0, 1.0]]),
+                   dtype="int8")
+    assert (data_dir / "items" / "content_scale.npy").is_file()
+    (data_dir / "items" / ".content.npy.tmp-999999").write_bytes(b"x" * 100)  # an embed-items that died
+    import_vectors(data_dir, vectors=_vectors_parquet(tmp_path / "b.parquet", [1, 2, 3], [[1.0], [2.0], [3.0]]))
+    names = sorted(p.name for p in (data_dir / "items").iterdir())
+    assert names == ["category.npy", "content.json", "content.npy", "content_mask.npy"]  # no old scale, no litter
+    vectors, mask = PreparedData(data_dir).content()  # type: ignore[misc]
+    assert vectors.shape[1] == 1 and mask.sum() == 3
+
+
+def test_content_json_is_sealed_and_must_list_what_is_read(data_dir: Path, tmp_path: Path) -> None:
+    from userlens.artifacts import seal
+
+    import_vectors(data_dir, vectors=_vectors_parquet(tmp_path / "a.parquet", [1, 2], [[1.0, 0.0], [0.0, 1.0]]))
+    f = data_dir / "items" / "content.json"
+    doc = json.loads(f.read_text())
+    f.write_text(json.dumps({**doc, "dim": 7}))
+    with pytest.raises(InputError, match=r"content.json: the content vectors description was edited"):
+        PreparedData(data_dir).content_dim()
+    del doc["manifest"]["content_mask.npy"]
+    f.write_text(json.dumps(seal(doc)))
+    with pytest.raises(InputError, match=r"content.json: does not list items/content_mask.npy"):
+        PreparedData(data_dir).content()
+    f.write_text(json.dumps(seal({k: v for k, v in doc.items() if k != "dim"})))
+    with pytest.raises(InputError, match=r"content.json: the content vectors description is missing key 'dim'"):
+        PreparedData(data_dir).content_dim()
+
+
+def test_text_without_any_content_is_refused_before_the_model_loads(data_dir: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import userlens.data.content as content
+
+    monkeypatch.setattr(content, "_text_model", lambda: pytest.fail("the model must not load"))
+    pl.DataFrame({"item_id": [1, 2], "title": ["", None]}).write_csv(tmp_path / "items.csv")
+    with pytest.raises(InputError, match=r"items.csv: every row's text \(title\) is empty \(2 rows\)"):
+        build_content(data_dir, items=tmp_path / "items.csv")
+    assert not (data_dir / "items" / "content.json").exists()

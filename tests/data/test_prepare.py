@@ -468,3 +468,26 @@ def test_duplicate_impressions_and_degenerate_splits_are_warned_about(tmp_path: 
     assert any("warning: 2 impression rows are exact duplicates" in n for n in notes), notes
     assert any("warning: the valid split is empty" in n for n in notes)
     assert any("warning: the test split has only label 1" in n for n in notes)
+
+
+@pytest.mark.parametrize(("opts", "match"), [
+    ({"negatives": 10**12}, r"--negatives must be in \[0, 1,000\]"),
+    ({"min_history": 10**12}, r"--min-history must be in \[0, 10,000,000\]"),
+    ({"min_user_behaviors": 10**12}, r"--min-user-behaviors must be in \[1, 10,000,000\]"),
+    ({"seed": -1}, r"--seed must be in \[0, 4,294,967,295\]"),
+    ({"seed": 2**70}, r"--seed must be in \[0, 4,294,967,295\]"),
+])
+def test_every_prepare_option_has_bounds(tmp_path: Path, opts: dict, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        _run(tmp_path, BEH, **opts)
+    assert not (tmp_path / "out").exists()
+
+
+def test_meta_json_is_sealed_and_lists_every_file_a_reader_reads(tmp_path: Path) -> None:
+    from userlens.artifacts import MANIFEST_CHECKSUM, seal
+    from userlens.data.prepare import read_files
+
+    _run(tmp_path, BEH, IMP)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta[MANIFEST_CHECKSUM] == seal(meta)[MANIFEST_CHECKSUM]
+    assert set(read_files(meta["context_columns"])) <= set(meta["files"])

@@ -456,7 +456,7 @@ def test_text_nan_id_is_a_null_id(tmp_path: Path) -> None:
 
 
 def test_duplicate_header_column_is_refused(tmp_path: Path) -> None:
-    p = _csv(tmp_path, f"user_id,item_id,user_id\n1,2,3\n")
+    p = _csv(tmp_path, "user_id,item_id,user_id\n1,2,3\n")
     with pytest.raises(InputError, match=r"t\.csv:line 1: duplicate column 'user_id' in the header \(columns \[1, 3\]\)"):
         read_table(p)
 

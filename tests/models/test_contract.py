@@ -128,7 +128,8 @@ def test_save_load_round_trip(name: str, tmp_path, batch: Batch) -> None:
     model.train()
     model(random_batch(batch=16, seed=9))  # move Dice running statistics off their initial values
     model.eval()
-    save_run(tmp_path, model, cfg, SPEC, tmp_path, "sha256:test")
+    save_run(tmp_path, model, cfg, SPEC, tmp_path, {"vocabularies": "sha256:test", "item_category": None,
+                                                    "content": None})
     loaded, cfg2, _ = load_run(tmp_path)
     assert cfg2.to_json() == cfg.to_json()
     torch.testing.assert_close(loaded(batch), model(batch), rtol=0, atol=0)

@@ -67,3 +67,42 @@ def test_keys_are_described_as_set_takes_them() -> None:
     # the listed defaults, given back through --set, are the defaults
     back = resolve_config("din", {**{k: v.default for k, v in m.items()}, **{k: v.default for k, v in t.items()}})
     assert back.to_json() == resolve_config("din").to_json()
+
+
+@pytest.mark.parametrize(("key", "value", "match"), [
+    ("threads", 100_000, r"threads must be in \[1, 1,024\]"),
+    ("short_len", 10**12, r"short_len must be in \[1, 100,000\]"),
+    ("long_len", 10**12, r"long_len must be in \[1, 10,000,000\]"),
+    ("batch_size", 10**9, r"batch_size must be in \[1, 1,048,576\]"),
+    ("eval_batch_size", 10**9, r"eval_batch_size must be in \[1, 1,048,576\]"),
+    ("epochs", 10**9, r"epochs must be in \[1, 1,000,000\]"),
+    ("patience", 10**9, r"patience must be in \[1, 1,000,000\]"),
+    ("prefetch", 10**6, r"prefetch must be in \[0, 64\]"),
+    ("user_group", 10**9, r"user_group must be in \[0, 1,048,576\]"),
+    ("limit_batches", -3, r"limit_batches must be in \[1, 1,000,000\]"),
+    ("limit_batches", 0, r"limit_batches must be in \[1,"),
+    ("seed", -1, r"seed must be in \[0, 4,294,967,295\]"),
+    ("seed", 2**70, r"seed must be in \[0, 4,294,967,295\]"),
+    ("embed_dim", 10**13, r"embed_dim must be in \[1, 4,096\] \(a model size\)"),
+    ("mlp", "200,100000", r"mlp must be layer sizes in \[1, 4096\]"),
+])
+def test_every_training_option_has_an_upper_bound(key: str, value: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        resolve_config("din", {key: value})
+
+
+@pytest.mark.parametrize(("model", "key", "value", "match"), [
+    ("sim_soft", "k", 10**9, r"k must be in \[1, 100,000\] \(behaviors per sample\)"),
+    ("bst", "max_len", 10**9, r"max_len must be in \[1, 100,000\]"),
+    ("bst", "layers", 10**6, r"layers must be in \[1, 4,096\]"),
+    ("eta", "hash_seed", -1, r"hash_seed must be in \[0, 4,294,967,295\]"),
+])
+def test_model_sizes_and_seeds_are_bounded(model: str, key: str, value: int, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        resolve_config(model, {key: value})
+
+
+def test_batch_times_short_len_is_bounded_together() -> None:
+    resolve_config("din", {"short_len": 100_000, "batch_size": 1024, "eval_batch_size": 1024})  # each alone is fine
+    with pytest.raises(ConfigError, match=r"eval_batch_size × short_len must be <= 268,435,456.*Fix: lower"):
+        resolve_config("din", {"short_len": 100_000})  # with the default eval batch of 8192

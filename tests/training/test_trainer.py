@@ -134,6 +134,8 @@ def test_runs_saved_with_patience_zero_still_load(small_data: PreparedData, tmp_
     fit(small_data, resolve_config("popularity", FAST), tmp_path, show_progress=False, log=lambda s: None)
     doc = json.loads((tmp_path / "config.json").read_text())
     doc["train"]["patience"] = 0  # the old spelling of "stop on the first bad epoch"
+    for newer in ("manifest_checksum", "inputs"):  # an old run has neither
+        del doc[newer]
     (tmp_path / "config.json").write_text(json.dumps(doc))
     assert evaluate_run(tmp_path, split="valid")["n"] == len(small_data.samples("valid"))
 
@@ -163,8 +165,8 @@ def test_debug_switches(small_data: PreparedData, tmp_path) -> None:
 
 
 def test_evaluate_writes_predictions(small_data: PreparedData, tmp_path) -> None:
-    fit(small_data, resolve_config("avgpool", FAST), tmp_path, show_progress=False, log=lambda s: None)
-    res = evaluate_run(tmp_path, split="test", predictions=tmp_path / "pred.parquet")
+    fit(small_data, resolve_config("avgpool", FAST), tmp_path / "run", show_progress=False, log=lambda s: None)
+    res = evaluate_run(tmp_path / "run", split="test", predictions=tmp_path / "pred.parquet")
     import polars as pl
 
     pred = pl.read_parquet(tmp_path / "pred.parquet")

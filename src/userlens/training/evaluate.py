@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from userlens.artifacts import inside_artifact, output_errors, refuse_link
 from userlens.data.loader import BatchLoader
 from userlens.errors import InputError
 from userlens.data.prepared import PreparedData
 from userlens.metrics import evaluate_predictions, sigmoid
-from userlens.training.checkpoint import load_run
+from userlens.training.checkpoint import data_for_run, load_run
 from userlens.training.trainer import logloss_note, predict
 
 
 PREDICTION_FORMATS = (".parquet", ".csv")
-
-
-def _data_for(run_dir: Path, doc: dict, data_dir: str | Path | None) -> PreparedData:
-    """The prepared data to score: ``data_dir`` or the run's own, refused unless its fingerprint matches."""
-    if data_dir is None and not Path(doc["data_dir"]).is_dir():
-        raise InputError(f"{run_dir}: the prepared directory it was trained on ({doc['data_dir']}) is gone or "
-                         "moved. Fix: pass --data DIR (that directory, or one prepared identically).")
-    data = PreparedData(data_dir or doc["data_dir"])
-    if data.fingerprint != doc.get("data_fingerprint"):
-        raise InputError(f"{data.path}: its vocabularies (fingerprint {data.fingerprint[:19]}…) are not those "
-                         f"{run_dir} was trained on ({str(doc.get('data_fingerprint'))[:19]}…): ids would mean "
-                         "other users and items. Fix: evaluate on the prepared directory the run was trained on "
-                         "(or one prepared from the same files with the same options), or retrain.")
-    return data
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split: str = "test",
@@ -46,11 +34,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     sigmoid of the logit) and ``logit`` (what AUC ranks: probabilities saturate).
     """
     run_dir = Path(run_dir)
-    if predictions is not None and Path(predictions).suffix.lower() not in PREDICTION_FORMATS:
-        raise InputError(f"{predictions}: unknown predictions format {Path(predictions).suffix!r}. Fix: end the "
-                         f"path with one of {list(PREDICTION_FORMATS)}.")
+    if predictions is not None:
+        _check_predictions_path(Path(predictions))
     model, cfg, doc = load_run(run_dir)
-    data = _data_for(run_dir, doc, data_dir)
+    data = data_for_run(run_dir, doc, data_dir, model.fields)
     if len(data.samples(split)) == 0:
         raise InputError(f"{data.path}: the {split} split is empty; there is nothing to evaluate. Fix: choose "
                          "another --split, or prepare with a non-empty one.")
@@ -82,10 +69,31 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
         })
         p = Path(predictions)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        frame.write_csv(tmp) if p.suffix.lower() == ".csv" else frame.write_parquet(tmp)
-        tmp.replace(p)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        with output_errors(p, tmp):
+            frame.write_csv(tmp) if p.suffix.lower() == ".csv" else frame.write_parquet(tmp)
+            tmp.replace(p)
     return result
+
+
+# directories userlens writes and verifies as a whole: a loose file inside one would replace or join its files
+ARTIFACT_MARKERS = (("meta.json", "vocab"), ("config.json", "model.safetensors"), ("package.json", "model.safetensors"),
+                    ("checkpoint.json", "checkpoint.safetensors"))
+
+
+def _check_predictions_path(p: Path) -> None:
+    """A predictions path must be a new or plain file outside every prepared, run and package directory."""
+    if p.suffix.lower() not in PREDICTION_FORMATS:
+        raise InputError(f"{p}: unknown predictions format {p.suffix!r}. Fix: end the path with one of "
+                         f"{list(PREDICTION_FORMATS)}.")
+    refuse_link(p)
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory. Fix: pass a file path for --predictions, e.g. {p / 'predictions'}"
+                         f"{p.suffix}.")
+    owner = inside_artifact(p, ARTIFACT_MARKERS)
+    if owner is not None:
+        raise InputError(f"{p}: is inside {owner}, a directory userlens wrote and verifies (a file written there "
+                         "could replace one of its files). Fix: write --predictions outside it.")
 
 
 def _raw_items(data: PreparedData, idx: np.ndarray) -> pl.Series:

@@ -32,7 +32,8 @@ from userlens.layers.activation import compile_hot_layers
 from userlens.metrics import evaluate_predictions
 from userlens.models.registry import build_model
 from userlens.models.spec import FeatureSpec
-from userlens.artifacts import DirLock, check_output_path, swap_in, write_atomic
+from userlens.artifacts import (DirLock, check_output_path, clean_stale, disk_full, no_space, refuse_link,
+                                swap_in, write_atomic)
 from userlens.errors import ConfigError, InputError, Interrupted, TrainingError
 from userlens.training.checkpoint import (CONFIG, METRICS, STATE, STATE_META, load_checkpoint, partial_dir,
                                           save_checkpoint, save_run)
@@ -185,6 +186,8 @@ def logloss_note(model: nn.Module, name: str) -> str | None:
 
 def _check_paths(out: Path, work: Path, resume: bool, force: bool) -> None:
     """Refuse to overwrite a finished run (unless ``force``) or to silently restart an interrupted one."""
+    refuse_link(out)  # before any work: the finished run replaces what is at `out`
+    refuse_link(work)
     if resume:
         if force:
             raise ConfigError("--resume continues an interrupted run, --force starts over: give one of them")
@@ -226,6 +229,7 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, resume: bool = F
     work = partial_dir(out)
     _check_paths(out, work, resume, force)
     with DirLock(out):
+        clean_stale(out)  # the old directory of a swap that died halfway
         if not resume:
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
@@ -237,10 +241,15 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, resume: bool = F
             raise Interrupted(
                 f"interrupted; {out}: " + (f"kept the checkpoint after epoch {kept} in {work}. Fix: continue with the "
                                           "same `userlens train` command plus --resume" if kept else
-                                          f"no epoch had finished, nothing kept. Fix: train again")) from None
-        except BaseException:
-            if _checkpoint_epoch(work) is None:  # nothing worth resuming: leave no half-made directory
+                                          "no epoch had finished, nothing kept. Fix: train again")) from None
+        except BaseException as e:
+            kept = _checkpoint_epoch(work)
+            if kept is None:  # nothing worth resuming: leave no half-made directory
                 shutil.rmtree(work, ignore_errors=True)
+            if disk_full(e):
+                raise no_space(work, "nothing was written" if kept is None else
+                               f"the run is not finished; the checkpoint after epoch {kept} is kept in {work} "
+                               "(after freeing space, continue with --resume)") from None
             raise
         for f in (STATE, STATE_META):
             (work / f).unlink(missing_ok=True)
@@ -265,6 +274,7 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
                                  counts=resolve_count_features(t.count_features))
     model = build_model(cfg.model, spec, cfg.model_config)
     notes = {"content_vectors": spec.content_dim > 0}
+    inputs = data.item_inputs(model.fields)  # recorded with the run: scoring other item features is refused
     if getattr(model, "can_use_content", False) and spec.content_dim == 0:
         log(f"note: {cfg.model} trains without item content vectors: {data.path} has none. Fix: run "
             "`userlens embed-items` on it first to use them.")
@@ -289,12 +299,12 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
         valid = _validate(model, valid_loader, 0)
         _log_row(work, log, {"epoch": 0, "evaluation_only": True, "train_samples": 0,
                              **{f"valid_{k}": v for k, v in valid.items()}})
-        save_run(work, model, cfg, spec, data.path, data.fingerprint, notes=notes)
+        save_run(work, model, cfg, spec, data.path, inputs, notes=notes)
         return FitResult(0, valid or {"auc": float("nan")}, 0, 0.0, 0.0)
     optimizer = make_optimizer(model, t)
     epochs = 1 if t.fast_dev_run else t.epochs
     sign = 1.0 if t.monitor == "auc" else -1.0  # compare sign * metric, higher is better
-    run_id = {"config": cfg.to_json(), "data_fingerprint": data.fingerprint}
+    run_id = {"config": cfg.to_json(), "data_fingerprint": data.fingerprint, "inputs": inputs}
     p = {"epoch": 0, "best_epoch": -1, "best_valid": {}, "best_score": None, "bad": 0, "timings": [],
          "stopped": False}
     best_state = None
@@ -348,7 +358,7 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
             save_checkpoint(work, model, optimizer, best_state, p, run_id)
             if p["stopped"]:
                 break
-    save_run(work, model, cfg, spec, data.path, data.fingerprint, state=best_state,
+    save_run(work, model, cfg, spec, data.path, inputs, state=best_state,
              notes={**notes, "best_epoch": p["best_epoch"]})
     timings = [tuple(x) for x in p["timings"]]
     return FitResult(p["best_epoch"], p["best_valid"] or {"auc": float("nan")}, p["epoch"],
