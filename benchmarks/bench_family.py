@@ -73,7 +73,8 @@ def main() -> None:
             data, oracle = prepared(member, seed, work, **changes)
             for model in args.models.split(","):
                 cfg = resolve_config(model, {"seed": seed, "threads": args.threads, **overrides})
-                run = work / "runs" / member / model / str(seed)
+                tag = ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "defaults"
+                run = work / "runs" / member / model / tag / str(seed)
                 t0 = time.perf_counter()
                 res = fit(data, cfg, run, show_progress=False, log=lambda s: None, force=True)
                 ev = evaluate_run(run)
