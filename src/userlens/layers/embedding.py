@@ -72,10 +72,13 @@ class FeatureEmbedding(nn.Module):
         context: context feature name → vocabulary size.
         counts: counting features (:mod:`userlens.data.counts`), each embedded from its bucket index.
         init_std: normal init scale.
+        item_init_std: normal init scale of the item table (default ``init_std``): a smaller one starts every
+            item at its category (see :class:`userlens.models.lifelong.LifelongConfig`).
     """
 
     def __init__(self, n_items: int, n_categories: int, dim: int, n_users: int = 0,
-                 context: dict[str, int] | None = None, counts: Sequence[str] = (), init_std: float = 0.02) -> None:
+                 context: dict[str, int] | None = None, counts: Sequence[str] = (), init_std: float = 0.02,
+                 item_init_std: float | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.item = Table(n_items, dim, padding_idx=0)
@@ -85,7 +88,8 @@ class FeatureEmbedding(nn.Module):
         self.counts = nn.ModuleDict({k: Table(COUNT_BUCKETS, dim, padding_idx=0) for k in counts})
         for emb in self.modules():
             if isinstance(emb, nn.Embedding):
-                nn.init.normal_(emb.weight, std=init_std)
+                std = item_init_std if emb is self.item and item_init_std is not None else init_std
+                nn.init.normal_(emb.weight, std=std)
                 with torch.no_grad():
                     emb.weight[0].zero_()
 

@@ -30,6 +30,7 @@ class LifelongConfig:
     activation: str = "dice"
     dropout: float = 0.0
     use_user: bool = False
+    item_init_std: float = 0.02  # init scale of the item id table (categories: 0.02)
 
 
 class LifelongModel(nn.Module):
@@ -48,7 +49,7 @@ class LifelongModel(nn.Module):
                  tower: Callable[[int], nn.Module] | None = None, extras: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = feature_embedding(spec, cfg.embed_dim, cfg.use_user)
+        self.embedding = feature_embedding(spec, cfg.embed_dim, cfg.use_user, cfg.item_init_std)
         self.short = ShortInterest(self.embedding.item_dim, cfg.attention_mlp, cfg.activation)
         d = self.embedding.item_dim
         in_dim = 2 * d + long_dim + self.embedding.side_dim

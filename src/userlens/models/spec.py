@@ -46,7 +46,8 @@ class FeatureSpec:
                 "content_dim": self.content_dim, "counts": list(self.counts)}
 
 
-def feature_embedding(spec: FeatureSpec, dim: int, use_user: bool) -> FeatureEmbedding:
+def feature_embedding(spec: FeatureSpec, dim: int, use_user: bool,
+                      item_init_std: float | None = None) -> FeatureEmbedding:
     """The item / category / user / context / counting-feature tables a model over ``spec`` needs."""
     return FeatureEmbedding(spec.n_items, spec.n_categories, dim, n_users=spec.n_users if use_user else 0,
-                            context=spec.context, counts=spec.counts)
+                            context=spec.context, counts=spec.counts, item_init_std=item_init_std)
