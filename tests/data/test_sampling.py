@@ -147,12 +147,15 @@ def test_draws_left_after_the_rejection_rounds_are_enumerated_and_counted_by_nam
 def test_prepared_data_reads_the_negatives_report_under_its_old_name(tmp_path: Path) -> None:
     import json
 
+    from userlens.artifacts import MANIFEST_CHECKSUM
+
     d = _prepare(tmp_path, _log(n=400), "data", negatives=2)
     report = PreparedData(d).negatives
     assert report is not None and report.drawn > 0
     meta = json.loads((d / "meta.json").read_text())
     assert meta["negatives"]["draws_enumerated_after_rejections"] == report.draws_enumerated_after_rejections
-    # a directory prepared before the rename (meta.json is not in its own file manifest)
+    # a directory prepared before the rename: before manifests were sealed too (no checksum of its own)
+    meta.pop(MANIFEST_CHECKSUM)
     meta["negatives"]["exact_fallbacks"] = 7
     del meta["negatives"]["draws_enumerated_after_rejections"], meta["negatives"]["rejection_rounds"]
     (d / "meta.json").write_text(json.dumps(meta))
