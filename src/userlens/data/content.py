@@ -43,6 +43,7 @@ from userlens.data.prepare import FIRST_INDEX, _sha256
 from userlens.data.prepared import PreparedData
 from userlens.data.tables import LINE, _closest, read_table
 from userlens.errors import InputError, UserlensError
+from userlens.inputs import input_file, read_utf8
 
 ContentDType = Literal["float32", "int8"]
 DTYPES: tuple[str, ...] = ("float32", "int8")
@@ -355,9 +356,7 @@ def _npy_vectors(path: Path, ids_path: Path | None) -> tuple[pl.Series, np.ndarr
     if mat.ndim != 2 or not (np.issubdtype(mat.dtype, np.floating) or np.issubdtype(mat.dtype, np.integer)):
         raise InputError(f"{path}: expected a 2-D numeric matrix (items × dims), got shape {mat.shape} "
                          f"dtype {mat.dtype}. Fix: save one row per item, e.g. np.save(f, vectors.astype('float32')).")
-    ids_path = Path(ids_path)
-    if not ids_path.is_file():
-        raise InputError(f"{ids_path}: file not found. Fix: check the --ids path.")
+    ids_path = input_file(ids_path, "--ids")
     if ids_path.suffix.lower() == ".npy":
         try:
             raw = np.load(ids_path, allow_pickle=False)
@@ -369,7 +368,7 @@ def _npy_vectors(path: Path, ids_path: Path | None) -> tuple[pl.Series, np.ndarr
         ids = pl.Series("id", raw.tolist())
         locate: Locate = lambda i: f"{ids_path}: index {i}"  # noqa: E731
     else:  # text: one id per line, a final newline is fine, blank lines are empty ids
-        lines = ids_path.read_text().split("\n")
+        lines = read_utf8(ids_path, "--ids").split("\n")
         if lines and lines[-1] == "":
             lines.pop()
         ids = pl.Series("id", [ln.strip() or None for ln in lines], dtype=pl.Utf8)
@@ -406,9 +405,7 @@ def import_vectors(
     """
     data = PreparedData(data_dir)
     _check_options(dtype, pca_dim)
-    path = Path(vectors)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found. Fix: check the --vectors path.")
+    path = input_file(vectors, "--vectors")
     suffix = path.suffix.lower()
     sources = {str(path): _sha256(path)}
     if suffix in (".parquet", ".pq"):

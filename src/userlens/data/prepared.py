@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from userlens.artifacts import read_json, verify
-from userlens.data.prepare import SCHEMA_VERSION, _sha256
+from userlens.data.prepare import SCHEMA_VERSION, _sha256, file_stem
 from userlens.data.sampling import ItemCounts
 from userlens.data.tables import SPLITS
 from userlens.errors import InputError
@@ -114,7 +114,7 @@ class PreparedData:
             label=self._load(f"{d}/label.npy"),
             time=self._load(f"{d}/time.npy"),
             cutoff=self._load(f"{d}/cutoff.npy"),
-            context={c: self._load(f"{d}/ctx_{c}.npy") for c in self.context_columns},
+            context={c: self._load(f"{d}/{file_stem(f'ctx_{c}')}.npy") for c in self.context_columns},
         )
 
     def content_dim(self) -> int:
@@ -151,4 +151,4 @@ class PreparedData:
 
     def vocab(self, name: str) -> pl.DataFrame:
         """raw ↔ index table of ``user``, ``item``, ``category``, ``behavior`` or ``ctx_<name>``."""
-        return pl.read_parquet(self.path / "vocab" / f"{name}.parquet")
+        return pl.read_parquet(self.path / "vocab" / f"{file_stem(name)}.parquet")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from userlens.errors import ConfigError
+from userlens.inputs import read_utf8
 from userlens.models.registry import get_model
 
 
@@ -206,9 +207,7 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Flat keys from a JSON or TOML file (``model`` may be among them)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    text = p.read_text()
+    text = read_utf8(p, "--config")
     try:
         data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as e:
