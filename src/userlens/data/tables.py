@@ -170,7 +170,7 @@ def read_table(path: str | Path, rename: dict[str, str] | None = None) -> RawTab
     """Read a CSV / TSV / Parquet file as-is (CSV values stay text; parsing happens in :func:`validate`).
 
     Raises:
-        InputError: the file is missing, a directory, empty, unreadable (not UTF-8, an unclosed quote, a
+        InputError: the file is missing, a directory or a named pipe, empty, unreadable (not UTF-8, an unclosed quote, a
         damaged Parquet file), has a duplicate header column, or an unknown extension; always naming the
         file and, for text, the physical line.
     """
