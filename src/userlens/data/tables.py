@@ -538,7 +538,7 @@ def validate(
         out["timestamp"] = ts
 
     if "label" in out:
-        lab = label_values(out["label"])
+        lab = _label_values(out["label"])
         chk.flag(~lab.is_in([0.0, 1.0]) | lab.is_null(), "label", "label is not 0 or 1", "encode labels as 0/1")
         out["label"] = lab.cast(pl.Int8, strict=False)
 
@@ -576,7 +576,7 @@ def validate(
     return frame
 
 
-def label_values(raw: pl.Series) -> pl.Series:
+def _label_values(raw: pl.Series) -> pl.Series:
     """A label column as Float64: numbers, ``true``/``false`` (any case) or booleans; null where none of those."""
     if raw.dtype == pl.Boolean:  # a Parquet/Arrow boolean column: true = 1, false = 0
         return raw.cast(pl.Float64)
@@ -586,6 +586,7 @@ def label_values(raw: pl.Series) -> pl.Series:
 
 
 # --------------------------------------------------------------------------- context features
+
 
 def _refuse_label_leaks(frame: pl.DataFrame, columns: Sequence[str], source: str) -> None:
     """Refuse a context column that gives the label away: equal to it, or one label per value on every row.
@@ -597,7 +598,7 @@ def _refuse_label_leaks(frame: pl.DataFrame, columns: Sequence[str], source: str
     if not columns or label.n_unique() < 2:  # one class: nothing to leak, and every column is "pure"
         return
     for c in columns:
-        if bool((label_values(frame[c]) == label.cast(pl.Float64)).fill_null(False).all()):
+        if bool((_label_values(frame[c]) == label.cast(pl.Float64)).fill_null(False).all()):
             raise InputError(f"{source}: context column {c!r} equals the label on every row: a model would read "
                              f"the answer from it (test AUC 1.0). Fix: drop --context {c}.")
         per_value = frame.group_by(c).agg(pl.col("label").n_unique().alias("labels"))
