@@ -388,13 +388,16 @@ def _parse_timestamp(col: pl.Series, unit: Literal["auto", "s", "ms"]) -> _Times
     factor = 1000 if u == "s" else 1
     d_ms, d_big, d_round = _decimal_ms(sign, whole, frac, factor)
     f_ms, f_big, f_round = _float_ms(as_float, factor)
-    iso_ms, iso_round = _us_to_ms(_parse_iso(text))
+    rest = ~exact & ~floaty
+    # numbers only (the common case): no row needs the five ISO formats tried
+    iso_us = _parse_iso(text) if rest.any() else pl.Series([None] * len(text), dtype=pl.Int64)
+    iso_ms, iso_round = _us_to_ms(iso_us)
 
     def pick(a: pl.Series, b: pl.Series, c: pl.Series) -> pl.Series:
         return pl.select(pl.when(exact).then(a).when(floaty).then(b).otherwise(c)).to_series()
 
     has_num = bool((exact | floaty).any())
-    has_iso = bool((~exact & ~floaty & iso_ms.is_not_null()).any())
+    has_iso = bool((rest & iso_ms.is_not_null()).any())
     label = f"iso+{u}" if has_num and has_iso else ("iso" if has_iso else u)
     return _Times(pick(d_ms, f_ms, iso_ms), label, pick(d_big, f_big, no), pick(d_round, f_round, iso_round))
 
