@@ -965,6 +965,164 @@ def test_dead_writers_staging_is_cleaned(base: dict[str, Path], tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
 
 
+# ------------------------------------------------ round 3: input types and values
+
+
+def _imp_with(t: Path, b: dict[str, Path], **columns: pl.Expr) -> Path:
+    """The base impressions with ``columns`` added or replaced, as t/i.parquet."""
+    pl.read_parquet(b["impressions"]).with_columns(**columns).write_parquet(t / "i.parquet")
+    return t / "i.parquet"
+
+
+def _ctx(t: Path, b: dict[str, Path], *names: str, imp: Path | None = None) -> list[str]:
+    ctx = [a for n in names for a in ("--context", n)]
+    return _prep("--behaviors", b["behaviors"], "--impressions", imp or b["impressions"], *ctx, out=t / "o")
+
+
+@case("context is the label")
+def _(t, b):
+    return _ctx(t, b, "label"), ["--context label", "a column userlens reads itself", "hands the model the answer"]
+
+
+@case("context is the split")
+def _(t, b):
+    return _ctx(t, b, "split"), ["--context split", "reads itself"]
+
+
+@case("context is the user id")
+def _(t, b):
+    return _ctx(t, b, "user_id"), ["--context user_id", "reads itself"]
+
+
+@case("context is the timestamp")
+def _(t, b):
+    return _ctx(t, b, "timestamp"), ["--context timestamp", "reads itself"]
+
+
+@case("context column equal to the label")
+def _(t, b):
+    imp = _imp_with(t, b, clicked=pl.col("label"))
+    return _ctx(t, b, "clicked", imp=imp), ["i.parquet", "'clicked' equals the label on every row",
+                                            "drop --context clicked"]
+
+
+@case("context column that relabels the label")
+def _(t, b):
+    imp = _imp_with(t, b, outcome=pl.when(pl.col("label") == 1).then(pl.lit("yes")).otherwise(pl.lit("no")))
+    return _ctx(t, b, "outcome", imp=imp), ["i.parquet", "'outcome' determines the label on every row",
+                                            "drop --context outcome"]
+
+
+@case("context named twice")
+def _(t, b):
+    imp = _imp_with(t, b, device=pl.lit("ios"))
+    return _ctx(t, b, "device", "device", imp=imp), ["--context device", "given twice"]
+
+
+@case("context names differing only in case")
+def _(t, b):
+    imp = _imp_with(t, b, device=pl.lit("ios"), Device=pl.lit("web"))
+    return _ctx(t, b, "device", "Device", imp=imp), ["--context device and --context Device", "only in case"]
+
+
+def _parquet_beh(t: Path, b: dict[str, Path], column: str, values: pl.Series) -> Path:
+    """The base behaviors with ``column`` replaced by ``values`` (repeated to the frame's height)."""
+    beh = pl.read_parquet(b["behaviors"])
+    beh = beh.with_columns(pl.Series(column, [values[i % len(values)] for i in range(beh.height)],
+                                     dtype=values.dtype))
+    beh.write_parquet(t / "b.parquet")
+    return t / "b.parquet"
+
+
+@case("list ids in parquet")
+def _(t, b):
+    p = _parquet_beh(t, b, "user_id", pl.Series([[1], [2]]))
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet", "column 'user_id' has type List", "integers or text"]
+
+
+@case("struct ids in parquet")
+def _(t, b):
+    p = _parquet_beh(t, b, "item_id", pl.Series([{"u": 0}, {"u": 1}]))
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet", "column 'item_id' has type Struct"]
+
+
+@case("decimal ids in parquet")
+def _(t, b):
+    from decimal import Decimal
+
+    p = _parquet_beh(t, b, "user_id", pl.Series([Decimal("1.50"), Decimal("2.00")], dtype=pl.Decimal(10, 2)))
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet", "column 'user_id' has type Decimal"]
+
+
+@case("duration timestamps in parquet")
+def _(t, b):
+    from datetime import timedelta
+
+    p = _parquet_beh(t, b, "timestamp", pl.Series([timedelta(seconds=T)]))
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet", "column 'timestamp' has type Duration",
+                                                  "a date or a timestamp"]
+
+
+@case("time-of-day timestamps in parquet")
+def _(t, b):
+    from datetime import time
+
+    p = _parquet_beh(t, b, "timestamp", pl.Series([time(10, 30)]))
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet", "column 'timestamp' has type Time"]
+
+
+@case("list labels in parquet")
+def _(t, b):
+    imp = _imp_with(t, b, label=pl.concat_list("label"))
+    args = _prep("--behaviors", b["behaviors"], "--impressions", imp, out=t / "o")
+    return args, ["i.parquet", "column 'label' has type List"]
+
+
+@case("float id beyond int64")
+def _(t, b):
+    p = t / "b.parquet"
+    pl.DataFrame({"user_id": [1e20, 2.0], "item_id": [1, 2], "timestamp": [T, T]}).write_parquet(p)
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet:row 1", "column 'user_id'", "too large to be exact"]
+
+
+@case("timestamp that would wrap")
+def _(t, b):
+    p = _csv(t, GOOD_HEAD + f"1,2,{T}\n1,3,{T + 1}\n1,4,{2**61}\n")
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 4", "absurd timestamp (too large"]
+
+
+@case("latin-1 config file")
+def _(t, b):
+    c = _csv(t, '{"lr": 0.01, "monitor": "auc"} # caf\xe9\n', "c.json", encoding="latin-1")
+    return _train(b["data"], t / "r", "--config", str(c)), ["c.json:line 1", "not UTF-8", "iconv"]
+
+
+@case("latin-1 ids file")
+def _(t, b):
+    import numpy as np
+
+    np.save(t / "v.npy", np.ones((2, 4), dtype=np.float32))
+    ids = _csv(t, "1\ncaf\xe9\n", "ids.txt", encoding="latin-1")
+    return ["embed-items", str(b["data"]), "--vectors", str(t / "v.npy"), "--ids", str(ids)], [
+        "ids.txt:line 2", "not UTF-8"]
+
+
+@case("named pipe as input")
+def _(t, b):
+    import os
+
+    os.mkfifo(t / "b.csv")
+    return _prep("--behaviors", t / "b.csv", out=t / "o"), ["b.csv", "is a named pipe, not a regular file"]
+
+
+@case("named pipe as config")
+def _(t, b):
+    import os
+
+    os.mkfifo(t / "c.json")
+    return _train(b["data"], t / "r", "--config", str(t / "c.json")), ["c.json", "is a named pipe"]
+
+
 def test_the_catalogue_is_large() -> None:
     assert len(CASES) >= 40
 

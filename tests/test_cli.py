@@ -125,3 +125,41 @@ def test_final_samples_per_second_is_the_figure_of_metrics_jsonl(tmp_path: Path)
     rate = sum(x["train_samples"] for x in rows) / sum(x["train_seconds"] for x in rows)
     last = r.stderr.strip().splitlines()[-1]
     assert f"; {rate:,.0f} train samples/s over all 3 epoch(s) " in last, (last, rows)
+
+
+def test_context_columns_with_any_name_go_from_prepare_to_serving(tmp_path: Path) -> None:
+    """"dev/ice" (not a file name), "type" and "dev.ice" (not torch module keys) used to end in a traceback."""
+    import numpy as np
+    import polars as pl
+
+    from userlens.serving.package import load_package
+    from userlens.serving.scorer import Scorer
+    from userlens.serving.store import bulk_load_prepared, open_store
+    from userlens.data.prepared import PreparedData
+
+    p = planted_interest_log(n_users=30, n_items=40, n_categories=4, behaviors_per_user=20,
+                             impressions_per_user=8, seed=2).write(tmp_path / "raw")
+    imp = pl.read_parquet(p["impressions"])
+    rng = np.random.default_rng(0)
+    names = {"dev/ice": ["ios", "web"], "type": ["a", "b", "c"], "dev.ice": ["x", "y"]}
+    imp = imp.with_columns(*(pl.Series(k, rng.choice(v, imp.height)) for k, v in names.items()))
+    imp.write_parquet(tmp_path / "i.parquet")
+    ctx = [a for k in names for a in ("--context", k)]
+    r = runner.invoke(app, ["prepare", "--behaviors", str(p["behaviors"]), "--impressions", str(tmp_path / "i.parquet"),
+                            *ctx, "--out", str(tmp_path / "data")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", str(tmp_path / "data"), "--model", "din", "--out", str(tmp_path / "run"),
+                            "--set", "epochs=1", "--set", "compile=false", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "pkg")])
+    assert r.exit_code == 0, r.output
+    pkg = load_package(tmp_path / "pkg")
+    with open_store(f"lmdb://{tmp_path}/store", cap=pkg.long_len) as store:
+        bulk_load_prepared(store, PreparedData(tmp_path / "data"))
+        scorer = Scorer(pkg, store)
+        user = str(imp["user_id"][0])
+        web = scorer.score(user, ["1", "2"], context={"dev/ice": "web", "type": "a", "dev.ice": "x"}).logits
+        ios = scorer.score(user, ["1", "2"], context={"dev/ice": "ios", "type": "a", "dev.ice": "x"}).logits
+    assert web != ios  # the context reaches the model by its raw name

@@ -491,3 +491,57 @@ def test_meta_json_is_sealed_and_lists_every_file_a_reader_reads(tmp_path: Path)
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta[MANIFEST_CHECKSUM] == seal(meta)[MANIFEST_CHECKSUM]
     assert set(read_files(meta["context_columns"])) <= set(meta["files"])
+
+
+# --------------------------------------------------------------------------- ids and context features, round 3
+
+
+def test_ids_equal_after_nfc_are_kept_apart_and_reported(tmp_path: Path) -> None:
+    """"José" composed (U+00E9) and decomposed (e + U+0301) are two ids: never merged on a guess, but named."""
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    beh = pl.DataFrame({"user_id": [composed, composed, "ann"], "item_id": ["a", "b", "a"],
+                        "timestamp": [T, T + 1, T + 2]})
+    imp = pl.DataFrame({"user_id": [decomposed, "ann"], "item_id": ["a", "b"], "timestamp": [T + 5, T + 6],
+                        "label": [1, 0]})
+    d, meta = _run(tmp_path, beh, imp)
+    assert set(_decode(d, "user").values()) == {composed, decomposed, "ann"}
+    notes = [n for n in meta["bad_rows"]["notes"] if "NFC" in n]
+    assert notes == [f"warning: 1 distinct user_ids equal another after Unicode NFC normalisation (e.g. "
+                     f"{decomposed!r} and {composed!r}); kept apart. Fix: normalise the ids at the source if they "
+                     "are the same"]
+
+
+def test_a_context_column_unique_per_row_is_not_taken_for_a_leak(tmp_path: Path) -> None:
+    """A request id determines the label trivially (one row per value): a useless feature, not a leak."""
+    imp = IMP.with_columns(pl.Series("request", [f"r{k}" for k in range(IMP.height)]),
+                           pl.Series("page", ["home", "home", "home", "list", "list"]))
+    _, meta = _run(tmp_path, BEH, imp, context_columns=("request", "page"))
+    assert meta["context_columns"] == ["request", "page"]
+
+
+def test_a_context_column_that_relabels_the_label_is_refused(tmp_path: Path) -> None:
+    imp = pl.concat([IMP, IMP.with_columns(pl.col("timestamp") + 1)])
+    imp = imp.with_columns(pl.when(pl.col("label") == 1).then(pl.lit("yes")).otherwise(pl.lit("no")).alias("clicked"))
+    with pytest.raises(InputError, match=r"impressions\.csv: context column 'clicked' determines the label on every "
+                                         r"row \(2 values, each with a single label\).*Fix: drop --context clicked"):
+        _run(tmp_path, BEH, imp, context_columns=("clicked",))
+
+
+@pytest.mark.parametrize("name", ["label", "split", "user_id", "item_id", "timestamp", "category", "event_id",
+                                  "behavior", "__line"])
+def test_reserved_columns_are_refused_as_context(name: str) -> None:
+    with pytest.raises(InputError, match=re.escape(f"--context {name}: {name!r} is a column userlens reads itself")):
+        PrepareOptions(context_columns=(name,)).check()
+
+
+def test_context_names_that_are_not_file_names_are_encoded(tmp_path: Path) -> None:
+    imp = IMP.with_columns(pl.col("device").alias("dev/ice"), pl.col("device").alias("../up"))
+    d, meta = _run(tmp_path, BEH, imp, context_columns=("dev/ice", "../up"))
+    assert meta["context_columns"] == ["dev/ice", "../up"]
+    assert (d / "vocab" / "ctx_dev%2Fice.parquet").is_file() and (d / "vocab" / "ctx_..%2Fup.parquet").is_file()
+    assert (d / "samples" / "train" / "ctx_dev%2Fice.npy").is_file()
+    assert not list(tmp_path.rglob("up.*")) and not list(d.glob("ctx_*"))  # nothing escaped vocab/
+    data = PreparedData(d)
+    assert set(data.vocab("ctx_dev/ice")["raw"]) == {"ios", "web", "tv"}
+    assert set(data.samples("test").context) == {"dev/ice", "../up"}
+    assert meta["vocab_sizes"]["ctx_dev/ice"] == 5  # ios, web, tv + padding and unknown

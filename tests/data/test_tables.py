@@ -109,7 +109,7 @@ def test_rename_maps_a_column_before_the_check(tmp_path: Path) -> None:
 def test_unparsable_timestamp(tmp_path: Path) -> None:
     p = _csv(tmp_path, f"user_id,item_id,timestamp\nu,i,{T}\nu,i,yesterday\n")
     msg = _row_error(p, "line 3", "timestamp", "cannot parse the timestamp (value 'yesterday'); 1 row(s) affected",
-                     "use integer epoch seconds or milliseconds, or ISO-8601 text like 2017-11-25T10:00:00")
+                     "use epoch seconds or milliseconds (integer or decimal), or ISO-8601 text like 2017-11-25T10:00:00")
     with pytest.raises(InputError, match=msg):
         _validate(p)
 
@@ -375,6 +375,117 @@ def test_parquet_timestamps_integer_and_datetime(tmp_path: Path) -> None:
                   "timestamp": [datetime(2017, 11, 25, 10, 0, 0, 250_000)]}).write_parquet(dts)
     assert _validate(ints)["timestamp"].to_list() == [T * 1000]
     assert _validate(dts)["timestamp"].to_list() == [_ms(2017, 11, 25, 10) + 250]
+
+
+# --------------------------------------------------------------------------- fractional and huge timestamps
+
+
+def test_fractional_epoch_seconds_keep_milliseconds_and_order(tmp_path: Path) -> None:
+    """1700000100.1 ... .8 s are eight instants 100 ms apart, as text and as Parquet floats (not one second)."""
+    secs = [f"1700000100.{k}" for k in range(1, 9)]
+    text = _csv(tmp_path, "user_id,item_id,timestamp\n" + "".join(f"u,i{k},{v}\n" for k, v in enumerate(secs)))
+    floats = tmp_path / "f.parquet"
+    pl.DataFrame({"user_id": ["u"] * 8, "item_id": [f"i{k}" for k in range(8)],
+                  "timestamp": [float(v) for v in secs]}).write_parquet(floats)
+    want = [1_700_000_100_000 + 100 * k for k in range(1, 9)]
+    for p in (text, floats):
+        report = SkipReport()
+        assert validate(read_table(p), "behaviors", report=report)["timestamp"].to_list() == want
+        assert report.notes == [] and report.time_units[str(p)] == "s"  # nothing below a millisecond: no note
+
+
+def test_digits_below_a_millisecond_are_rounded_and_counted(tmp_path: Path) -> None:
+    from datetime import datetime as dt
+    from decimal import Decimal
+
+    p = _csv(tmp_path, "user_id,item_id,timestamp\nu,a,1700000100.25\nu,b,1700000100.0004\nu,c,1700000100.9996\n"
+                       "u,d,2023-11-14T22:15:00.1235Z\n")
+    report = SkipReport()
+    out = validate(read_table(p), "behaviors", report=report)["timestamp"].to_list()
+    assert out == [1_700_000_100_250, 1_700_000_100_000, 1_700_000_101_000, 1_700_000_100_124]
+    assert report.notes == [f"{p}: 3 timestamps had digits below a millisecond (first at line 3), rounded to the "
+                            "nearest millisecond"]
+    ms = _csv(tmp_path, "user_id,item_id,timestamp\nu,a,1700000100123.5\nu,b,1700000100124\n", "ms.csv")
+    assert _validate(ms)["timestamp"].to_list() == [1_700_000_100_124] * 2  # milliseconds with a fraction
+    dec = tmp_path / "dec.parquet"
+    pl.DataFrame({"user_id": [1, 1], "item_id": [1, 2],
+                  "timestamp": pl.Series([Decimal("1700000100.125"), Decimal("1700000100.1256")],
+                                         dtype=pl.Decimal(20, 4))}).write_parquet(dec)
+    assert _validate(dec)["timestamp"].to_list() == [1_700_000_100_125, 1_700_000_100_126]
+    micro = tmp_path / "dt.parquet"
+    pl.DataFrame({"user_id": [1], "item_id": [1],
+                  "timestamp": [dt(2017, 11, 25, 10, 0, 0, 250_600)]}).write_parquet(micro)
+    report = SkipReport()
+    assert validate(read_table(micro), "behaviors", report=report)["timestamp"].to_list() == [
+        _ms(2017, 11, 25, 10) + 251]
+    assert "1 timestamps had digits below a millisecond" in report.notes[0]
+
+
+@pytest.mark.parametrize("value", [2**61, 2.0**61, "2305843009213693952", "9" * 25, "1e300", float("inf"),
+                                   2**63 + 1])
+def test_a_timestamp_whose_milliseconds_overflow_is_refused_not_wrapped(tmp_path: Path, value: object) -> None:
+    """2^61 s times 1000 wraps int64 into 2023; it must be named, never read as a plausible date."""
+    dtype = pl.UInt64 if value == 2**63 + 1 else None
+    col = pl.Series([T, T + 1, T + 2, value], dtype=dtype, strict=False) if not isinstance(value, str) else \
+        pl.Series([str(T), str(T + 1), str(T + 2), value])
+    p = tmp_path / "w.parquet"
+    pl.DataFrame({"user_id": [1] * 4, "item_id": [1, 2, 3, 4], "timestamp": col}).write_parquet(p)
+    with pytest.raises(InputError, match=re.escape(f"{p}:row 4: column 'timestamp': absurd timestamp (too large")):
+        validate(read_table(p), "behaviors")
+    report = SkipReport()
+    assert validate(read_table(p), "behaviors", policy="skip", report=report)["timestamp"].to_list() == [
+        (T + k) * 1000 for k in range(3)]
+
+
+# --------------------------------------------------------------------------- column types
+
+
+@pytest.mark.parametrize(("column", "values", "kind"), [
+    ("user_id", pl.Series([[1], [2]]), "List"),
+    ("item_id", pl.Series([{"u": 0}, {"u": 1}]), "Struct"),
+    ("item_id", pl.Series([b"a", b"b"]), "Binary"),
+    ("timestamp", pl.Series([[T], [T]]), "List"),
+    ("category", pl.Series([["a"], ["b"]]), "List"),
+    ("behavior", pl.Series([{"x": 1}, {"x": 2}]), "Struct"),
+])
+def test_column_types_are_checked_before_any_cast(tmp_path: Path, column: str, values: pl.Series, kind: str) -> None:
+    frame = pl.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "timestamp": [T, T], "category": ["a", "b"],
+                          "behavior": ["x", "y"]}).with_columns(values.alias(column))
+    p = tmp_path / "b.parquet"
+    frame.write_parquet(p)
+    with pytest.raises(InputError, match=re.escape(f"{p}: column {column!r} has type {kind}")):
+        _validate(p)
+
+
+def test_categorical_ids_are_read_as_text(tmp_path: Path) -> None:
+    p = tmp_path / "b.parquet"
+    pl.DataFrame({"user_id": pl.Series(["7", " u1 "], dtype=pl.Categorical), "item_id": [1, 2],
+                  "timestamp": [T, T]}).write_parquet(p)
+    assert _validate(p)["user_id"].to_list() == ["7", "u1"]
+
+
+def test_uint64_ids_beyond_int64_are_kept_exactly_as_text_and_match(tmp_path: Path) -> None:
+    big = [2**63 + 5, 2**64 - 1]
+    p = tmp_path / "b.parquet"
+    pl.DataFrame({"user_id": pl.Series(big, dtype=pl.UInt64), "item_id": [1, 2], "timestamp": [T, T]}).write_parquet(p)
+    report = SkipReport()
+    out = validate(read_table(p), "behaviors", report=report)
+    assert out["user_id"].to_list() == [str(v) for v in big]
+    assert "unsigned 64-bit ids beyond int64" in report.notes[0]
+    small = pl.DataFrame({"user_id": pl.Series([2**64 - 1], dtype=pl.UInt64)})
+    a, b = unify_id_types(out, small.with_columns(pl.col("user_id").cast(pl.Utf8)), column="user_id")
+    assert b["user_id"][0] in a["user_id"].to_list()
+
+
+def test_float_ids_beyond_two_to_the_53_are_refused(tmp_path: Path) -> None:
+    """1e20 as a float id used to become null for every row (one user, every label 1)."""
+    p = tmp_path / "b.parquet"
+    pl.DataFrame({"user_id": [1.0, 1e20, 2.0**53], "item_id": [1, 2, 3], "timestamp": [T] * 3}).write_parquet(p)
+    with pytest.raises(InputError, match=re.escape(f"{p}:row 2: column 'user_id': a float id too large to be exact")):
+        _validate(p)
+    report = SkipReport()
+    out = validate(read_table(p), "behaviors", policy="skip", report=report)
+    assert out["user_id"].to_list() == [1] and report.total == 2
 
 
 # --------------------------------------------------------------------------- ids

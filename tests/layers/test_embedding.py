@@ -40,6 +40,21 @@ def test_feature_embedding_keeps_nn_embedding_state_dict() -> None:
     assert all(isinstance(m, nn.Embedding) for m in (emb.item, emb.category, emb.user))
 
 
+def test_context_names_torch_refuses_as_module_keys_still_get_tables() -> None:
+    """Column names like "type" (a ModuleDict attribute), "dev.ice" or "" are valid context features."""
+    names = {"type": 3, "dev.ice": 4, "dev/ice": 5, "%41": 6, "hour": 7}
+    emb = FeatureEmbedding(20, 5, 4, context=names)
+    assert {"context.hour.weight", "context.dev/ice.weight"} <= set(emb.state_dict())  # plain names keep their keys
+    sizes = {k: v.weight.shape[0] for k, v in emb.context.items()}
+    assert sorted(sizes.values()) == sorted(names.values()) and len(sizes) == len(names)
+
+    class _B:  # side() reads the batch's context by the raw names
+        target = {}
+        context = {k: torch.ones(2, dtype=torch.long) for k in names}
+
+    assert emb.side(_B()).shape == (2, 4 * len(names))  # type: ignore[arg-type]
+
+
 def test_table_refuses_sparse_gradients_at_construction() -> None:
     with pytest.raises(ValueError, match="dense gradients"):
         Table(10, 4, sparse=True)

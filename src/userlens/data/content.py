@@ -51,6 +51,7 @@ from userlens.data.prepare import FIRST_INDEX
 from userlens.data.prepared import PreparedData
 from userlens.data.tables import LINE, read_table
 from userlens.errors import InputError, UserlensError, did_you_mean
+from userlens.inputs import input_file, read_utf8
 from userlens.limits import MAX_BATCH, check_int, check_seed
 
 ContentDType = Literal["float32", "int8"]
@@ -417,9 +418,7 @@ def _npy_vectors(path: Path, ids_path: Path | None) -> tuple[pl.Series, np.ndarr
     if mat.shape[1] == 0:
         raise InputError(f"{path}: the vectors have dimension 0 (shape {mat.shape}): no item would get content. "
                          "Fix: save one vector of at least one number per item.")
-    ids_path = Path(ids_path)
-    if not ids_path.is_file():
-        raise InputError(f"{ids_path}: file not found. Fix: check the --ids path.")
+    ids_path = input_file(ids_path, "--ids")
     if ids_path.suffix.lower() == ".npy":
         try:
             raw = np.load(ids_path, allow_pickle=False)
@@ -431,7 +430,7 @@ def _npy_vectors(path: Path, ids_path: Path | None) -> tuple[pl.Series, np.ndarr
         ids = pl.Series("id", raw.tolist())
         locate: Locate = lambda i: f"{ids_path}: index {i}"  # noqa: E731
     else:  # text: one id per line, a final newline is fine, blank lines are empty ids
-        lines = ids_path.read_text().split("\n")
+        lines = read_utf8(ids_path, "--ids").split("\n")
         if lines and lines[-1] == "":
             lines.pop()
         ids = pl.Series("id", [ln.strip() or None for ln in lines], dtype=pl.Utf8)
@@ -468,9 +467,7 @@ def import_vectors(
     """
     data = PreparedData(data_dir)
     _check_options(dtype, pca_dim, seed=seed)
-    path = Path(vectors)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found. Fix: check the --vectors path.")
+    path = input_file(vectors, "--vectors")
     suffix = path.suffix.lower()
     sources = {str(path): sha256_file(path)}
     if suffix in (".parquet", ".pq"):

@@ -4,6 +4,7 @@ Layout written (all arrays are plain ``.npy``, memory-mappable, readable without
 
     meta.json                      schema version, counts, vocab sizes, options, checksums, skips
     vocab/{user,item,category,behavior,ctx_<name>}.parquet   raw id ↔ index (0 = pad, 1 = unknown)
+                                   (names percent-encoded as file names: ctx_dev/ice → ctx_dev%2Fice)
     timeline/offsets.npy           (n_users + 1,) int64 CSR offsets into the arrays below
     timeline/{item,category,behavior,time}.npy   per-behavior arrays, sorted by (user, time, input order)
     items/category.npy             (n_items,) int32 category index of every item index
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 import numpy as np
 import polars as pl
@@ -36,7 +38,8 @@ import polars as pl
 from userlens.artifacts import check_output_path, describe, sha256_file, staged_directory, write_manifest
 from userlens.data.attributes import attribute_cutoff, item_categories
 from userlens.data.sampling import SAMPLERS, NegativeSampler, Sampler, stable_id_hash
-from userlens.data.tables import LINE, SPLITS, BadRowPolicy, RawTable, SkipReport, unify_id_types, validate
+from userlens.data.tables import (LINE, SPLITS, BadRowPolicy, RawTable, SkipReport, note_unicode_twins, unify_id_types,
+                                  validate)
 from userlens.errors import InputError
 from userlens.limits import MAX_MIN_HISTORY, MAX_NEGATIVES, check_int, check_seed
 
@@ -103,6 +106,58 @@ class PrepareOptions:
         check_int("--min-history", self.min_history, 0, MAX_MIN_HISTORY, "behaviors")
         check_int("--min-user-behaviors", self.min_user_behaviors, 1, MAX_MIN_HISTORY, "behaviors")
         check_seed("--seed", self.seed)
+        check_context_names(self.context_columns)
+
+
+# --------------------------------------------------------------------------- context names
+
+#: Columns userlens reads with a meaning of their own: never a context feature (``--context``).
+RESERVED_CONTEXT: dict[str, str] = {
+    "label": "the label itself: as a feature it hands the model the answer",
+    "split": "it names the split, so a model would learn the split instead of the user",
+    "timestamp": "the sample's time, which decides the split and the history",
+    "user_id": "the sample's user, embedded already when use_user is set",
+    "item_id": "the target item, embedded already",
+    "category": "the item's category, embedded already with every item",
+    "behavior": "the behavior type of the history",
+    "event_id": "a unique id per event: no category to learn",
+    LINE: "userlens's own line-number column",
+}
+
+
+def check_context_names(names: Sequence[str]) -> None:
+    """Refuse context names that are reserved columns, empty, or given twice (also in another case).
+
+    Raises:
+        InputError: naming the option value and the fix.
+    """
+    for c in names:
+        if c in RESERVED_CONTEXT:
+            raise InputError(f"--context {c}: {c!r} is a column userlens reads itself ({RESERVED_CONTEXT[c]}). "
+                             f"Fix: drop --context {c}; context features are other impression columns "
+                             "(device, page ...).")
+        if not c.strip():
+            raise InputError(f"--context {c!r}: an empty name. Fix: give the impression column's name.")
+        if len(file_stem(f"ctx_{c}")) > 200:
+            raise InputError(f"--context {c[:40]}...: a name of {len(c)} characters, too long for the file that "
+                             "holds its vocabulary. Fix: rename the column (200 characters at most).")
+    folded = [c.casefold() for c in names]
+    for i, c in enumerate(names):
+        first = names[folded.index(folded[i])]
+        if first == c and folded.index(folded[i]) != i:
+            raise InputError(f"--context {c}: given twice. Fix: name each context column once.")
+        if first != c:  # their files (vocab/ctx_<name>.parquet) would be one file on macOS and Windows
+            raise InputError(f"--context {first} and --context {c}: names that differ only in case. "
+                             "Fix: rename one of the columns.")
+
+
+def file_stem(name: str) -> str:
+    """A vocabulary or sample-array name as a file name: percent-encoded (``ctx_dev/ice`` → ``ctx_dev%2Fice``).
+
+    Context names are column names, which may hold ``/`` or other characters a path cannot; plain names
+    (``user``, ``ctx_device``) are unchanged, so the layout reads as before.
+    """
+    return quote(name, safe="")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -140,7 +195,7 @@ def _cutoffs(offsets: np.ndarray, tl_time: np.ndarray, user: np.ndarray, t: np.n
 def _save(dir_: Path, arrays: dict[str, np.ndarray]) -> None:
     dir_.mkdir(parents=True, exist_ok=True)
     for name, arr in arrays.items():
-        np.save(dir_ / f"{name}.npy", np.ascontiguousarray(arr))
+        np.save(dir_ / f"{file_stem(name)}.npy", np.ascontiguousarray(arr))
 
 
 # --------------------------------------------------------------------------- samples
@@ -245,6 +300,8 @@ def validate_sources(sources: Sources, opt: PrepareOptions, report: SkipReport
     items = validate(sources.items, "items", **vkw) if sources.items is not None else None
     beh, imp, items = unify_id_types(beh, imp, items, column="item_id")
     beh, imp, _ = unify_id_types(beh, imp, None, column="user_id")
+    for col in ("user_id", "item_id"):
+        note_unicode_twins([beh, imp, items], col, report)
     for name, other in (("impressions", imp), ("items", items)):
         for col in ("item_id", "user_id") if name == "impressions" else ("item_id",):
             if other is not None:
@@ -324,7 +381,7 @@ def _write(out: Path, vocabs: dict[str, pl.DataFrame], offsets: np.ndarray, tl: 
     """Every array and vocabulary into ``out`` (a staged directory); meta.json is written after, last."""
     (out / "vocab").mkdir(parents=True, exist_ok=True)
     for name, v in vocabs.items():
-        v.write_parquet(out / "vocab" / f"{name}.parquet")
+        v.write_parquet(out / "vocab" / f"{file_stem(name)}.parquet")
     _save(out / "timeline", {"offsets": offsets, **tl})
     _save(out / "items", {"category": item_cat})
     split_counts: dict[str, dict[str, int]] = {}

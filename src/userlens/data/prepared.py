@@ -11,7 +11,7 @@ import polars as pl
 
 from userlens.artifacts import array_digest, check_seal, read_json, read_manifest, require_keys, sha256_file, verify
 from userlens.data.counts import UserIndexes
-from userlens.data.prepare import SCHEMA_VERSION, read_files
+from userlens.data.prepare import SCHEMA_VERSION, file_stem, read_files
 from userlens.data.sampling import ItemCounts, NegativeReport
 from userlens.data.tables import SPLITS
 from userlens.errors import InputError
@@ -146,7 +146,7 @@ class PreparedData:
             label=self._load(f"{d}/label.npy"),
             time=self._load(f"{d}/time.npy"),
             cutoff=self._load(f"{d}/cutoff.npy"),
-            context={c: self._load(f"{d}/ctx_{c}.npy") for c in self.context_columns},
+            context={c: self._load(f"{d}/{file_stem(f'ctx_{c}')}.npy") for c in self.context_columns},
         )
 
     def content_dim(self) -> int:
@@ -208,4 +208,4 @@ class PreparedData:
 
     def vocab(self, name: str) -> pl.DataFrame:
         """raw ↔ index table of ``user``, ``item``, ``category``, ``behavior`` or ``ctx_<name>``."""
-        return pl.read_parquet(self.path / "vocab" / f"{name}.parquet")
+        return pl.read_parquet(self.path / "vocab" / f"{file_stem(name)}.parquet")

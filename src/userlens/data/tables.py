@@ -11,7 +11,7 @@ in a :class:`SkipReport`, printed and recorded in ``meta.json``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Literal
 import polars as pl
 
 from userlens.errors import InputError, did_you_mean
+from userlens.inputs import first_non_utf8, input_file, not_utf8
 
 TableKind = Literal["behaviors", "impressions", "items"]
 BadRowPolicy = Literal["error", "skip"]
@@ -91,33 +92,6 @@ def _first_ragged_line(p: Path, sep: str) -> int | str:
     return "?"
 
 
-def _line_of_byte(p: Path, offset: int) -> int:
-    """1-based physical line holding byte ``offset`` (streamed: error paths only)."""
-    line, seen = 1, 0
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            if seen + len(chunk) > offset:
-                return line + chunk.count(b"\n", 0, offset - seen)
-            line += chunk.count(b"\n")
-            seen += len(chunk)
-    return line
-
-
-def _first_non_utf8(p: Path) -> tuple[int, int] | None:
-    """(physical line, byte value) of the first byte sequence that is not UTF-8, or None."""
-    import codecs
-
-    dec, seen = codecs.getincrementaldecoder("utf-8")(), 0
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            try:
-                dec.decode(chunk)
-            except UnicodeDecodeError as e:
-                return _line_of_byte(p, seen + e.start), chunk[e.start]
-            seen += len(chunk)
-    return None
-
-
 def _record_lines(p: Path, sep: str) -> tuple[list[int], int | None]:
     """Physical start line of every CSV record after the header, and the line of an unclosed quote (or None).
 
@@ -157,10 +131,9 @@ def _read_csv(p: Path, sep: str) -> pl.DataFrame:
     except pl.exceptions.NoDataError:
         raise InputError(f"{p}: the file is empty. Fix: point to a file with a header and rows.") from None
     except pl.exceptions.ComputeError as exc:
-        bad = _first_non_utf8(p)
+        bad = first_non_utf8(p)
         if bad is not None:
-            raise InputError(f"{p}:line {bad[0]}: not UTF-8 text (byte 0x{bad[1]:02x}; Latin-1 or Windows-1252?). "
-                             "Fix: re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`.") from None
+            raise not_utf8(p, *bad) from None
         _, unclosed = _record_lines(p, sep)
         if unclosed is not None:
             raise InputError(f"{p}:line {unclosed}: a quote (\") opens a value that is never closed. "
@@ -191,15 +164,11 @@ def read_table(path: str | Path, rename: dict[str, str] | None = None) -> RawTab
     """Read a CSV / TSV / Parquet file as-is (CSV values stay text; parsing happens in :func:`validate`).
 
     Raises:
-        InputError: the file is missing, a directory, empty, unreadable (not UTF-8, an unclosed quote, a
+        InputError: the file is missing, a directory or a named pipe, empty, unreadable (not UTF-8, an unclosed quote, a
         damaged Parquet file), has a duplicate header column, or an unknown extension; always naming the
         file and, for text, the physical line.
     """
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{p}: is a directory, not a file. Fix: point to the CSV or Parquet file inside it.")
-    if not p.is_file():
-        raise InputError(f"{p}: file not found. Fix: check the path.")
+    p = input_file(path)
     if p.stat().st_size == 0:
         raise InputError(f"{p}: the file is empty (0 bytes). Fix: point to a file with a header and rows.")
     suffix = p.suffix.lower()
@@ -233,6 +202,42 @@ def _check_columns(t: RawTable, kind: TableKind, extra: Sequence[str]) -> None:
             )
 
 
+def _is_text(d: pl.DataType) -> bool:
+    return d.base_type() in (pl.String, pl.Categorical, pl.Enum, pl.Null)
+
+
+def _is_number(d: pl.DataType) -> bool:
+    return d.is_integer() or d.is_float()
+
+
+#: What each column userlens reads may hold, checked before any cast: (test, what is expected, fix).
+COLUMN_TYPES: dict[str, tuple[Callable[[pl.DataType], bool], str, str]] = {
+    "id": (lambda d: _is_text(d) or _is_number(d), "integers or text",
+           "write the ids as int64 or string (e.g. pl.col({c!r}).cast(pl.Utf8))"),
+    "timestamp": (lambda d: _is_text(d) or _is_number(d) or d.base_type() in (pl.Date, pl.Datetime, pl.Decimal),
+                  "epoch seconds or milliseconds (numbers), ISO-8601 text, a date or a timestamp",
+                  "write the time as int64 epoch seconds / milliseconds or as a timestamp column"),
+    "label": (lambda d: _is_text(d) or _is_number(d) or d.base_type() in (pl.Boolean, pl.Decimal),
+              "0/1 numbers, booleans or text", "write the label as 0/1 integers or booleans"),
+    "value": (lambda d: not d.is_nested() and d.base_type() not in (pl.Binary, pl.Object),
+              "a single value per row (text, number, boolean, date)", "write one value per row (text or number)"),
+}
+
+
+def _role(column: str) -> str:
+    return "id" if column in ("user_id", "item_id") else column if column in ("timestamp", "label") else "value"
+
+
+def _check_types(t: RawTable, columns: Sequence[str]) -> None:
+    """Refuse a column type userlens cannot read faithfully (lists, structs, binary ...) before any cast."""
+    for c in columns:
+        dtype = t.frame.schema[c]
+        ok, expected, fix = COLUMN_TYPES[_role(c)]
+        if not ok(dtype):
+            raise InputError(f"{t.source}: column {c!r} has type {dtype}; expected {expected}. "
+                             f"Fix: {fix.format(c=c)}.")
+
+
 class _RowChecker:
     """Collects row defects of one table; raises on the first kind found (policy 'error') or drops them."""
 
@@ -262,6 +267,11 @@ class _RowChecker:
 EMPTY_ID = "empty id (null, blank or NaN; a truncated line?)"
 
 
+def _plain(s: pl.Series) -> pl.Series:
+    """Categorical / enum columns as plain text: the values are what count, not the dictionary."""
+    return s.cast(pl.Utf8) if s.dtype.base_type() in (pl.Categorical, pl.Enum) else s
+
+
 def _normalised_ids(s: pl.Series, c: str, t: RawTable, chk: _RowChecker, report: SkipReport) -> pl.Series:
     """Ids as given, made comparable across tables; every normalisation is counted in ``report.notes``.
 
@@ -272,18 +282,18 @@ def _normalised_ids(s: pl.Series, c: str, t: RawTable, chk: _RowChecker, report:
     * text that is exactly a canonical integer becomes an integer (``"007"`` stays text).
     """
     if s.dtype.is_float():
-        nan = s.is_nan().fill_null(False)
-        chk.flag(s.is_null() | nan, c, EMPTY_ID, f"give every row a {c}")
-        frac = ~nan & s.is_not_null() & (s != s.round(0))
-        chk.flag(frac, c, "a numeric id that is not an integer", "use integer or text ids")
-        ok = s.is_not_null() & ~nan & ~frac
-        n_float = int(ok.sum())
-        if n_float:
-            report.notes.append(f"{t.source}: {n_float} float {c}s (like 1.0) read as integers")
-        return pl.Series(c, s.to_numpy(), dtype=pl.Float64).fill_nan(None).cast(pl.Int64, strict=False)
-    if s.dtype != pl.Utf8:
+        return _float_ids(s, c, t, chk, report)
+    if s.dtype.is_integer():
         chk.flag(s.is_null(), c, EMPTY_ID, f"give every row a {c}")
-        return s
+        as_int = s.cast(pl.Int64, strict=False)
+        if (as_int.is_null() & s.is_not_null()).any():  # uint64 ids of 2^63 and above
+            report.notes.append(f"{t.source}: {c} holds unsigned 64-bit ids beyond int64; every {c} of the file "
+                                "is read as its decimal text (it still matches the same id in other tables)")
+            return s.cast(pl.Utf8)
+        return as_int
+    if s.dtype != pl.Utf8:  # an all-null column
+        chk.flag(s.is_null(), c, EMPTY_ID, f"give every row a {c}")
+        return s.cast(pl.Utf8)
     stripped = s.str.strip_chars()
     empty = s.is_null() | (stripped == "") | (stripped.str.to_lowercase() == "nan")
     chk.flag(empty, c, EMPTY_ID, f"give every row a {c}")
@@ -294,6 +304,26 @@ def _normalised_ids(s: pl.Series, c: str, t: RawTable, chk: _RowChecker, report:
                             + (f"; {merged} distinct raw ids became equal to another id" if merged else ""))
     # Blank ids are flagged above (and dropped under "skip"); as null they cannot keep the rest text.
     return _maybe_int_ids(stripped.replace("", None).replace({"NaN": None, "nan": None, "NAN": None}))
+
+
+#: Beyond 2^53 a float64 no longer holds every integer: 2^53 + 1 reads as 2^53, two ids become one.
+FLOAT_EXACT = 2**53
+
+
+def _float_ids(s: pl.Series, c: str, t: RawTable, chk: _RowChecker, report: SkipReport) -> pl.Series:
+    """Float ids must be whole numbers a float holds exactly (``1.0`` → ``1``); others are row defects."""
+    nan = s.is_nan().fill_null(False)
+    chk.flag(s.is_null() | nan, c, EMPTY_ID, f"give every row a {c}")
+    frac = ~nan & s.is_not_null() & (s != s.round(0)).fill_null(False)
+    chk.flag(frac, c, "a numeric id that is not an integer", "use integer or text ids")
+    big = ~nan & ~frac & (s.abs() >= FLOAT_EXACT).fill_null(False)
+    chk.flag(big, c, "a float id too large to be exact (2^53 or more, or infinite)",
+             "write ids as int64 or text, not float")
+    ok = s.is_not_null() & ~nan & ~frac & ~big
+    n_float = int(ok.sum())
+    if n_float:
+        report.notes.append(f"{t.source}: {n_float} float {c}s (like 1.0) read as integers")
+    return pl.select(pl.when(ok).then(s)).to_series().cast(pl.Int64)
 
 
 def _maybe_int_ids(s: pl.Series) -> pl.Series:
@@ -309,28 +339,113 @@ def _maybe_int_ids(s: pl.Series) -> pl.Series:
     return s
 
 
-def _parse_timestamp(col: pl.Series, unit: Literal["auto", "s", "ms"]) -> tuple[pl.Series, str]:
-    """Epoch seconds / milliseconds (integers) or ISO-8601 text → (int64 epoch **milliseconds**, unit read).
+INT64_MAX = 2**63 - 1
+#: A number in ``[+-]digits[.digits]`` form: read exactly (no float), so ``1700000100.1`` s is 1700000100100 ms.
+DECIMAL = r"^([+-]?)(\d*)(?:\.(\d*))?$"
 
+
+@dataclass
+class _Times:
+    """Timestamps as int64 epoch milliseconds, and what happened on the way."""
+
+    ms: pl.Series  # null where unparsable or too large
+    unit: str  # s, ms, iso, iso+s / iso+ms, datetime
+    too_large: pl.Series  # a number whose milliseconds do not fit in int64 (they would wrap to another date)
+    rounded: pl.Series  # had digits below a millisecond: rounded to the nearest millisecond (halves up)
+
+
+def _parse_timestamp(col: pl.Series, unit: Literal["auto", "s", "ms"]) -> _Times:
+    """Epoch seconds / milliseconds or ISO-8601 text or a date / datetime → int64 epoch **milliseconds**.
+
+    Fractions are kept to the millisecond (``1700000100.25`` s → ``1700000100250``); finer digits are
+    rounded, and flagged in ``rounded`` so they can be counted. Numbers are read exactly when given as
+    decimal text, and a value whose milliseconds overflow int64 is ``too_large``, never wrapped.
     Unparsable values become null. The unit read is ``s``, ``ms``, ``iso``, ``iso+s`` / ``iso+ms``
-    (a text column mixing both) or ``datetime`` (a Parquet timestamp column).
+    (a text column mixing both) or ``datetime`` (a Parquet date or timestamp column).
     """
-    if col.dtype.is_temporal():
-        return col.cast(pl.Datetime("ms")).dt.epoch("ms"), "datetime"
-    if col.dtype.is_float():
-        return _to_ms(col.round(0).cast(pl.Int64, strict=False), unit)
-    if col.dtype.is_integer():
-        return _to_ms(col.cast(pl.Int64), unit)
-    text = col.cast(pl.Utf8).str.strip_chars()
-    as_int = text.cast(pl.Int64, strict=False)
+    no = pl.Series([False] * len(col), dtype=pl.Boolean)
+    if col.dtype.base_type() in (pl.Date, pl.Datetime):
+        ms, rounded = _us_to_ms(col.cast(pl.Datetime("us")).dt.epoch("us"))
+        return _Times(ms, "datetime", no, rounded)
+    if col.dtype.is_integer() or col.dtype.is_float():
+        u = _decide_unit(col.cast(pl.Float64), unit)
+        ms, too_large, rounded = (_int_ms if col.dtype.is_integer() else _float_ms)(col, 1000 if u == "s" else 1)
+        return _Times(ms, u, too_large, rounded)
+    text = col.cast(pl.Utf8).str.strip_chars()  # a Parquet decimal too: its text is exact
+    g = text.str.extract_groups(DECIMAL)
+    sign, whole, frac = (g.struct.field(k) for k in ("1", "2", "3"))
+    exact = (whole.str.len_chars() > 0) | (frac.str.len_chars() > 0)  # null when the text is not plain decimal
+    exact = exact.fill_null(False)
     as_float = text.cast(pl.Float64, strict=False)
-    as_int = as_int.fill_null(as_float.round(0).cast(pl.Int64, strict=False))
-    iso = _parse_iso(text)
-    # Numbers decide the unit; ISO strings are already milliseconds.
-    numeric_ms, numeric_unit = _to_ms(as_int, unit)
-    has_num, has_iso = as_int.null_count() < len(as_int), bool((as_int.is_null() & iso.is_not_null()).any())
-    label = f"iso+{numeric_unit}" if has_num and has_iso else ("iso" if has_iso else numeric_unit)
-    return numeric_ms.fill_null(iso), label
+    floaty = ~exact & as_float.is_not_null()  # 1.7e9, inf, nan
+    u = _decide_unit(as_float.filter(exact | floaty), unit)
+    factor = 1000 if u == "s" else 1
+    d_ms, d_big, d_round = _decimal_ms(sign, whole, frac, factor)
+    f_ms, f_big, f_round = _float_ms(as_float, factor)
+    rest = ~exact & ~floaty
+    # numbers only (the common case): no row needs the five ISO formats tried
+    iso_us = _parse_iso(text) if rest.any() else pl.Series([None] * len(text), dtype=pl.Int64)
+    iso_ms, iso_round = _us_to_ms(iso_us)
+
+    def pick(a: pl.Series, b: pl.Series, c: pl.Series) -> pl.Series:
+        return pl.select(pl.when(exact).then(a).when(floaty).then(b).otherwise(c)).to_series()
+
+    has_num = bool((exact | floaty).any())
+    has_iso = bool((rest & iso_ms.is_not_null()).any())
+    label = f"iso+{u}" if has_num and has_iso else ("iso" if has_iso else u)
+    return _Times(pick(d_ms, f_ms, iso_ms), label, pick(d_big, f_big, no), pick(d_round, f_round, iso_round))
+
+
+def _decide_unit(values: pl.Series, unit: Literal["auto", "s", "ms"]) -> Literal["s", "ms"]:
+    if unit != "auto":
+        return unit
+    finite = values.filter(values.is_finite())
+    med = finite.abs().median() if len(finite) else None
+    # 1e11 s is the year 5138; 1e11 ms is 1973. Decide once per file, never per row.
+    return "ms" if med is not None and float(med) > 1e11 else "s"  # type: ignore[arg-type]
+
+
+def _int_ms(v: pl.Series, factor: int) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """(ms, too large, rounded) of integers in units of ``1/factor`` s; a product that would wrap is too large."""
+    i = v.cast(pl.Int64, strict=False)  # null for uint64 beyond int64
+    lim = INT64_MAX // factor
+    too_large = (i.is_null() & v.is_not_null()) | (i > lim).fill_null(False) | (i < -lim).fill_null(False)
+    ms = pl.select(pl.when(~too_large).then(i * factor)).to_series()
+    return ms, too_large, pl.Series([False] * len(v), dtype=pl.Boolean)
+
+
+def _float_ms(v: pl.Series, factor: int) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """(ms, too large, rounded) of floats; a float's own representation error is not counted as rounding."""
+    x = v.cast(pl.Float64) * factor
+    nan = x.is_nan().fill_null(False)
+    too_large = ~nan & (x.abs() >= 2.0**63).fill_null(False)
+    r = (x + 0.5).floor()
+    rounded = ~nan & ~too_large & ((x - r).abs() > x.abs() * 1e-15 + 1e-9).fill_null(False)
+    ms = pl.select(pl.when(~too_large).then(r)).to_series().cast(pl.Int64, strict=False)
+    return ms, too_large, rounded
+
+
+def _decimal_ms(sign: pl.Series, whole: pl.Series, frac: pl.Series, factor: int
+                ) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """(ms, too large, rounded) of ``[sign] whole . frac`` decimal text, exactly (no float in between)."""
+    digits = 3 if factor == 1000 else 0
+    frac = frac.fill_null("")
+    kept = (frac.str.slice(0, digits).str.pad_end(digits, "0").cast(pl.Int64, strict=False).fill_null(0)
+            if digits else pl.Series([0] * len(frac), dtype=pl.Int64))
+    rest = frac.str.slice(digits)
+    up = rest.str.slice(0, 1).is_in(list("56789")).cast(pl.Int64)
+    rounded = rest.str.contains("[1-9]").fill_null(False)
+    w = whole.fill_null("").str.replace(r"^0+", "")
+    w_int = w.replace("", "0").cast(pl.Int64, strict=False)  # null: more digits than int64 holds
+    too_large = w_int.is_null() | (w_int > INT64_MAX // factor - 1).fill_null(False)
+    magnitude = pl.select(pl.when(~too_large).then(w_int * factor + kept + up)).to_series()
+    ms = pl.select(pl.when(sign == "-").then(-magnitude).otherwise(magnitude)).to_series()
+    return ms, too_large, rounded
+
+
+def _us_to_ms(us: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """Epoch microseconds → (epoch milliseconds rounded to the nearest, halves up; had a sub-ms part)."""
+    return (us + 500) // 1000, (us % 1000 != 0).fill_null(False)
 
 
 # Tried in order, row by row, so one file may mix styles (``T`` or space, fractions, ``Z`` / ``±hh:mm``
@@ -339,21 +454,22 @@ ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z", "%Y-%m-%dT%H:%M:%
 
 
 def _parse_iso(text: pl.Series) -> pl.Series:
-    """ISO-8601 text → int64 epoch milliseconds (null = none of :data:`ISO_FORMATS`); formats may differ per row."""
+    """ISO-8601 text → int64 epoch **micro**seconds (null = none of :data:`ISO_FORMATS`); formats may differ per row."""
     # A space between date and time is as valid as "T" (RFC 3339); only the first one, after a 10-char date.
     t = text.str.replace(r"^(\d{4}-\d{2}-\d{2}) ", "${1}T")
     out = pl.Series(text.name, [None] * len(text), dtype=pl.Int64)
     for fmt in ISO_FORMATS:
-        out = out.fill_null(t.str.to_datetime(fmt, strict=False, time_zone="UTC", time_unit="ms").dt.epoch("ms"))
+        out = out.fill_null(t.str.to_datetime(fmt, strict=False, time_zone="UTC", time_unit="us").dt.epoch("us"))
     return out
 
 
-def _to_ms(v: pl.Series, unit: Literal["auto", "s", "ms"]) -> tuple[pl.Series, str]:
-    if unit == "auto":
-        med = v.drop_nulls().abs().median()
-        # 1e11 s is the year 5138; 1e11 ms is 1973. Decide once per file, never per row.
-        unit = "ms" if med is not None and float(med) > 1e11 else "s"
-    return (v * 1000 if unit == "s" else v), unit
+def _note_rounded(rounded: pl.Series, t: RawTable, report: SkipReport) -> None:
+    """Count timestamps whose sub-millisecond digits were rounded away (storage is int64 milliseconds)."""
+    n = int(rounded.sum())
+    if n:
+        first = int(t.frame[LINE].filter(rounded)[0])
+        report.notes.append(f"{t.source}: {n} timestamps had digits below a millisecond (first at "
+                            f"{t.line_label} {first}), rounded to the nearest millisecond")
 
 
 def validate(
@@ -385,7 +501,8 @@ def validate(
     f = t.frame
     keep = [LINE, *REQUIRED[kind], *(c for c in OPTIONAL[kind] if c in f.columns), *context_columns]
     keep = list(dict.fromkeys(keep))
-    out: dict[str, pl.Series] = {c: f[c] for c in keep}
+    _check_types(t, keep[1:])
+    out: dict[str, pl.Series] = {c: _plain(f[c]) for c in keep}
 
     for c in ("user_id", "item_id"):
         if c in out:
@@ -395,13 +512,16 @@ def validate(
         raw = out["timestamp"]
         missing = raw.is_null() | ((raw.cast(pl.Utf8).str.strip_chars() == "") if raw.dtype == pl.Utf8 else False)
         chk.flag(missing, "timestamp", "empty timestamp (a truncated line?)", "give every row a timestamp")
-        ts, read_as = _parse_timestamp(raw, timestamp_unit)
-        report.time_units[t.source] = read_as
+        times = _parse_timestamp(raw, timestamp_unit)
+        report.time_units[t.source] = times.unit
+        chk.flag(times.too_large, "timestamp", "absurd timestamp (too large: its milliseconds overflow int64)",
+                 "check the unit (--timestamp-unit s|ms) and the source clock")
+        ts = times.ms
         chk.flag(
             ts.is_null() & ~missing,
             "timestamp",
             "cannot parse the timestamp",
-            "use integer epoch seconds or milliseconds, or ISO-8601 text like 2017-11-25T10:00:00",
+            "use epoch seconds or milliseconds (integer or decimal), or ISO-8601 text like 2017-11-25T10:00:00",
         )
         hi = max_time or datetime.now(timezone.utc).replace(microsecond=0)
         lo_ms, hi_ms = int(min_time.timestamp() * 1000), int(hi.timestamp() * 1000) + 86_400_000
@@ -411,16 +531,11 @@ def validate(
             f"absurd timestamp (before {min_time.date()} or in the future)",
             "check the unit (--timestamp-unit s|ms) and the source clock",
         )
+        _note_rounded(times.rounded & ~chk.bad, t, report)
         out["timestamp"] = ts
 
     if "label" in out:
-        raw = out["label"]
-        if raw.dtype == pl.Boolean:  # a Parquet/Arrow boolean column: true = 1, false = 0
-            lab = raw.cast(pl.Float64)
-        else:
-            text = raw.cast(pl.Utf8).str.strip_chars()
-            lab = text.cast(pl.Float64, strict=False).fill_null(
-                text.str.to_lowercase().replace_strict({"true": 1.0, "false": 0.0}, default=None, return_dtype=pl.Float64))
+        lab = _label_values(out["label"])
         chk.flag(~lab.is_in([0.0, 1.0]) | lab.is_null(), "label", "label is not 0 or 1", "encode labels as 0/1")
         out["label"] = lab.cast(pl.Int8, strict=False)
 
@@ -453,7 +568,61 @@ def validate(
         frame = frame.filter(~chk.bad)
     if frame.height == 0:
         raise InputError(f"{t.source}: every row was skipped as defective; nothing left to prepare. Fix the file.")
+    if kind == "impressions":
+        _refuse_label_leaks(frame, context_columns, t.source)
     return frame
+
+
+def _label_values(raw: pl.Series) -> pl.Series:
+    """A label column as Float64: numbers, ``true``/``false`` (any case) or booleans; null where none of those."""
+    if raw.dtype == pl.Boolean:  # a Parquet/Arrow boolean column: true = 1, false = 0
+        return raw.cast(pl.Float64)
+    text = raw.cast(pl.Utf8).str.strip_chars()
+    return text.cast(pl.Float64, strict=False).fill_null(
+        text.str.to_lowercase().replace_strict({"true": 1.0, "false": 0.0}, default=None, return_dtype=pl.Float64))
+
+
+# --------------------------------------------------------------------------- context features
+
+
+def _refuse_label_leaks(frame: pl.DataFrame, columns: Sequence[str], source: str) -> None:
+    """Refuse a context column that gives the label away: equal to it, or one label per value on every row.
+
+    "One label per value" counts only when values repeat (on average at least twice): a column with a new
+    value on almost every row (a request id) is pure by construction, not a leak.
+    """
+    label = frame["label"]
+    if not columns or label.n_unique() < 2:  # one class: nothing to leak, and every column is "pure"
+        return
+    for c in columns:
+        if bool((_label_values(frame[c]) == label.cast(pl.Float64)).fill_null(False).all()):
+            raise InputError(f"{source}: context column {c!r} equals the label on every row: a model would read "
+                             f"the answer from it (test AUC 1.0). Fix: drop --context {c}.")
+        per_value = frame.group_by(c).agg(pl.col("label").n_unique().alias("labels"))
+        if per_value["labels"].max() == 1 and 2 * per_value.height <= frame.height:
+            raise InputError(f"{source}: context column {c!r} determines the label on every row ({per_value.height} "
+                             f"values, each with a single label): it is the label under another name (a model "
+                             f"would score test AUC 1.0). Fix: drop --context {c}.")
+
+
+def note_unicode_twins(frames: Sequence[pl.DataFrame | None], column: str, report: SkipReport) -> None:
+    """Report text ids equal after Unicode NFC normalisation ("José" typed two ways): kept apart, but counted.
+
+    They stay distinct (userlens never merges ids on a guess) and usually mean the same user or item
+    written by two systems; the note says how many and shows one pair.
+    """
+    parts = [f[column] for f in frames if f is not None and column in f.columns]
+    if not parts or any(p.dtype != pl.Utf8 for p in parts):
+        return
+    ids = pl.concat(parts).unique()
+    nfc = ids.str.normalize("NFC")
+    n = len(ids) - nfc.n_unique()
+    if n:
+        twin = pl.DataFrame({"id": ids, "nfc": nfc}).filter(pl.col("nfc").is_duplicated()).sort("nfc", "id")
+        pair = twin["id"].head(2).to_list()
+        report.notes.append(f"warning: {n} distinct {column}s equal another after Unicode NFC normalisation (e.g. "
+                            f"{pair[0]!r} and {pair[1]!r}); kept apart. Fix: normalise the ids at the source if "
+                            "they are the same")
 
 
 def unify_id_types(*frames: pl.DataFrame | None, column: str) -> list[pl.DataFrame | None]:

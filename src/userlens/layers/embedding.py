@@ -59,6 +59,18 @@ class Table(nn.Embedding):
         return _GatherRows.apply(self.weight, ids, self.padding_idx)  # type: ignore[no-any-return]
 
 
+_MODULE_DICT_NAMES = frozenset(dir(nn.ModuleDict()))
+
+
+def _table_key(name: str) -> str:
+    """A context feature name as a ModuleDict key: the name itself when torch takes it (so state dicts keep
+    their keys), else ``%`` + its UTF-8 hex ("dev.ice", "type", "" are column names torch refuses as keys).
+    """
+    if name and "." not in name and not name.startswith("%") and name not in _MODULE_DICT_NAMES:
+        return name
+    return "%" + name.encode().hex()
+
+
 class FeatureEmbedding(nn.Module):
     """Item ⊕ category embeddings (size ``2·dim``) for targets and behaviors, plus user / context tables.
 
@@ -84,7 +96,8 @@ class FeatureEmbedding(nn.Module):
         self.item = Table(n_items, dim, padding_idx=0)
         self.category = Table(max(n_categories, 2), dim, padding_idx=0)
         self.user = Table(n_users, dim, padding_idx=0) if n_users > 0 else None
-        self.context = nn.ModuleDict({k: Table(v, dim, padding_idx=0) for k, v in (context or {}).items()})
+        self.context_names = list(context or {})
+        self.context = nn.ModuleDict({_table_key(k): Table(v, dim, padding_idx=0) for k, v in (context or {}).items()})
         self.counts = nn.ModuleDict({k: Table(COUNT_BUCKETS, dim, padding_idx=0) for k in counts})
         for emb in self.modules():
             if isinstance(emb, nn.Embedding):
@@ -125,7 +138,7 @@ class FeatureEmbedding(nn.Module):
         parts: list[Tensor] = []
         if self.user is not None:
             parts.append(self.user(batch.target["user"]))
-        parts += [self.context[k](batch.context[k]) for k in self.context]
+        parts += [self.context[_table_key(k)](batch.context[k]) for k in self.context_names]
         parts += [self.counts[k](batch.counts[k]) for k in self.counts]
         if not parts:
             return batch.history.lengths.new_zeros((len(batch), 0), dtype=torch.float32)

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 
 from userlens.artifacts import (array_digest, describe, read_manifest, require_keys, staged_directory, verify,
                                 write_manifest)
-from userlens.data.prepare import fingerprint
+from userlens.data.prepare import file_stem, fingerprint
 from userlens.data.prepared import PreparedData
 from userlens.errors import ConfigError, InputError
 from userlens.models.registry import build_model
@@ -59,7 +59,7 @@ def export_package(run_dir: str | Path, out: str | Path, data_dir: str | Path | 
         (d / "vocab").mkdir()
         (d / "items").mkdir()
         for n, v in vocabs.items():
-            v.write_parquet(d / "vocab" / f"{n}.parquet")
+            v.write_parquet(d / "vocab" / f"{file_stem(n)}.parquet")
         np.save(d / "items" / "category.npy", np.asarray(data.item_category))
         np.save(d / "items" / "counts.npy", _item_times(data))
         content = data.content() if "long_content" in getattr(model, "fields", ()) else None
@@ -194,7 +194,7 @@ def load_package(path: str | Path) -> ModelPackage:
     require_keys(manifest, PACKAGE_KEYS, p / MANIFEST, "package manifest", fix)
     _verify_files(p, manifest, fix)
     names = ["item", "category", "behavior", "user", *(f"ctx_{c}" for c in manifest.get("context_columns", []))]
-    frames = {n: pl.read_parquet(p / "vocab" / f"{n}.parquet") for n in names}
+    frames = {n: pl.read_parquet(p / "vocab" / f"{file_stem(n)}.parquet") for n in names}
     if fingerprint(frames) != manifest["vocab_hash"]:
         raise InputError(f"{p}: its vocabularies do not match the hash in {MANIFEST}. Fix: {fix}")
     try:

@@ -22,6 +22,7 @@ from userlens.data.counts import resolve_count_features
 from userlens.errors import ConfigError
 from userlens.limits import (MAX_BATCH, MAX_COUNT, MAX_GATHER, MAX_LENGTH, MAX_LONG_LEN, MAX_PREFETCH, MAX_THREADS,
                              MAX_WIDTH, check_int, check_seed)
+from userlens.inputs import read_utf8
 from userlens.models.registry import get_model
 
 
@@ -257,9 +258,7 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Flat keys from a JSON or TOML file (``model`` may be among them)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    text = p.read_text()
+    text = read_utf8(p, "--config")
     try:
         data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as e:
