@@ -171,7 +171,12 @@ def auc_by_history(workdir: str | Path, dataset: str, model: str, protocol: str 
     from userlens.metrics import auc
 
     workdir = Path(workdir)
-    data = PreparedData(workdir / protocol / dataset)
+    prepared = workdir / protocol / dataset
+    if not (prepared / "meta.json").is_file():
+        raise FileNotFoundError(f"{prepared}: no prepared data of {dataset} under protocol {protocol!r}. Fix: pass the "
+                                "--workdir bench_quality.py ran with (default /tmp/userlens-bench-quality) and its "
+                                "<split>-<sampler> as the protocol.")
+    data = PreparedData(prepared)
     s = data.samples("test")
     history = np.asarray(s.cutoff) - data.offsets[np.asarray(s.user)]
     bucket = np.searchsorted(np.asarray(edges), history, side="left")  # ≤ edges[0] → 0, …, > edges[-1] → last
@@ -197,8 +202,8 @@ def plot_history_auc(workdir: str | Path, dataset: str, model: str, protocol: st
     seeds' spread as error bars (points, not bars: AUC axes do not start at 0).
 
     Raises:
-        InputError: no prepared data at ``<workdir>/<protocol>/<dataset>``.
-        FileNotFoundError: no predictions for ``model`` or ``model@short``.
+        FileNotFoundError: no prepared data at ``<workdir>/<protocol>/<dataset>``, or no predictions for
+            ``model`` or ``model@short``.
         ValueError: predictions that do not match the prepared test samples.
     """
     res = auc_by_history(workdir, dataset, model, protocol, edges)

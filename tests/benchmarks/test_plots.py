@@ -171,7 +171,7 @@ def test_auc_by_history_known_answer(workdir: Path) -> None:
     s = data.samples("test")
     label = np.asarray(s.label)
     history = np.asarray(s.cutoff) - data.offsets[np.asarray(s.user)]
-    bucket = np.digitize(history, EDGES, right=True)  # an independent bucketing: ≤ 20 → 0, 21–60 → 1, > 60 → 2
+    bucket = np.digitize(history, EDGES, right=True)  # bucketed independently: ≤ 20 → 0, 21–60 → 1, > 60 → 2
     assert np.bincount(bucket, minlength=3).min() > 20, "the fixture must fill every bucket"
     rng = np.random.default_rng(1)
     logits = {}
@@ -214,5 +214,5 @@ def test_history_auc_refuses_predictions_of_other_samples(workdir: Path) -> None
 
 
 def test_history_auc_without_prepared_data_names_the_directory(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"time-uniform/toy: no such prepared directory"):
+    with pytest.raises(FileNotFoundError, match=r"time-uniform/toy: no prepared data of toy .*Fix: pass the --workdir"):
         plots.plot_history_auc(tmp_path, "toy", "m", out=tmp_path / "h.png")
