@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from records import newest, read_rows
+from userlens.metrics import auc
 
 HERE = Path(__file__).resolve().parent
 FIGURES = HERE / "figures"
@@ -131,8 +132,8 @@ def bucket_labels(edges: tuple[int, ...] = EDGES) -> list[str]:
     return [f"≤{edges[0]}", *inner, f">{edges[-1]}"]
 
 
-def _predictions(run: Path, samples, what: str) -> list[tuple[str, np.ndarray]]:  # type: ignore[no-untyped-def]
-    """(file name, logits) of every seed's test predictions under ``run``, each checked against the samples."""
+def _predictions(run: Path, samples, what: str) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    """The logits of every seed's test predictions under ``run``, each file checked against the samples."""
     import polars as pl
 
     files = sorted(run.glob("*-test.parquet"))
@@ -150,8 +151,13 @@ def _predictions(run: Path, samples, what: str) -> list[tuple[str, np.ndarray]]:
             raise ValueError(f"{f}: {len(p):,} predictions that do not match the {len(label):,} prepared test "
                              "samples row by row (label and time): they come from another preparation. Fix: pass "
                              "the workdir and protocol the predictions were made with.")
-        out.append((f.name, p["logit"].to_numpy()))
+        out.append(p["logit"].to_numpy())
     return out
+
+
+def _bucket_aucs(label: np.ndarray, logit: np.ndarray, bucket: np.ndarray, n: int) -> list[float]:
+    """AUC of each of the ``n`` buckets (NaN for an empty or one-class bucket)."""
+    return [auc(label[bucket == b], logit[bucket == b]) if (bucket == b).any() else float("nan") for b in range(n)]
 
 
 def auc_by_history(workdir: str | Path, dataset: str, model: str, protocol: str = "time-uniform",
@@ -168,7 +174,6 @@ def auc_by_history(workdir: str | Path, dataset: str, model: str, protocol: str 
         ``{"buckets": [...], "n": [...], model: {"mean": [...], "std": [...], "seeds": k}, model@short: {...}}``.
     """
     from userlens.data.prepared import PreparedData
-    from userlens.metrics import auc
 
     workdir = Path(workdir)
     prepared = workdir / protocol / dataset
@@ -183,16 +188,14 @@ def auc_by_history(workdir: str | Path, dataset: str, model: str, protocol: str 
     label = np.asarray(s.label)
     out: dict = {"buckets": bucket_labels(edges), "n": np.bincount(bucket, minlength=len(edges) + 1).tolist()}
     for name, what in ((model, "the whole-history model"), (f"{model}@short", "its long_len = short_len ablation")):
-        per_seed = [[auc(label[bucket == b], logit[bucket == b]) if (bucket == b).any() else float("nan")
-                     for b in range(len(edges) + 1)]
-                    for _, logit in _predictions(workdir / "runs" / protocol / dataset / name, s, f"{name} ({what})")]
-        a = np.asarray(per_seed)
+        logits = _predictions(workdir / "runs" / protocol / dataset / name, s, f"{name} ({what})")
+        a = np.asarray([_bucket_aucs(label, logit, bucket, len(edges) + 1) for logit in logits])  # (seeds, buckets)
         finite = np.isfinite(a).any(axis=0)  # nanmean of an all-NaN column warns: skip it
         mean = np.full(a.shape[1], np.nan)
         std = np.full(a.shape[1], np.nan)
         mean[finite] = np.nanmean(a[:, finite], axis=0)
         std[finite] = np.nanstd(a[:, finite], axis=0, ddof=1) if len(a) > 1 else 0.0  # sample std, as the tables
-        out[name] = {"mean": mean.tolist(), "std": std.tolist(), "seeds": len(per_seed)}
+        out[name] = {"mean": mean.tolist(), "std": std.tolist(), "seeds": len(logits)}
     return out
 
 

@@ -128,6 +128,20 @@ def test_append_row_adds_one_line_per_call(tmp_path: Path) -> None:
     assert records.read_rows(p, "-") == [{"a": 1}, {"a": 2}]
 
 
+def test_a_benchmark_run_survives_a_figure_it_cannot_draw(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The rows are saved before the figure: neither bad rows nor a missing matplotlib may fail the run."""
+    plots.draw_after_run(plots.plot_long_throughput, tmp_path / "none.jsonl")
+    assert "figure not drawn: " in capsys.readouterr().out
+
+    def no_matplotlib(results: Path) -> Path:
+        raise ImportError("No module named 'matplotlib'")
+
+    plots.draw_after_run(no_matplotlib, tmp_path / "none.jsonl")
+    assert "matplotlib is not installed (pip install -e '.[bench]')" in capsys.readouterr().out
+    plots.draw_after_run(plots.plot_long_throughput, write_rows(tmp_path / "long.jsonl", long_rows()))
+    assert capsys.readouterr().out == f"figure: {tmp_path / 'long.png'}\n"
+
+
 def test_cli_reports_a_missing_file_as_one_error_line(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(plots.HERE / "plots.py"), "--long", str(tmp_path / "none.jsonl")],
                        capture_output=True, text=True)
