@@ -16,6 +16,11 @@ steps, then timed training steps (forward, backward, Adam) over shuffled
 batches of 256, with Dice compiled as in training. Optionally (``--auc-epochs``) a full training run at the
 smallest L reports test AUC, for the "as accurate as full DIN" half of the claim.
 
+Each measured cell is also appended as one JSON row to ``--results`` (default
+``benchmarks/results/long.jsonl``: date, machine note, torch version and the
+printed figures), and the samples/s figure (``benchmarks/figures/long-samples-per-s.png``,
+:func:`plots.plot_long_throughput`) is redrawn from it at the end of a run.
+
     .venv/bin/python benchmarks/bench_long.py
     .venv/bin/python benchmarks/bench_long.py --lengths 1000 --models din_full,sdim --auc-epochs 3
 """
@@ -29,6 +34,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from plots import LONG, draw_after_run, plot_long_throughput
+from records import append_row, commit, machine_note, now
 
 MODELS = ("din", "din_full", "sim_hard", "sim_soft", "eta", "sdim", "twin", "dare", "muse")
 USERS = {1000: 400, 10_000: 60, 100_000: 8}  # ~0.4-0.8M behaviors per length
@@ -66,7 +74,7 @@ def one(model: str, length: int, steps: int, batch: int, threads: int, work: Pat
     data = PreparedData(data_for(length, work))
     name = "din" if model in ("din", "din_full") else model
     short = length if model == "din_full" else 50
-    row: dict = {"model": model, "L": length, "batch": batch}
+    row: dict = {"model": model, "L": length, "batch": batch, "torch": torch.__version__}
     if auc_epochs:
         cfg = resolve_config(name, {"short_len": short, "long_len": length, "epochs": auc_epochs, "batch_size": batch,
                                     "threads": threads, "compile": False, "seed": seed, "patience": patience})
@@ -119,6 +127,8 @@ def main() -> None:
     ap.add_argument("--max-din-elems", type=float, default=2e8,
                     help="skip din_full when batch × L × 64 attention activations exceed this (memory guard)")
     ap.add_argument("--workdir", default="/tmp/userlens-bench-long")
+    ap.add_argument("--results", default=str(LONG), help="append one JSON row per measured cell here")
+    ap.add_argument("--note", default="", help="machine note stored with each row, e.g. 'idle'")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.workdir)
@@ -152,11 +162,21 @@ def main() -> None:
                 continue
             row = json.loads(r.stdout.strip().splitlines()[-1])
             base = row["train_samples_per_s"] if model == "din" else base
-            speed = f"{row['train_samples_per_s'] / base:.0%}" if base else "–"
+            row["vs_din"] = row["train_samples_per_s"] / base if base else None
+            append_row(args.results, record(args, "speed", row))
+            speed = f"{row['vs_din']:.0%}" if base else "–"
             auc = f"{row['auc']:.4f} | " if args.auc_epochs else ""
             share = f"{row['rows_per_scan']:.1f}" if row.get("rows_per_scan") else "–"
             print(f"| {length:,} | {model} | {auc}{row['train_samples_per_s']:,.0f} | {row['peak_rss_gib']:.2f} | "
                   f"{speed} | {share} |", flush=True)
+    draw_after_run(plot_long_throughput, Path(args.results))
+
+
+def record(args: argparse.Namespace, mode: str, row: dict) -> dict:
+    """One results-file row: when, where and how it was measured, then what ``one`` measured."""
+    how = {"steps": args.steps} if mode == "speed" else {"max_epochs": args.auc_epochs, "patience": args.patience}
+    return {"date": now(), "machine": machine_note(args.note), "commit": commit(), "mode": mode,
+            "threads": args.threads, "batch": args.batch, **how, **row}
 
 
 def auc_table(args: argparse.Namespace, work: Path) -> None:
@@ -180,6 +200,7 @@ def auc_table(args: argparse.Namespace, work: Path) -> None:
                     print(f"| {length:,} | {model} | {seed} | failed: {r.stderr.strip().splitlines()[-1][:100]} |")
                     continue
                 row = json.loads(r.stdout.strip().splitlines()[-1])
+                append_row(args.results, record(args, "auc", row))
                 rows.setdefault((length, model), []).append(row)
                 print(f"| {length:,} | {model} | {seed} | {row['auc']:.4f} | {row['epochs']} ({row['best_epoch']}) | "
                       f"{row['train_seconds']} | {row['train_samples_per_s']:,.0f} |", flush=True)

@@ -8,6 +8,12 @@ random user and ``candidates`` random items, sequentially, after warm-up) and
 prints latency p50 / p95 / p99 and requests/s, in process and over HTTP on
 loopback (Uvicorn in a subprocess, one worker). It stops by itself.
 
+Each measured cell (length, model, candidates, path) is also appended as one
+JSON row to ``--results`` (default ``benchmarks/results/serve.jsonl``: date,
+machine note, torch version and the printed figures, unrounded), and the
+latency figure (``benchmarks/figures/serve-latency.png``,
+:func:`plots.plot_serve_latency`) is redrawn from it at the end of a run.
+
     .venv/bin/python benchmarks/bench_serve.py
     .venv/bin/python benchmarks/bench_serve.py --lengths 100000 --models sdim,sim_hard --candidates 100 --requests 200
 """
@@ -24,6 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from plots import SERVE, draw_after_run, plot_serve_latency
+from records import append_row, commit, machine_note, now
 
 MODELS = "sim_hard,sim_soft,eta,sdim,twin,dare,muse,qin,din"
 GSU_MS: list[float] = []  # time spent inside the GSU of the current request (see patch_gsu_timers)
@@ -107,9 +116,10 @@ def build(length: int, model: str, work: Path) -> tuple[Path, Path]:
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
+    """Latency percentiles and throughput, under the names the results file stores them by."""
     a = np.asarray(ms)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "p99": float(np.percentile(a, 99)), "rps": 1000.0 / float(a.mean())}
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "requests_per_s": 1000.0 / float(a.mean())}
 
 
 def main() -> None:
@@ -126,6 +136,8 @@ def main() -> None:
     ap.add_argument("--http", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default="/tmp/userlens-bench-serve")
+    ap.add_argument("--results", default=str(SERVE), help="append one JSON row per measured cell here")
+    ap.add_argument("--note", default="", help="machine note stored with each row, e.g. 'idle'")
     args = ap.parse_args()
 
     import torch
@@ -140,6 +152,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     patch_gsu_timers()
     gbs = bandwidth_gbs()
+    meta = {"date": now(), "machine": machine_note(args.note), "commit": commit(), "torch": torch.__version__,
+            "threads": args.threads, "store": args.store, "read_bandwidth_gbs": gbs, "warmup": args.warmup}
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {args.threads} threads, store {args.store}, "
           f"{args.requests} requests (at most {args.max_seconds:.0f} s) after {args.warmup} warm-up; "
           f"read bandwidth {gbs:.1f} GB/s (one thread)")
@@ -174,15 +188,23 @@ def main() -> None:
                     if k >= args.warmup and time.perf_counter() - start > args.max_seconds:
                         break
                 p = percentiles(ms)
-                g = f"{np.median(gsu_ms):.2f}" if any(gsu_ms) else "–"
-                floor = f"{floor_bytes(model, length, n_cand) / gbs / 1e6:.3f}" if any(gsu_ms) else "–"
-                print(f"| {length:,} | {model} | {n_cand} | in-process | {len(ms)} | {p['p50']:.1f} | "
-                      f"{p['p95']:.1f} | {p['p99']:.1f} | {p['rps']:,.0f} | {g} | {floor} |", flush=True)
+                gsu = float(np.median(gsu_ms)) if any(gsu_ms) else None
+                floor_ms = floor_bytes(model, length, n_cand) / gbs / 1e6 if any(gsu_ms) else None
+                cell = {"L": length, "model": model, "candidates": n_cand}
+                append_row(args.results, {**meta, **cell, "path": "in-process", "requests": len(ms), **p,
+                                          "gsu_p50_ms": gsu, "gsu_floor_ms": floor_ms})
+                g = f"{gsu:.2f}" if gsu is not None else "–"
+                floor = f"{floor_ms:.3f}" if floor_ms is not None else "–"
+                print(f"| {length:,} | {model} | {n_cand} | in-process | {len(ms)} | {p['p50_ms']:.1f} | "
+                      f"{p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['requests_per_s']:,.0f} | {g} | {floor} |",
+                      flush=True)
                 if args.http:
                     p, done = http_bench(pkg_dir, url, reqs, args.warmup, args.max_seconds)
-                    print(f"| {length:,} | {model} | {n_cand} | HTTP | {done} | {p['p50']:.1f} | {p['p95']:.1f} | "
-                          f"{p['p99']:.1f} | {p['rps']:,.0f} | | |", flush=True)
+                    append_row(args.results, {**meta, **cell, "path": "HTTP", "requests": done, **p})
+                    print(f"| {length:,} | {model} | {n_cand} | HTTP | {done} | {p['p50_ms']:.1f} | "
+                          f"{p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['requests_per_s']:,.0f} | | |", flush=True)
             store.close()
+    draw_after_run(plot_serve_latency, Path(args.results))
 
 
 def http_bench(pkg: Path, url: str, reqs: list, warmup: int, max_seconds: float) -> tuple[dict[str, float], int]:

@@ -22,7 +22,7 @@ class _GatherRows(torch.autograd.Function):
     ``nn.Embedding``'s CPU backward (``embedding_dense_backward``) sorts the
     indices first: 4.2 ms for 41,000 lookups into a 100,000 × 16 table on this
     machine, against 1.0 ms for ``index_add`` (``benchmarks/RESULTS.md``, "Where
-    DIN's time goes"). Forward values are identical; gradients equal up to float
+    does a DIN step's time go"). Forward values are identical; gradients equal up to float
     summation order (``tests/layers/test_embedding.py``).
     """
 
