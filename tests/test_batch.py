@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from userlens.batch import ALL_FIELDS, HIST_FIELDS, LONG_EXTRAS, LONG_FIELD, TARGET_FIELDS, Batch, History
+from userlens.batch import COUNTS_FIELD, ALL_FIELDS, HIST_FIELDS, LONG_EXTRAS, LONG_FIELD, TARGET_FIELDS, Batch, History
 
 
 def _history() -> History:
@@ -73,6 +73,6 @@ def test_missing_field_says_how_to_request_it() -> None:
 def test_batch_length_and_field_names() -> None:
     b = Batch(target={"target_item": torch.tensor([1, 2, 3, 4])}, history=_history())
     assert len(b) == 4 and b.label is None and b.context == {}
-    assert ALL_FIELDS == set(HIST_FIELDS) | set(TARGET_FIELDS) | {LONG_FIELD, *LONG_EXTRAS}
+    assert ALL_FIELDS == set(HIST_FIELDS) | set(TARGET_FIELDS) | {LONG_FIELD, *LONG_EXTRAS, COUNTS_FIELD}
     assert b.long is None
     assert all(f.startswith("hist_") for f in HIST_FIELDS)

@@ -90,7 +90,7 @@ def test_one_epoch_over_100k_behavior_histories_fits_in_memory(name: str, tmp_pa
 
 LIFELONG = ("sim_hard", "sim_soft", "eta", "sdim", "twin", "dare", "muse", "qin")
 #: members whose oracle reaches test AUC >= 0.9 (``noisy-labels`` is below on purpose and is benchmarked only)
-SIGNAL_MEMBERS = ("few-early-clicks", "small-catalogue", "long-noise")
+SIGNAL_MEMBERS = ("few-early-clicks", "small-catalogue", "long-noise", "sparse-items", "very-long-noise")
 #: TrainConfig defaults (epochs 10, batch 1024, Adam lr 1e-3, patience 2); compile off and one thread change
 #: speed only (two threads on a shared 2-core machine made one run 13x slower: 246 s vs 18 s)
 DEFAULTS = {"compile": False, "threads": 1}

@@ -121,12 +121,15 @@ def check_seal(doc: Any, path: Path, what: str, fix: str) -> None:
                          f"match its content), so it cannot be trusted to describe the directory. Fix: {fix}")
 
 
-def require_keys(doc: Mapping[str, Any], keys: Mapping[str, type | tuple[type, ...]], path: Path, what: str,
-                 fix: str) -> None:
-    """Each dotted key of ``keys`` (``"weights.checksum"``) present in ``doc`` with the given type, else one line."""
-    for dotted, kind in keys.items():
+def require_keys(doc: Mapping[str, Any], keys: Mapping[str | tuple[str, ...], type | tuple[type, ...]], path: Path,
+                 what: str, fix: str) -> None:
+    """Each key of ``keys`` present in ``doc`` with the given type, else one line. A key is dotted
+    (``"weights.checksum"``) or, when a part may hold dots itself (a context column's name), a tuple of parts."""
+    for key, kind in keys.items():
+        parts = key if isinstance(key, tuple) else tuple(key.split("."))
+        dotted = ".".join(parts)
         node: Any = doc
-        for part in dotted.split("."):
+        for part in parts:
             node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
         if node is _MISSING:
             raise InputError(f"{path}: the {what} is missing key {dotted!r}. Fix: {fix}")

@@ -405,10 +405,10 @@ def read_files(context_columns: Sequence[str]) -> list[str]:
 
     A manifest that leaves one out would let that file be replaced unnoticed (e.g. flipped test labels).
     """
-    vocabs = ["user", "item", "category", "behavior", *(f"ctx_{c}" for c in context_columns)]
+    ctx = [file_stem(f"ctx_{c}") for c in context_columns]  # as written: percent-encoded names
+    vocabs = ["user", "item", "category", "behavior", *ctx]
     return ([f"vocab/{v}.parquet" for v in vocabs] + [f"timeline/{f}.npy" for f in TIMELINE_FIELDS]
-            + ["items/category.npy"]
-            + [f"samples/{s}/{f}.npy" for s in SPLITS for f in (*SAMPLE_FIELDS, *(f"ctx_{c}" for c in context_columns))])
+            + ["items/category.npy"] + [f"samples/{s}/{f}.npy" for s in SPLITS for f in (*SAMPLE_FIELDS, *ctx)])
 
 
 def fingerprint(vocabs: dict[str, pl.DataFrame]) -> str:

@@ -72,7 +72,7 @@ class PreparedData:
         context = self.meta.get("context_columns", [])
         if not (isinstance(context, list) and all(isinstance(c, str) for c in context)):
             raise InputError(f"{meta_file}: context_columns is {context!r}, expected a list of names. Fix: {fix}")
-        require_keys(self.meta, {f"vocab_sizes.ctx_{c}": int for c in context}, meta_file, "prepared meta.json", fix)
+        require_keys(self.meta, {("vocab_sizes", f"ctx_{c}"): int for c in context}, meta_file, "prepared meta.json", fix)
         files = self.meta["files"]
         unlisted = [f for f in read_files(context) if f not in files]
         if unlisted:

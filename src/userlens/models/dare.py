@@ -54,6 +54,7 @@ from userlens.models.spec import FeatureSpec
 class DAREConfig(LifelongConfig):
     attention_dim: int = 16  # per field (item, category) of the attention tables; representation is embed_dim
     attention_std: float = 1.0  # init std of the attention tables: 1 gives unit-scale logits (see above)
+    attention_item_std: float = 1.0  # init std of the item attention table (see above)
 
 
 class DARE(LifelongModel):
@@ -61,8 +62,8 @@ class DARE(LifelongModel):
         super().__init__(spec, cfg, long_dim=2 * cfg.embed_dim + 1)  # + the evidence
         self.att_item = Table(spec.n_items, cfg.attention_dim, padding_idx=0)
         self.att_category = Table(max(spec.n_categories, 2), cfg.attention_dim, padding_idx=0)
-        for emb in (self.att_item, self.att_category):
-            nn.init.normal_(emb.weight, std=cfg.attention_std)
+        for emb, std in ((self.att_item, cfg.attention_item_std), (self.att_category, cfg.attention_std)):
+            nn.init.normal_(emb.weight, std=std)
             with torch.no_grad():
                 emb.weight[0].zero_()
         # per-field logit scales (item, category), starting at the usual 1/√(2a): logit = Σ_f s_f q_f·k_f

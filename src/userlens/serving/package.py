@@ -229,7 +229,7 @@ def load_package(path: str | Path) -> ModelPackage:
 def _verify_files(p: Path, manifest: dict, fix: str) -> None:
     """Every file of the package listed and matching, nothing unlisted, nothing a reader needs left out."""
     listed = manifest["files"]
-    needed = [*REQUIRED_FILES, *(f"vocab/ctx_{c}.parquet" for c in manifest.get("context_columns", []))]
+    needed = [*REQUIRED_FILES, *(f"vocab/{file_stem(f'ctx_{c}')}.parquet" for c in manifest.get("context_columns", []))]
     if "items/content.npy" in listed:
         needed.append("items/content_mask.npy")
     missing = [f for f in needed if f not in listed]
