@@ -196,13 +196,27 @@ def test_simhash_is_locality_sensitive() -> None:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("budget", [40, 1 << 22])
-def test_bucket_sum_and_its_gradient_equal_a_dense_reference(layout: str, budget: int) -> None:
-    """Row by row (small budget, random ranges) or by segments (rows of one user share behaviors)."""
+@pytest.mark.parametrize(("n_codes", "rounds", "sparse_share"), [
+    (4, 5, 1 / 16),  # narrow codes, one byte each, dense matches: the batched product
+    (4, 5, 1.0),  # the same chunks summed as sparse match lists
+    (256, 9, 1 / 16),  # wide codes packed 8 to a word (two words, padded), sparse matches
+    (256, 9, 0.0),  # the same through the dense product
+    (300, 3, 1 / 16),  # codes that do not fit a byte: gathered as int64
+])
+def test_bucket_sum_and_its_gradient_equal_a_dense_reference(layout: str, budget: int, n_codes: int, rounds: int,
+                                                           sparse_share: float, monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Row by row (small budget, random ranges) or by segments (rows of one user share behaviors); every way
+    a chunk's matches are formed (packed or not) and summed (sparse or dense) gives the reference."""
+    import userlens.layers.gsu.buckets as buckets
+
+    monkeypatch.setattr(buckets, "SPARSE_SHARE", sparse_share)
     long = _long(seed=5, batch=8, n=300, layout=layout)
     g = torch.Generator().manual_seed(1)
     table = torch.randn(N_ITEMS, 3, generator=g, requires_grad=True)
-    codes = torch.randint(0, 4, (N_ITEMS, 5), generator=g)
-    query = torch.randint(0, 4, (len(long.lo), 5), generator=g)
+    codes = torch.randint(0, n_codes, (N_ITEMS, rounds), generator=g)
+    query = torch.randint(0, n_codes, (len(long.lo), rounds), generator=g)
+    query[::2] = codes[torch.from_numpy(long.timeline["item"][long.lo[::2]].astype(np.int64))]  # wide codes match too
     out = bucket_sum(long, table, codes, query, budget=budget)
     ref_rows = []
     for b in range(len(long.lo)):

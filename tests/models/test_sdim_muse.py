@@ -19,16 +19,25 @@ from .conftest import SPEC, random_batch, random_long
 
 
 @pytest.mark.parametrize("normalize", ["once", "per_round"])
-def test_sdim_long_interest_equals_the_collision_weighted_sum(normalize: str) -> None:
+@pytest.mark.parametrize(("rounds", "width", "item_weight"), [(6, 2, 1.0), (8, 8, 0.0), (4, 8, 0.3)])
+def test_sdim_long_interest_equals_the_collision_weighted_sum(normalize: str, rounds: int, width: int,
+                                                              item_weight: float) -> None:
     torch.manual_seed(0)
-    model = build_model("sdim", SPEC, SDIMConfig(rounds=6, width=2, normalize=normalize)).eval()
+    cfg = SDIMConfig(rounds=rounds, width=width, normalize=normalize, hash_item_weight=item_weight)
+    model = build_model("sdim", SPEC, cfg).eval()
     batch = random_batch(batch=6, seed=1)
     long = batch.long
+    d = cfg.embed_dim
     with torch.no_grad():
         target = model.embedding.target(batch)
         got = model.long_interest(batch, target)
         table = item_table(model.embedding, long.item_category)
-        codes, query = model.hasher.codes(table, 6, 2), model.hasher.codes(target, 6, 2)
+
+        def hashed(x: torch.Tensor) -> torch.Tensor:  # [w · item ; category], written out
+            return torch.cat([x[:, :d] * item_weight, x[:, d:]], dim=1)
+
+        codes = model.hasher.codes(hashed(table), rounds, width)
+        query = model.hasher.codes(hashed(target), rounds, width)
     for b in range(len(long.lo)):
         items = torch.from_numpy(long.timeline["item"][long.lo[b] : long.hi[b]].astype(np.int64))
         match = (codes[items] == query[b]).float()  # (n_b, rounds)
@@ -37,7 +46,9 @@ def test_sdim_long_interest_equals_the_collision_weighted_sum(normalize: str) ->
         else:
             ref = F.normalize(match.t() @ table[items], dim=1).mean(0)
         count = torch.log1p(match.sum(0)).mean()  # mean over rounds of log(1 + colliding behaviors)
-        torch.testing.assert_close(got[b], torch.cat([ref, ref * target[b], count[None]]), rtol=1e-5, atol=1e-6)
+        least = torch.log1p(match.sum(0).min())  # count-min: the least-filled round
+        torch.testing.assert_close(got[b], torch.cat([ref, ref * target[b], count[None], least[None]]),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_sdim_rejects_an_unknown_normalisation() -> None:

@@ -44,7 +44,7 @@ from userlens.batch import Batch
 from userlens.layers.embedding import Table
 from userlens.layers.explain import note_weights
 from userlens.layers.gsu import table_topk
-from userlens.layers.interest import pair_table, selected_history
+from userlens.layers.interest import GapEmbedding, pair_table, selected_history, time_gap_buckets
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
 from userlens.models.spec import FeatureSpec
@@ -54,12 +54,16 @@ from userlens.models.spec import FeatureSpec
 class DAREConfig(LifelongConfig):
     attention_dim: int = 16  # per field (item, category) of the attention tables; representation is embed_dim
     attention_std: float = 1.0  # init std of the attention tables: 1 gives unit-scale logits (see above)
-    attention_item_std: float = 1.0  # init std of the item attention table (see above)
+    attention_item_std: float = 0.1  # init std of the item attention table (see above)
+    item_init_std: float = 0.02  # the representation table: DARE searches with its attention tables (see above)
+    time_gap: bool = True  # the weighted values also carry each behavior's time-gap embedding (as TWIN's values)
 
 
 class DARE(LifelongModel):
     def __init__(self, spec: FeatureSpec, cfg: DAREConfig) -> None:
-        super().__init__(spec, cfg, long_dim=2 * cfg.embed_dim + 1)  # + the evidence
+        gap = cfg.embed_dim if cfg.time_gap else 0
+        super().__init__(spec, cfg, long_dim=2 * cfg.embed_dim + gap + 1)  # + the evidence
+        self.gap = GapEmbedding(gap) if gap else None
         self.att_item = Table(spec.n_items, cfg.attention_dim, padding_idx=0)
         self.att_category = Table(max(spec.n_categories, 2), cfg.attention_dim, padding_idx=0)
         for emb, std in ((self.att_item, cfg.attention_item_std), (self.att_category, cfg.attention_std)):
@@ -91,6 +95,8 @@ class DARE(LifelongModel):
         evidence = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1): how much matched, which softmax discards
         evidence = torch.where(mask.any(1, keepdim=True), evidence, torch.zeros_like(evidence))
         rep = self.embedding.history(hist) * target.unsqueeze(1)  # target-aware representation
+        if self.gap is not None:
+            rep = torch.cat([rep, self.gap(time_gap_buckets(batch.target["time"], hist["time"], mask))], dim=-1)
         return torch.cat([(w.unsqueeze(-1) * rep).sum(1), evidence], dim=-1)
 
 

@@ -37,13 +37,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from userlens.batch import Batch
 from userlens.layers import TargetAttention
 from userlens.layers.explain import note_weights
 from userlens.layers.gsu import Selection, table_topk
-from userlens.layers.interest import ContentTable, selected_history
+from userlens.layers.interest import ContentTable, GapEmbedding, selected_history, time_gap_buckets
 from userlens.layers.simtier import SimTier
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
@@ -53,6 +54,7 @@ from userlens.models.spec import FeatureSpec
 @dataclass
 class MUSEConfig(LifelongConfig):
     tiers: int = 20  # SimTier bins over cosine [-1, 1]
+    time_gap: bool = True  # each retrieved behavior's key also carries its time-gap embedding (as SIM's ESU)
 
 
 class MUSE(LifelongModel):
@@ -60,11 +62,13 @@ class MUSE(LifelongModel):
 
     def __init__(self, spec: FeatureSpec, cfg: MUSEConfig) -> None:
         d = 2 * cfg.embed_dim
-        super().__init__(spec, cfg, long_dim=2 * d + 2 * cfg.embed_dim,  # ESU + two SimTiers
+        gap = cfg.embed_dim if cfg.time_gap else 0
+        super().__init__(spec, cfg, long_dim=2 * d + gap + 2 * cfg.embed_dim,  # ESU + two SimTiers
                          extras=("long_content",) if spec.content_dim else ())
         self.content = ContentTable(self.embedding.item_dim, spec.content_dim)
         self.proj = nn.Linear(self.content.dim, d)
-        self.esu = TargetAttention(2 * d, cfg.attention_mlp, cfg.activation)
+        self.gap = GapEmbedding(gap) if gap else None
+        self.esu = TargetAttention(2 * d + gap, cfg.attention_mlp, cfg.activation)
         self.cos_weight = nn.Parameter(torch.ones(()))  # SA-TA: the GSU cosine added to each attention score
         self.tier_long = SimTier(cfg.tiers, cfg.embed_dim)  # over the retrieved top-k
         self.tier_short = SimTier(cfg.tiers, cfg.embed_dim)  # over the recent sequence
@@ -76,11 +80,17 @@ class MUSE(LifelongModel):
     def long_interest(self, batch: Batch, target: Tensor) -> Tensor:
         content = self.content(self.embedding, batch.need_long())  # (n_items, c), unit rows, on target's device
         q = content[batch.target["target_item"]]  # (B, c)
-        hist = selected_history(batch.need_long(), self.search(batch, content), ("item", "category"), target.device)
+        hist = selected_history(batch.need_long(), self.search(batch, content), ("item", "category", "time"),
+                                target.device)
         rows, cols = hist.packed_index()
         items = hist["item"][rows, cols]
-        keys = torch.cat([self.embedding.items(items, hist["category"][rows, cols]), self.proj(content[items])], -1)
+        parts = [self.embedding.items(items, hist["category"][rows, cols]), self.proj(content[items])]
         query = torch.cat([target, self.proj(q)], dim=-1)
+        if self.gap is not None:  # the target has no gap: zeros, as SIM's ESU
+            gaps = self.gap(time_gap_buckets(batch.target["time"], hist["time"], hist.mask()))
+            parts.append(gaps[rows, cols])
+            query = F.pad(query, (0, self.gap.dim))
+        keys = torch.cat(parts, -1)
         cos_long = (content[hist["item"]] @ q.unsqueeze(-1)).squeeze(-1)  # (B, k): the retrieved cosines
         # SA-TA: DIN's score of each retrieved behavior plus the (learned-weight) content cosine, unnormalised as DIN
         w = self.esu.scores(query, keys, rows) + self.cos_weight * cos_long[rows, cols]  # (N,) packed

@@ -39,11 +39,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from userlens.batch import Batch
 from userlens.layers.explain import note_weights
-from userlens.layers.interest import ContentTable, selected_history
+from userlens.layers.interest import ContentTable, GapEmbedding, selected_history, time_gap_buckets
 from userlens.models.lifelong import LifelongConfig, LifelongModel
 from userlens.models.registry import register_model
 from userlens.models.spec import FeatureSpec
@@ -83,6 +84,7 @@ class QuadraticTower(nn.Module):
 class QINConfig(LifelongConfig):
     attention_dim: int = 32
     qnn: tuple[int, ...] = (200, 80)
+    time_gap: bool = True  # each behavior's features also carry its time-gap embedding (as SIM's ESU)
 
 
 class QIN(LifelongModel):
@@ -93,7 +95,8 @@ class QIN(LifelongModel):
                          extras=("long_category", "long_content") if spec.content_dim else ("long_category",))
         d = self.embedding.item_dim
         self.content = ContentTable(self.embedding.item_dim, spec.content_dim) if spec.content_dim else None
-        feat = d + (d if self.content is not None else 0)
+        self.gap = GapEmbedding(cfg.embed_dim) if cfg.time_gap else None
+        feat = d + (d if self.content is not None else 0) + (cfg.embed_dim if cfg.time_gap else 0)
         self.proj = nn.Linear(spec.content_dim, d) if self.content is not None else None
         self.q = nn.Linear(feat, cfg.attention_dim)
         self.k = nn.Linear(feat, cfg.attention_dim, bias=False)
@@ -111,10 +114,13 @@ class QIN(LifelongModel):
             raise ValueError("qin needs the category index on the LongHistory (the loader attaches it)")
         category = batch.target["target_category"].detach().cpu().numpy().astype(np.int64)
         sel = long.category_index.search(category, long.lo, long.hi, self.cfg.k)
-        hist = selected_history(long, sel, ("item", "category"), device=target.device)
+        hist = selected_history(long, sel, ("item", "category", "time"), device=target.device)
         content = self.content(self.embedding, long) if self.content is not None else None
         t = self._features(target, batch.target["target_item"], content)
         h = self._features(self.embedding.history(hist), hist["item"], content)
+        if self.gap is not None:  # behaviors carry their time gap; the target none (zeros), as SIM's ESU
+            h = torch.cat([h, self.gap(time_gap_buckets(batch.target["time"], hist["time"], hist.mask()))], -1)
+            t = F.pad(t, (0, self.gap.dim))
         s = (self.k(h) @ self.q(t).unsqueeze(-1)).squeeze(-1) / (self.cfg.attention_dim ** 0.5)
         w = sparsemax(s * torch.exp(-self.log_temperature), hist.mask())  # (B, k), exact zeros allowed
         note_weights(w)  # explained requests only

@@ -64,6 +64,8 @@ MODEL_KEYS: dict[str, str] = {
     "attention_dim": "size of the attention queries and keys",
     "attention_std": "initial standard deviation of the attention tables (dare: of the category table)",
     "attention_item_std": "initial standard deviation of the item attention table",
+    "hash_item_weight": "weight of the item id half in what sdim hashes, [w · item ; category] (0: the category only)",
+    "time_gap": "each retrieved behavior also carries its time-gap embedding (as SIM's exact unit)",
     "item_init_std": "initial standard deviation of the item id table (category and other tables: 0.02)",
     "tiers": "SimTier bins over the cosine range [-1, 1]",
     "qnn": "hidden layer sizes of the quadratic tower",

@@ -18,21 +18,33 @@ from userlens.layers.gsu.slab import chunk_len, chunks
 SEGMENT_SHARE = 8.0
 
 
+#: a chunk's matches are summed as a sparse list of (row, behavior, round) once at most this share of its
+#: (row, behavior, round) triples match; denser ones by one batched product
+SPARSE_SHARE = 1 / 16
+
+
 class _BucketSum(torch.autograd.Function):
     """Σ over a range of ``table[item_j]`` where ``codes[item_j, r] == query[b, r]``; chunked both ways, row by row.
 
     The backward pass recomputes the matches chunk by chunk instead of storing
-    them, so memory stays ``O(B × chunk × D)`` however long the history.
+    them, so memory stays ``O(B × chunk × D)`` however long the history. Wide
+    hashes (``width`` 8: a random behavior shares a bucket with probability
+    1/256) match a few triples in a hundred: those chunks gather and add only the
+    matching rows (:class:`_Matches`), the dense product would multiply zeros.
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, codes: Tensor, query: Tensor, long: LongHistory, budget: int) -> Tensor:  # type: ignore[override]
-        ctx.long, ctx.budget = long, budget
+    def forward(ctx, table: Tensor, codes: Tensor, query: Tensor, long: LongHistory, budget: int,  # type: ignore[override]
+                rounds: int | None) -> Tensor:
+        ctx.long, ctx.budget, ctx.rounds = long, budget, rounds
         ctx.save_for_backward(codes, query)
-        out = table.new_zeros(query.shape[0], query.shape[1], table.shape[1])
-        for ids, match in _matches(long, codes, query, table.shape[1], budget):
-            rows = table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[1])
-            out += torch.bmm(match.transpose(1, 2), rows)  # (B, m, C) @ (B, C, D)
+        out = table.new_zeros(query.shape[0], rounds or query.shape[1], table.shape[1])
+        for m in _matches(long, codes, query, table.shape[1], budget, rounds):
+            if m.sparse:
+                out.view(-1, table.shape[1]).index_add_(0, m.slot, table.index_select(0, m.item))
+            else:
+                rows = table.index_select(0, m.ids.reshape(-1)).view(*m.ids.shape, table.shape[1])
+                out += torch.bmm(m.dense.transpose(1, 2), rows)  # (B, m, C) @ (B, C, D)
         return out
 
     @staticmethod
@@ -40,19 +52,42 @@ class _BucketSum(torch.autograd.Function):
         codes, query = ctx.saved_tensors
         n, d = codes.shape[0], grad.shape[2]
         g_table = grad.new_zeros(n, d)
-        for ids, match in _matches(ctx.long, codes, query, d, ctx.budget):
-            g_table.index_add_(0, ids.reshape(-1), torch.bmm(match, grad).reshape(-1, d))  # (B, C, D)
-        return g_table, None, None, None, None
+        for m in _matches(ctx.long, codes, query, d, ctx.budget, ctx.rounds):
+            if m.sparse:
+                g_table.index_add_(0, m.item, grad.reshape(-1, d).index_select(0, m.slot))
+            else:
+                g_table.index_add_(0, m.ids.reshape(-1), torch.bmm(m.dense, grad).reshape(-1, d))  # (B, C, D)
+        return g_table, None, None, None, None, None
 
 
-def _matches(long: LongHistory, codes: Tensor, query: Tensor, dim: int, budget: int):  # type: ignore[no-untyped-def]
-    """Yield ``(item ids (B, C), match (B, C, rounds) float)`` per chunk, on the device of ``codes``."""
+class _Matches:
+    """One chunk's matches: sparse (``item`` ids and output ``slot`` = row · rounds + round, per match) or
+    dense (``ids (B, C)`` and the ``(B, C, rounds)`` float match matrix)."""
+
+    def __init__(self, ids: Tensor, match: Tensor) -> None:
+        self.ids = ids
+        self.sparse = int(match.sum()) <= SPARSE_SHARE * match.numel()
+        if self.sparse:
+            b, c, r = match.nonzero(as_tuple=True)
+            self.item, self.slot = ids[b, c], b * match.shape[2] + r
+        else:
+            self.dense = match.to(torch.float32)
+
+
+def _matches(long: LongHistory, codes: Tensor, query: Tensor, dim: int, budget: int,
+             rounds: int | None = None):  # type: ignore[no-untyped-def]
+    """Yield each chunk's :class:`_Matches`, on the device of ``codes``. With ``rounds``, ``codes`` and
+    ``query`` are :func:`_packed` words holding that many one-byte codes."""
     for ids, valid, _ in chunks(long, chunk_len(len(long.lo), dim + codes.shape[1], long.longest, budget)):
         ids = ids.to(codes.device)
-        match = codes[ids] == query[:, None, :]
+        if rounds is None:
+            match = codes[ids] == query[:, None, :]
+        else:  # (B, C, words) XOR → bytes: a zero byte is a matching round
+            diff = codes.index_select(0, ids.reshape(-1)).view(*ids.shape, -1) ^ query[:, None, :]
+            match = diff.view(torch.uint8)[..., :rounds] == 0
         if valid is not None:
             match &= valid.mask(ids.shape[1]).to(codes.device).unsqueeze(-1)
-        yield ids, match.to(torch.float32)
+        yield _Matches(ids, match)
 
 
 def _segments_pay(long: LongHistory, per_segment: int, budget: int) -> bool:
@@ -144,6 +179,19 @@ def bucket_sum(long: LongHistory, table: Tensor, codes: Tensor, query: Tensor,
     top = max(int(codes.max()) if codes.numel() else 0, int(query.max()) if query.numel() else 0)
     if _segments_pay(long, codes.shape[1] * (top + 1) * table.shape[1], budget):
         return _segment_bucket_sum(long, table, codes, query)
-    if top < 128:
-        codes, query = codes.to(torch.int8), query.to(torch.int8)  # 1 byte per code: 8x less to gather
-    return _BucketSum.apply(table, codes, query, long, budget)
+    if top < 256:  # 1 byte per code, packed 8 to a word: one int64 gather per behavior per 8 rounds
+        return _BucketSum.apply(table, _packed(codes), _packed(query), long, budget, codes.shape[1])
+    return _BucketSum.apply(table, codes, query, long, budget, None)
+
+
+def _packed(codes: Tensor) -> Tensor:
+    """``(n, rounds)`` codes < 256 as ``(n, words)`` int64, 8 one-byte codes per word (zero-padded rounds).
+
+    Matching is then ``words[item] ^ query_words`` viewed as bytes, a zero byte per matching round
+    (:func:`_matches`); the padding bytes match too and are dropped there.
+    """
+    n, rounds = codes.shape
+    words = -(-rounds // 8)
+    out = codes.new_zeros(n, words * 8, dtype=torch.uint8)
+    out[:, :rounds] = codes.to(torch.uint8)
+    return out.view(torch.int64)
