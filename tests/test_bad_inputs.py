@@ -1123,6 +1123,81 @@ def _(t, b):
     return _train(b["data"], t / "r", "--config", str(t / "c.json")), ["c.json", "is a named pipe"]
 
 
+# --------------------------------------------------------------------------- found in review (round 3)
+
+BELOW_A_FILE = "cannot be created: {} is not a directory"
+
+
+def _a_file(t: Path) -> Path:
+    (t / "f.csv").write_text("x")
+    return t / "f.csv"
+
+
+@case("prepare output below a file")
+def _(t, b):
+    return (_prep("--behaviors", b["behaviors"], out=_a_file(t) / "o"),
+            ["f.csv/o", BELOW_A_FILE.format(t / "f.csv")])
+
+
+@case("run output below a file")
+def _(t, b):
+    return _train(b["data"], _a_file(t) / "r"), [BELOW_A_FILE.format(t / "f.csv")]
+
+
+@case("package output below a file")
+def _(t, b):
+    return ["export", str(b["run"]), "--out", str(_a_file(t) / "pkg")], [BELOW_A_FILE.format(t / "f.csv")]
+
+
+@case("predictions below a file")
+def _(t, b):
+    return (["evaluate", str(b["run"]), "--predictions", str(_a_file(t) / "p.csv")],
+            [BELOW_A_FILE.format(t / "f.csv")])
+
+
+@case("lmdb store below a file")
+def _(t, b):
+    return (["load-store", str(b["data"]), "--store", f"lmdb://{_a_file(t)}/store"],
+            [BELOW_A_FILE.format(t / "f.csv")])
+
+
+@case("config file gives a number for a list key")
+def _(t, b):
+    (t / "c.json").write_text('{"mlp": 200}')
+    return _train(b["data"], t / "r", "--config", str(t / "c.json")), ["mlp expects a comma-separated list", "200"]
+
+
+@case("config file gives true for a number")
+def _(t, b):
+    (t / "c.json").write_text('{"threads": true}')  # was read as threads=1
+    return _train(b["data"], t / "r", "--config", str(t / "c.json")), ["threads expects int, got True"]
+
+
+@case("duration behavior column in parquet")
+def _(t, b):
+    from datetime import timedelta
+
+    p = _parquet_beh(t, b, "behavior", pl.Series([timedelta(seconds=5)]))
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet", "column 'behavior' has type Duration"]
+
+
+@case("duration context column in parquet")
+def _(t, b):
+    from datetime import timedelta
+
+    imp = pl.read_parquet(b["impressions"])
+    imp.with_columns(pl.Series("wait", [timedelta(seconds=i % 3) for i in range(imp.height)])).write_parquet(
+        t / "i.parquet")
+    return (_prep("--behaviors", b["behaviors"], "--impressions", t / "i.parquet", "--context", "wait", out=t / "o"),
+            ["i.parquet", "column 'wait' has type Duration"])
+
+
+@case("timestamp in non-ASCII digits")
+def _(t, b):
+    p = _csv(t, GOOD_HEAD + "u1,i1,١٦٠٠٠٠٠٠٠٠\n")  # Arabic-Indic digits: was "too large: overflow int64"
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 2", "cannot parse the timestamp"]
+
+
 def test_the_catalogue_is_large() -> None:
     assert len(CASES) >= 40
 
@@ -1158,6 +1233,28 @@ def test_an_error_message_keeps_square_brackets(tmp_path: Path) -> None:
         console.file.close()
     text = (tmp_path / "err.txt").read_text()
     assert "userlens[content]" in text and "[bold]now[/]" in text
+
+
+def test_an_error_of_a_class_outside_the_builtins_is_still_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """polars raises PolarsError subclasses (not ValueError): they used to escape `_run` as a full traceback."""
+    import typer
+
+    from userlens.cli import _run
+
+    class LibraryError(Exception):
+        pass
+
+    def boom() -> None:
+        raise LibraryError("casting from Duration to String not supported\nmore detail")
+
+    monkeypatch.delenv("USERLENS_DEBUG", raising=False)
+    with pytest.raises(typer.Exit) as e:
+        _run(boom)
+    assert e.value.exit_code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: LibraryError: casting from Duration"), lines
+    assert "(unexpected: set USERLENS_DEBUG=1" in lines[0]
 
 
 def test_a_long_error_is_one_line_in_a_file(tmp_path: Path) -> None:
@@ -1199,3 +1296,15 @@ def test_no_nan_reaches_json(base: dict[str, Path], tmp_path: Path) -> None:
     res = json.loads(r.stdout.strip().splitlines()[-1])  # strict JSON: json.loads would accept NaN, so check
     assert res["auc"] is None and "only label 1" in res["notes"][0]
     assert "NaN" not in r.stdout and "NaN" not in (tmp_path / "r" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("doc", ["[1]", '{"progress": 3}'])
+def test_a_damaged_checkpoint_is_reported_not_masked(doc: str, base: dict[str, Path], tmp_path: Path) -> None:
+    """`train --model M --resume` on a damaged checkpoint.json: its own error, not a TypeError of the clean-up."""
+    (tmp_path / "r.partial").mkdir()
+    (tmp_path / "r.partial" / "checkpoint.json").write_text(doc)
+    r = runner.invoke(app, _train(base["data"], tmp_path / "r", "--resume"))
+    assert r.exit_code == 1, r.output
+    last = r.stderr.strip().splitlines()[-1]  # after the resolved config's log line
+    assert last.startswith("error: ") and "checkpoint.json: the training checkpoint " in last, last
+    assert "unexpected" not in r.stderr and "Traceback" not in r.output

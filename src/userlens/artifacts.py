@@ -310,9 +310,23 @@ def clean_stale(target: Path) -> None:
                     p.unlink()
 
 
+def refuse_file_parent(path: Path) -> None:
+    """Refuse an output path below something that is not a directory (``data.csv/out``): it can never be created.
+
+    Without this check the first ``mkdir`` fails with a bare ``FileExistsError`` / ``NotADirectoryError``.
+    """
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.is_dir():
+            return
+        if parent.exists() or parent.is_symlink():  # a file, a device, a dangling link
+            raise InputError(f"{path}: cannot be created: {parent} is not a directory (a file, or a dangling link). "
+                             "Fix: choose an output path inside a directory.")
+
+
 def check_output_path(path: Path, what: str, marker: str, force: bool) -> None:
-    """Refuse an output path that is a link or a file, or an existing directory unless ``force``."""
+    """Refuse an output path that is a link or a file, below a file, or an existing directory unless ``force``."""
     refuse_link(path)
+    refuse_file_parent(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: exists and is a file, not a directory. Fix: choose another output path.")
     if path.is_dir() and any(path.iterdir()):
@@ -358,5 +372,5 @@ def staged_directory(target: str | Path, what: str, marker: str, force: bool = F
 
 __all__ = ("MANIFEST_CHECKSUM", "DirLock", "array_digest", "check_output_path", "check_seal", "checksum",
            "clean_stale", "describe", "disk_full", "inside_artifact", "no_space", "output_errors", "read_json",
-           "read_manifest", "refuse_link", "require_keys", "seal", "staged_directory", "swap_in", "verify",
-           "write_atomic", "write_manifest")
+           "read_manifest", "refuse_file_parent", "refuse_link", "require_keys", "seal", "staged_directory",
+           "swap_in", "verify", "write_atomic", "write_manifest")

@@ -219,7 +219,8 @@ COLUMN_TYPES: dict[str, tuple[Callable[[pl.DataType], bool], str, str]] = {
                   "write the time as int64 epoch seconds / milliseconds or as a timestamp column"),
     "label": (lambda d: _is_text(d) or _is_number(d) or d.base_type() in (pl.Boolean, pl.Decimal),
               "0/1 numbers, booleans or text", "write the label as 0/1 integers or booleans"),
-    "value": (lambda d: not d.is_nested() and d.base_type() not in (pl.Binary, pl.Object),
+    # a duration has no text form in polars ("casting from Duration to String not supported")
+    "value": (lambda d: not d.is_nested() and d.base_type() not in (pl.Binary, pl.Object, pl.Duration),
               "a single value per row (text, number, boolean, date)", "write one value per row (text or number)"),
 }
 
@@ -341,7 +342,7 @@ def _maybe_int_ids(s: pl.Series) -> pl.Series:
 
 INT64_MAX = 2**63 - 1
 #: A number in ``[+-]digits[.digits]`` form: read exactly (no float), so ``1700000100.1`` s is 1700000100100 ms.
-DECIMAL = r"^([+-]?)(\d*)(?:\.(\d*))?$"
+DECIMAL = r"^([+-]?)([0-9]*)(?:\.([0-9]*))?$"  # ASCII digits: "\d" also matches "١٧٠٠" (Unicode)
 
 
 @dataclass

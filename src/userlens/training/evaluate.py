@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from userlens.artifacts import inside_artifact, output_errors, refuse_link
+from userlens.artifacts import inside_artifact, output_errors, refuse_file_parent, refuse_link
 from userlens.data.loader import BatchLoader
 from userlens.errors import InputError
 from userlens.data.prepared import PreparedData
@@ -87,6 +87,7 @@ def _check_predictions_path(p: Path) -> None:
         raise InputError(f"{p}: unknown predictions format {p.suffix!r}. Fix: end the path with one of "
                          f"{list(PREDICTION_FORMATS)}.")
     refuse_link(p)
+    refuse_file_parent(p)
     if p.is_dir():
         raise InputError(f"{p}: is a directory. Fix: pass a file path for --predictions, e.g. {p / 'predictions'}"
                          f"{p.suffix}.")

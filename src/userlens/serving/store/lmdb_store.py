@@ -25,7 +25,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from userlens.artifacts import DirLock
+from userlens.artifacts import DirLock, refuse_file_parent
 from userlens.errors import InputError, UserlensError
 from userlens.serving.store import record
 from userlens.serving.store.base import AppendResult, BehaviorStore, Event, UserHistory
@@ -66,6 +66,7 @@ class LMDBStore(BehaviorStore):
         if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / "data.mdb").is_file():
             raise InputError(f"{self.path}: a non-empty directory that is not an LMDB store (no data.mdb). Fix: "
                              "choose an empty or new directory.")
+        refuse_file_parent(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2, subdir=True, sync=True,
