@@ -173,6 +173,15 @@ def no_space(path: Path, what: str = "nothing was written") -> InputError:
                       "another one) and run the command again.")
 
 
+def _remove(p: Path) -> None:
+    """Remove a partial output, whatever it is (a directory tree, a file, a link: never what a link points to)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
 @contextlib.contextmanager
 def output_errors(path: Path, *partial: Path) -> Iterator[None]:
     """Remove ``partial`` outputs when the body fails; a full disk becomes :func:`no_space` for ``path``."""
@@ -180,11 +189,7 @@ def output_errors(path: Path, *partial: Path) -> Iterator[None]:
         yield
     except BaseException as e:
         for p in partial:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            _remove(p)
         if disk_full(e):
             raise no_space(path) from None
         raise
@@ -303,11 +308,7 @@ def clean_stale(target: Path) -> None:
     """
     for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
         for p in target.parent.glob(pattern):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            _remove(p)
 
 
 def refuse_file_parent(path: Path) -> None:
