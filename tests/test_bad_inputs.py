@@ -1198,6 +1198,32 @@ def _(t, b):
     return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 2", "cannot parse the timestamp"]
 
 
+def _resealed(manifest: Path, edit: Callable[[dict], None]) -> None:
+    """Edit a manifest and seal it again: what only a config this userlens cannot build catches."""
+    from userlens.artifacts import seal
+
+    doc = json.loads(manifest.read_text())
+    edit(doc)
+    manifest.write_text(json.dumps(seal(doc)))
+
+
+@case("run config this userlens cannot build")
+def _(t, b):
+    run = _copy(b["run"], t, "run")
+    _resealed(run / "config.json", lambda d: d["train"].update(short_len=0))
+    return ["evaluate", str(run)], ["run/config.json: not a config this userlens can rebuild a model from",
+                                    "short_len must be >= 1"]
+
+
+@case("package config this userlens cannot build")
+def _(t, b):
+    ok = runner.invoke(app, ["export", str(b["run"]), "--out", str(t / "pkg")])
+    assert ok.exit_code == 0, ok.output
+    _resealed(t / "pkg" / "package.json", lambda d: d["config"].update(model="no_such_model"))
+    return (["load-store", str(b["data"]), "--store", f"lmdb://{t}/store", "--package", str(t / "pkg")],
+            ["pkg/package.json: not a config this userlens can rebuild a model from", "no_such_model"])
+
+
 def test_the_catalogue_is_large() -> None:
     assert len(CASES) >= 40
 
