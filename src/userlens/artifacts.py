@@ -20,7 +20,8 @@
   device at PATH; nothing was written", after the partial output is removed.
 
 Outputs are never written through a symbolic link (:func:`refuse_link`): replacing a
-directory swaps the link itself, so the data would land beside the target.
+directory swaps the link itself, so the data would land beside the target. An output below
+a file (``data.csv/out``) is refused by name (:func:`refuse_file_parent`).
 """
 
 from __future__ import annotations
