@@ -621,9 +621,10 @@ def note_unicode_twins(frames: Sequence[pl.DataFrame | None], column: str, repor
     if n:
         twin = pl.DataFrame({"id": ids, "nfc": nfc}).filter(pl.col("nfc").is_duplicated()).sort("nfc", "id")
         pair = twin["id"].head(2).to_list()
+        # ascii(): the two forms print alike ('José' and 'José'); escaped they are told apart
         report.notes.append(f"warning: {n} distinct {column}s equal another after Unicode NFC normalisation (e.g. "
-                            f"{pair[0]!r} and {pair[1]!r}); kept apart. Fix: normalise the ids at the source if "
-                            "they are the same")
+                            f"{ascii(pair[0])} and {ascii(pair[1])}); kept apart. Fix: normalise the ids at the "
+                            "source if they are the same")
 
 
 def unify_id_types(*frames: pl.DataFrame | None, column: str) -> list[pl.DataFrame | None]:
