@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from userlens.errors import InputError
+from userlens.errors import InputError, UserlensError
 
 MANIFEST_CHECKSUM = "manifest_checksum"  # the key under which a manifest stores its own checksum
 
@@ -174,6 +174,24 @@ def no_space(path: Path, what: str = "nothing was written") -> InputError:
                       "another one) and run the command again.")
 
 
+def not_writable(path: Path, e: OSError) -> InputError:
+    """The one message for an output userlens may not write (permissions, a read-only file system)."""
+    return InputError(f"{path}: cannot write there ({e.strerror or e}). Fix: choose a directory you may write to, "
+                      "or fix its permissions.")
+
+
+_DENIED_TEXT = re.compile(r"Permission denied|Read-only file system|os error (13|30)\b", re.IGNORECASE)
+
+
+def _denied(e: BaseException) -> bool:
+    """Whether ``e`` is a write refused by permissions or a read-only file system (errno, or a library's text)."""
+    if isinstance(e, UserlensError):  # our own messages ("... permission denied (not readable ...)") stand
+        return False
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    return isinstance(e, (OSError, RuntimeError, ValueError)) and bool(_DENIED_TEXT.search(str(e)))
+
+
 def _remove(p: Path) -> None:
     """Remove a partial output, whatever it is (a directory tree, a file, a link: never what a link points to)."""
     if p.is_dir() and not p.is_symlink():
@@ -185,7 +203,8 @@ def _remove(p: Path) -> None:
 
 @contextlib.contextmanager
 def output_errors(path: Path, *partial: Path) -> Iterator[None]:
-    """Remove ``partial`` outputs when the body fails; a full disk becomes :func:`no_space` for ``path``."""
+    """Remove ``partial`` outputs when the body fails; a full disk becomes :func:`no_space` for ``path``, a
+    permission denied (or a read-only file system) :func:`not_writable`."""
     try:
         yield
     except BaseException as e:
@@ -193,6 +212,8 @@ def output_errors(path: Path, *partial: Path) -> Iterator[None]:
             _remove(p)
         if disk_full(e):
             raise no_space(path) from None
+        if _denied(e):
+            raise not_writable(path, e) from None  # type: ignore[arg-type]
         raise
 
 
@@ -246,8 +267,15 @@ class DirLock:
         self._fh = None
 
     def __enter__(self) -> DirLock:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.lock_path, "a+")
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.lock_path, "a+")
+        except OSError as e:  # the first write of every output: an unwritable --out is named here
+            if disk_full(e):
+                raise no_space(self.path) from None
+            if _denied(e):
+                raise not_writable(self.path, e) from None
+            raise
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -373,6 +401,6 @@ def staged_directory(target: str | Path, what: str, marker: str, force: bool = F
 
 
 __all__ = ("MANIFEST_CHECKSUM", "DirLock", "array_digest", "check_output_path", "check_seal", "checksum",
-           "clean_stale", "describe", "disk_full", "inside_artifact", "no_space", "output_errors", "read_json",
-           "read_manifest", "refuse_file_parent", "refuse_link", "require_keys", "seal", "staged_directory",
-           "swap_in", "verify", "write_atomic", "write_manifest")
+           "clean_stale", "describe", "disk_full", "inside_artifact", "no_space", "not_writable", "output_errors",
+           "read_json", "read_manifest", "refuse_file_parent", "refuse_link", "require_keys", "seal",
+           "staged_directory", "swap_in", "verify", "write_atomic", "write_manifest")

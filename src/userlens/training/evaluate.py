@@ -68,9 +68,9 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
             "score": sigmoid(logits), "logit": logits,
         })
         p = Path(predictions)
-        p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
         with output_errors(p, tmp):
+            p.parent.mkdir(parents=True, exist_ok=True)
             frame.write_csv(tmp) if p.suffix.lower() == ".csv" else frame.write_parquet(tmp)
             tmp.replace(p)
     return result

@@ -25,7 +25,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from userlens.artifacts import DirLock, refuse_file_parent
+from userlens.artifacts import DirLock, not_writable, refuse_file_parent
 from userlens.errors import InputError, UserlensError
 from userlens.serving.store import record
 from userlens.serving.store.base import AppendResult, BehaviorStore, Event, UserHistory
@@ -67,7 +67,10 @@ class LMDBStore(BehaviorStore):
             raise InputError(f"{self.path}: a non-empty directory that is not an LMDB store (no data.mdb). Fix: "
                              "choose an empty or new directory.")
         refuse_file_parent(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except PermissionError as e:
+            raise not_writable(self.path, e) from None
         try:
             self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2, subdir=True, sync=True,
                                  metasync=True, readahead=False, max_readers=512)
