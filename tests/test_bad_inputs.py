@@ -619,6 +619,15 @@ def _(t, b):
             ["its item categories are not those", "pkg was trained with"], _nothing_in(t, "d", "pkg", "items.parquet"))
 
 
+@case("behavior store from data with other item categories, package from before inputs")
+def _(t, b):
+    """The package's own item categories are compared, not its recorded digest: old packages are checked too."""
+    d, pkg = _other_categories(t, b), _package(t, b)
+    _resealed(pkg / "package.json", lambda m: m.update(inputs=None))  # as written before `inputs` existed
+    return (["load-store", str(d), "--store", f"lmdb://{t / 'store'}", "--package", str(pkg)],
+            ["its item categories are not those", "pkg was trained with"])
+
+
 @case("embed-items where every text is empty")
 def _(t, b):
     d = _copy(b["data"], t, "d")

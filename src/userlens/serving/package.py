@@ -98,8 +98,7 @@ def check_store_data(pkg: ModelPackage, data: PreparedData) -> None:
     if pkg.manifest["data_fingerprint"] != data.fingerprint:
         raise InputError(f"{data.path}: not the prepared data {pkg.path} was exported from (vocabulary fingerprints "
                          f"differ). Fix: load the directory the package's run was trained on ({trained_on}).")
-    recorded = pkg.manifest.get("inputs")
-    if isinstance(recorded, dict) and recorded.get("item_category") != array_digest(data.item_category):
+    if not np.array_equal(pkg.item_category, data.item_category):  # the package's own: packages before `inputs` too
         raise InputError(f"{data.path}: its item categories are not those {pkg.path} was trained with (prepared "
                          f"again from other item attributes?). Fix: load the directory the package's run was "
                          f"trained on ({trained_on}).")
