@@ -1207,6 +1207,24 @@ def _(t, b):
     return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 2", "cannot parse the timestamp"]
 
 
+@case("embed-items vectors with list ids")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    pl.DataFrame({"item_id": [[1], [2]], "emb": [[1.0, 0.0], [0.0, 1.0]]}).write_parquet(t / "v.parquet")
+    return (["embed-items", str(d), "--vectors", str(t / "v.parquet"), "--vector-column", "emb"],
+            ["v.parquet: column 'item_id' has type List"], _unchanged(d))
+
+
+@case("embed-items text in a struct column")
+def _(t, b):
+    """A struct was embedded as its printed form ('{"a":1}'), a list ended in a polars error."""
+    d = _copy(b["data"], t, "d")
+    ids = pl.read_parquet(d / "vocab" / "item.parquet")["raw"]
+    pl.DataFrame({"item_id": ids, "title": [{"a": 1}] * len(ids)}).write_parquet(t / "items.parquet")
+    return (["embed-items", str(d), "--items", str(t / "items.parquet")],
+            ["items.parquet: column 'title' has type Struct", "a single value per row"], _unchanged(d))
+
+
 def _resealed(manifest: Path, edit: Callable[[dict], None]) -> None:
     """Edit a manifest and seal it again: what only a config this userlens cannot build catches."""
     from userlens.artifacts import seal

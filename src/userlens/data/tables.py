@@ -231,9 +231,15 @@ def _role(column: str) -> str:
 
 def _check_types(t: RawTable, columns: Sequence[str]) -> None:
     """Refuse a column type userlens cannot read faithfully (lists, structs, binary ...) before any cast."""
-    for c in columns:
+    check_column_types(t, {c: _role(c) for c in columns})
+
+
+def check_column_types(t: RawTable, roles: dict[str, str]) -> None:
+    """Each column of ``roles`` (column → a role of :data:`COLUMN_TYPES`: id, timestamp, label, value) must have
+    a type that role can read; else an :class:`InputError` naming the file, column, type and fix."""
+    for c, role in roles.items():
         dtype = t.frame.schema[c]
-        ok, expected, fix = COLUMN_TYPES[_role(c)]
+        ok, expected, fix = COLUMN_TYPES[role]
         if not ok(dtype):
             raise InputError(f"{t.source}: column {c!r} has type {dtype}; expected {expected}. "
                              f"Fix: {fix.format(c=c)}.")
