@@ -132,3 +132,47 @@ def test_array_digest_is_about_values_not_memory_layout() -> None:
     assert array_digest(a) != array_digest(a.astype(np.float64))  # dtype counts
     assert array_digest(a) != array_digest(a.reshape(4, 3))  # shape counts
     assert array_digest(a, a[0]) != array_digest(a)
+
+
+@pytest.mark.parametrize("exc", [
+    PermissionError(errno.EACCES, "Permission denied"),
+    OSError(errno.EROFS, "Read-only file system"),
+    OSError("Permission denied (os error 13)"),  # polars' io error: no errno, the text only
+])
+def test_an_output_it_may_not_write_is_named(tmp_path: Path, exc: OSError) -> None:
+    """An unwritable --out used to reach the CLI's "unexpected ... report it" fallback."""
+    from userlens.artifacts import output_errors
+
+    (tmp_path / "part").mkdir()
+    with pytest.raises(InputError, match=r"out: cannot write there \((Permission denied|Read-only file system).*"
+                                         r"Fix: choose a directory you may write to"):
+        with output_errors(tmp_path / "out", tmp_path / "part"):
+            raise exc
+    assert not (tmp_path / "part").exists()
+
+
+def test_our_own_permission_message_is_not_restated(tmp_path: Path) -> None:
+    from userlens.artifacts import output_errors
+
+    with pytest.raises(InputError, match=r"^in.csv: permission denied \(not readable"):
+        with output_errors(tmp_path / "out"):
+            raise InputError("in.csv: permission denied (not readable by this user). Fix: chmod")
+
+
+def test_the_lock_of_an_unwritable_output_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DirLock is every writer's first write: `open(OUT.lock)` refused becomes one line naming OUT."""
+    import builtins
+
+    from userlens.artifacts import DirLock
+
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(file).endswith(".lock"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(InputError, match=r"out: cannot write there \(Permission denied\)"):
+        with DirLock(tmp_path / "out"):
+            pass

@@ -619,6 +619,15 @@ def _(t, b):
             ["its item categories are not those", "pkg was trained with"], _nothing_in(t, "d", "pkg", "items.parquet"))
 
 
+@case("behavior store from data with other item categories, package from before inputs")
+def _(t, b):
+    """The package's own item categories are compared, not its recorded digest: old packages are checked too."""
+    d, pkg = _other_categories(t, b), _package(t, b)
+    _resealed(pkg / "package.json", lambda m: m.update(inputs=None))  # as written before `inputs` existed
+    return (["load-store", str(d), "--store", f"lmdb://{t / 'store'}", "--package", str(pkg)],
+            ["its item categories are not those", "pkg was trained with"])
+
+
 @case("embed-items where every text is empty")
 def _(t, b):
     d = _copy(b["data"], t, "d")
@@ -1123,6 +1132,125 @@ def _(t, b):
     return _train(b["data"], t / "r", "--config", str(t / "c.json")), ["c.json", "is a named pipe"]
 
 
+# --------------------------------------------------------------------------- found in review (round 3)
+
+BELOW_A_FILE = "cannot be created: {} is not a directory"
+
+
+def _a_file(t: Path) -> Path:
+    (t / "f.csv").write_text("x")
+    return t / "f.csv"
+
+
+@case("prepare output below a file")
+def _(t, b):
+    return (_prep("--behaviors", b["behaviors"], out=_a_file(t) / "o"),
+            ["f.csv/o", BELOW_A_FILE.format(t / "f.csv")])
+
+
+@case("run output below a file")
+def _(t, b):
+    return _train(b["data"], _a_file(t) / "r"), [BELOW_A_FILE.format(t / "f.csv")]
+
+
+@case("package output below a file")
+def _(t, b):
+    return ["export", str(b["run"]), "--out", str(_a_file(t) / "pkg")], [BELOW_A_FILE.format(t / "f.csv")]
+
+
+@case("predictions below a file")
+def _(t, b):
+    return (["evaluate", str(b["run"]), "--predictions", str(_a_file(t) / "p.csv")],
+            [BELOW_A_FILE.format(t / "f.csv")])
+
+
+@case("lmdb store below a file")
+def _(t, b):
+    return (["load-store", str(b["data"]), "--store", f"lmdb://{_a_file(t)}/store"],
+            [BELOW_A_FILE.format(t / "f.csv")])
+
+
+@case("config file gives a number for a list key")
+def _(t, b):
+    (t / "c.json").write_text('{"mlp": 200}')
+    return _train(b["data"], t / "r", "--config", str(t / "c.json")), ["mlp expects a comma-separated list", "200"]
+
+
+@case("config file gives true for a number")
+def _(t, b):
+    (t / "c.json").write_text('{"threads": true}')  # was read as threads=1
+    return _train(b["data"], t / "r", "--config", str(t / "c.json")), ["threads expects int, got True"]
+
+
+@case("duration behavior column in parquet")
+def _(t, b):
+    from datetime import timedelta
+
+    p = _parquet_beh(t, b, "behavior", pl.Series([timedelta(seconds=5)]))
+    return _prep("--behaviors", p, out=t / "o"), ["b.parquet", "column 'behavior' has type Duration"]
+
+
+@case("duration context column in parquet")
+def _(t, b):
+    from datetime import timedelta
+
+    imp = pl.read_parquet(b["impressions"])
+    imp.with_columns(pl.Series("wait", [timedelta(seconds=i % 3) for i in range(imp.height)])).write_parquet(
+        t / "i.parquet")
+    return (_prep("--behaviors", b["behaviors"], "--impressions", t / "i.parquet", "--context", "wait", out=t / "o"),
+            ["i.parquet", "column 'wait' has type Duration"])
+
+
+@case("timestamp in non-ASCII digits")
+def _(t, b):
+    p = _csv(t, GOOD_HEAD + "u1,i1,١٦٠٠٠٠٠٠٠٠\n")  # Arabic-Indic digits: was "too large: overflow int64"
+    return _prep("--behaviors", p, out=t / "o"), ["b.csv:line 2", "cannot parse the timestamp"]
+
+
+@case("embed-items vectors with list ids")
+def _(t, b):
+    d = _copy(b["data"], t, "d")
+    pl.DataFrame({"item_id": [[1], [2]], "emb": [[1.0, 0.0], [0.0, 1.0]]}).write_parquet(t / "v.parquet")
+    return (["embed-items", str(d), "--vectors", str(t / "v.parquet"), "--vector-column", "emb"],
+            ["v.parquet: column 'item_id' has type List"], _unchanged(d))
+
+
+@case("embed-items text in a struct column")
+def _(t, b):
+    """A struct was embedded as its printed form ('{"a":1}'), a list ended in a polars error."""
+    d = _copy(b["data"], t, "d")
+    ids = pl.read_parquet(d / "vocab" / "item.parquet")["raw"]
+    pl.DataFrame({"item_id": ids, "title": [{"a": 1}] * len(ids)}).write_parquet(t / "items.parquet")
+    return (["embed-items", str(d), "--items", str(t / "items.parquet")],
+            ["items.parquet: column 'title' has type Struct", "a single value per row"], _unchanged(d))
+
+
+def _resealed(manifest: Path, edit: Callable[[dict], None]) -> None:
+    """Edit a manifest and seal it again: what only a config this userlens cannot build catches."""
+    from userlens.artifacts import seal
+
+    doc = json.loads(manifest.read_text())
+    edit(doc)
+    manifest.write_text(json.dumps(seal(doc)))
+
+
+@case("run config this userlens cannot build")
+def _(t, b):
+    run = _copy(b["run"], t, "run")
+    _resealed(run / "config.json", lambda d: d["train"].update(short_len=0))
+    return ["evaluate", str(run)], ["run/config.json: not a config this userlens can rebuild a model from",
+                                    "short_len must be >= 1"]
+
+
+@case("package config this userlens cannot build")
+def _(t, b):
+    ok = runner.invoke(app, ["export", str(b["run"]), "--out", str(t / "pkg")])
+    assert ok.exit_code == 0, ok.output
+    _resealed(t / "pkg" / "package.json", lambda d: d["config"].update(model="no_such_model"))
+    return (["load-store", str(b["data"]), "--store", f"lmdb://{t}/store", "--package", str(t / "pkg")],
+            ["pkg/package.json: not a config this userlens can rebuild a model from", "no_such_model"])
+
+
 def test_the_catalogue_is_large() -> None:
     assert len(CASES) >= 40
 
@@ -1158,6 +1286,28 @@ def test_an_error_message_keeps_square_brackets(tmp_path: Path) -> None:
         console.file.close()
     text = (tmp_path / "err.txt").read_text()
     assert "userlens[content]" in text and "[bold]now[/]" in text
+
+
+def test_an_error_of_a_class_outside_the_builtins_is_still_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """polars raises PolarsError subclasses (not ValueError): they used to escape `_run` as a full traceback."""
+    import typer
+
+    from userlens.cli import _run
+
+    class LibraryError(Exception):
+        pass
+
+    def boom() -> None:
+        raise LibraryError("casting from Duration to String not supported\nmore detail")
+
+    monkeypatch.delenv("USERLENS_DEBUG", raising=False)
+    with pytest.raises(typer.Exit) as e:
+        _run(boom)
+    assert e.value.exit_code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: LibraryError: casting from Duration"), lines
+    assert "(unexpected: set USERLENS_DEBUG=1" in lines[0]
 
 
 def test_a_long_error_is_one_line_in_a_file(tmp_path: Path) -> None:
@@ -1199,3 +1349,15 @@ def test_no_nan_reaches_json(base: dict[str, Path], tmp_path: Path) -> None:
     res = json.loads(r.stdout.strip().splitlines()[-1])  # strict JSON: json.loads would accept NaN, so check
     assert res["auc"] is None and "only label 1" in res["notes"][0]
     assert "NaN" not in r.stdout and "NaN" not in (tmp_path / "r" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("doc", ["[1]", '{"progress": 3}'])
+def test_a_damaged_checkpoint_is_reported_not_masked(doc: str, base: dict[str, Path], tmp_path: Path) -> None:
+    """`train --model M --resume` on a damaged checkpoint.json: its own error, not a TypeError of the clean-up."""
+    (tmp_path / "r.partial").mkdir()
+    (tmp_path / "r.partial" / "checkpoint.json").write_text(doc)
+    r = runner.invoke(app, _train(base["data"], tmp_path / "r", "--resume"))
+    assert r.exit_code == 1, r.output
+    last = r.stderr.strip().splitlines()[-1]  # after the resolved config's log line
+    assert last.startswith("error: ") and "checkpoint.json: the training checkpoint " in last, last
+    assert "unexpected" not in r.stderr and "Traceback" not in r.output

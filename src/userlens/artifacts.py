@@ -20,7 +20,8 @@
   device at PATH; nothing was written", after the partial output is removed.
 
 Outputs are never written through a symbolic link (:func:`refuse_link`): replacing a
-directory swaps the link itself, so the data would land beside the target.
+directory swaps the link itself, so the data would land beside the target. An output below
+a file (``data.csv/out``) is refused by name (:func:`refuse_file_parent`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from userlens.errors import InputError
+from userlens.errors import InputError, UserlensError
 
 MANIFEST_CHECKSUM = "manifest_checksum"  # the key under which a manifest stores its own checksum
 
@@ -173,20 +174,46 @@ def no_space(path: Path, what: str = "nothing was written") -> InputError:
                       "another one) and run the command again.")
 
 
+def not_writable(path: Path, e: OSError) -> InputError:
+    """The one message for an output userlens may not write (permissions, a read-only file system)."""
+    return InputError(f"{path}: cannot write there ({e.strerror or e}). Fix: choose a directory you may write to, "
+                      "or fix its permissions.")
+
+
+_DENIED_TEXT = re.compile(r"Permission denied|Read-only file system|os error (13|30)\b", re.IGNORECASE)
+
+
+def _denied(e: BaseException) -> bool:
+    """Whether ``e`` is a write refused by permissions or a read-only file system (errno, or a library's text)."""
+    if isinstance(e, UserlensError):  # our own messages ("... permission denied (not readable ...)") stand
+        return False
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    return isinstance(e, (OSError, RuntimeError, ValueError)) and bool(_DENIED_TEXT.search(str(e)))
+
+
+def _remove(p: Path) -> None:
+    """Remove a partial output, whatever it is (a directory tree, a file, a link: never what a link points to)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
 @contextlib.contextmanager
 def output_errors(path: Path, *partial: Path) -> Iterator[None]:
-    """Remove ``partial`` outputs when the body fails; a full disk becomes :func:`no_space` for ``path``."""
+    """Remove ``partial`` outputs when the body fails; a full disk becomes :func:`no_space` for ``path``, a
+    permission denied (or a read-only file system) :func:`not_writable`."""
     try:
         yield
     except BaseException as e:
         for p in partial:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            _remove(p)
         if disk_full(e):
             raise no_space(path) from None
+        if _denied(e):
+            raise not_writable(path, e) from None  # type: ignore[arg-type]
         raise
 
 
@@ -240,8 +267,15 @@ class DirLock:
         self._fh = None
 
     def __enter__(self) -> DirLock:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.lock_path, "a+")
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.lock_path, "a+")
+        except OSError as e:  # the first write of every output: an unwritable --out is named here
+            if disk_full(e):
+                raise no_space(self.path) from None
+            if _denied(e):
+                raise not_writable(self.path, e) from None
+            raise
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -303,16 +337,26 @@ def clean_stale(target: Path) -> None:
     """
     for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
         for p in target.parent.glob(pattern):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            _remove(p)
+
+
+def refuse_file_parent(path: Path) -> None:
+    """Refuse an output path below something that is not a directory (``data.csv/out``): it can never be created.
+
+    Without this check the first ``mkdir`` fails with a bare ``FileExistsError`` / ``NotADirectoryError``.
+    """
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.is_dir():
+            return
+        if parent.exists() or parent.is_symlink():  # a file, a device, a dangling link
+            raise InputError(f"{path}: cannot be created: {parent} is not a directory (a file, or a dangling link). "
+                             "Fix: choose an output path inside a directory.")
 
 
 def check_output_path(path: Path, what: str, marker: str, force: bool) -> None:
-    """Refuse an output path that is a link or a file, or an existing directory unless ``force``."""
+    """Refuse an output path that is a link or a file, below a file, or an existing directory unless ``force``."""
     refuse_link(path)
+    refuse_file_parent(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: exists and is a file, not a directory. Fix: choose another output path.")
     if path.is_dir() and any(path.iterdir()):
@@ -357,6 +401,6 @@ def staged_directory(target: str | Path, what: str, marker: str, force: bool = F
 
 
 __all__ = ("MANIFEST_CHECKSUM", "DirLock", "array_digest", "check_output_path", "check_seal", "checksum",
-           "clean_stale", "describe", "disk_full", "inside_artifact", "no_space", "output_errors", "read_json",
-           "read_manifest", "refuse_link", "require_keys", "seal", "staged_directory", "swap_in", "verify",
-           "write_atomic", "write_manifest")
+           "clean_stale", "describe", "disk_full", "inside_artifact", "no_space", "not_writable", "output_errors",
+           "read_json", "read_manifest", "refuse_file_parent", "refuse_link", "require_keys", "seal",
+           "staged_directory", "swap_in", "verify", "write_atomic", "write_manifest")

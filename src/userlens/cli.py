@@ -47,7 +47,7 @@ def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     except UserlensError as e:
         _error(str(e))
         raise typer.Exit(1) from None
-    except (ValueError, TypeError, OSError, RuntimeError) as e:
+    except Exception as e:  # every library's errors too (polars' are not ValueError): a line, never a traceback
         if os.environ.get("USERLENS_DEBUG"):
             raise
         first = (str(e).splitlines() or [""])[0]

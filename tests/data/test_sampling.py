@@ -230,3 +230,15 @@ def test_event_categories_take_the_earliest_event_and_the_table_wins() -> None:
     cats, rep = item_categories(items, [beh], None, cutoff_ms=3)
     assert dict(cats.rows()) == {"1": "early", "2": "table"}
     assert rep.conflicts == 2 and rep.from_items_table == 1 and rep.from_events == 1
+
+
+def test_id_hash_of_non_ascii_ids_is_fnv1a_of_their_utf8() -> None:
+    """np.bytes_ of a str is ASCII only: "José" used to stop every behaviors-only prepare (UnicodeEncodeError)."""
+    def fnv1a(data: bytes) -> int:
+        h = 0xCBF29CE484222325
+        for byte in data:
+            h = ((h ^ byte) * 0x100000001B3) % 2**64
+        return h
+
+    ids = ["José", "Jose\u0301", "ユーザー", "a", 7]
+    assert stable_id_hash(ids).tolist() == [fnv1a(str(v).encode()) for v in ids]

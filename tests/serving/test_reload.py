@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from userlens.artifacts import array_digest, describe, seal
 from userlens.data.prepared import PreparedData
 from userlens.serving.app import PackageReloader, create_app
 from userlens.serving.package import export_package, load_package
@@ -57,6 +60,28 @@ def test_a_reexported_package_is_swapped_in_and_a_foreign_one_refused(setup: dic
     export_package(setup["foreign"], pkg, data_dir=setup["foreign_data"].path, force=True)
     assert not holder.check()  # other vocabularies than the store's codes: refused, the old package kept
     assert holder.scorer.score(user, items, 1_900_000_000_000).logits == second
+    store.close()
+
+
+def test_a_package_with_other_item_categories_is_refused(setup: dict, tmp_path: Path) -> None:
+    """Same vocabularies, other item → category table (data prepared again from another items table): the store's
+    category codes were loaded for the old one, so the package is refused, as `load-store --package` refuses it."""
+    pkg, store, user, items = _serving(setup, tmp_path)
+    holder = PackageReloader(Scorer(load_package(pkg), store))
+    first = holder.scorer.score(user, items, 1_900_000_000_000).logits
+    export_package(setup["run2"], pkg, force=True)
+    cat = np.load(pkg / "items" / "category.npy")
+    other = cat.copy()
+    other[2:] = cat[2:][::-1]
+    assert not np.array_equal(other, cat)
+    np.save(pkg / "items" / "category.npy", other)
+    manifest = json.loads((pkg / "package.json").read_text())
+    manifest["files"].update(describe(pkg, ["items/category.npy"]))
+    manifest["inputs"]["item_category"] = array_digest(other)  # a consistent package, trained on those categories
+    (pkg / "package.json").write_text(json.dumps(seal(manifest)))
+    load_package(pkg)  # loads on its own
+    assert not holder.check()
+    assert holder.scorer.score(user, items, 1_900_000_000_000).logits == first
     store.close()
 
 

@@ -49,7 +49,7 @@ import polars as pl
 from userlens.artifacts import DirLock, checksum, clean_stale, output_errors, seal, sha256_file
 from userlens.data.prepare import FIRST_INDEX
 from userlens.data.prepared import PreparedData
-from userlens.data.tables import LINE, read_table
+from userlens.data.tables import LINE, check_column_types, read_table
 from userlens.errors import InputError, UserlensError, did_you_mean
 from userlens.inputs import input_file, read_utf8
 from userlens.limits import MAX_BATCH, check_int, check_seed
@@ -320,6 +320,7 @@ def build_content(
         if c not in cols:
             raise InputError(f"{t.source}: missing column {c!r}{did_you_mean(c, cols)}; found {cols}. "
                              "Fix: pass the right --id-column / --text-column.")
+    check_column_types(t, {id_column: "id", **{c: "value" for c in text_columns}})  # a list or struct is no text
     lines = t.frame[LINE].to_numpy()
     locate: Locate = lambda i: f"{t.source}:{t.line_label} {lines[i]}"  # noqa: E731
     _check_ids(t.frame[id_column], id_column, locate)
@@ -353,6 +354,7 @@ def _parquet_vectors(path: Path, id_column: str, vector_column: str | None
     if id_column not in cols:
         raise InputError(f"{path}: missing column {id_column!r}{did_you_mean(id_column, cols)}; found {cols}. "
                          "Fix: pass the right --id-column.")
+    check_column_types(t, {id_column: "id"})
     lists = [c for c in cols if isinstance(t.frame[c].dtype, (pl.List, pl.Array))]
     if vector_column is None:
         if len(lists) != 1:

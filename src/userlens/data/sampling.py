@@ -54,8 +54,12 @@ def counter_uniform(*keys: np.ndarray | int) -> np.ndarray:
 
 
 def stable_id_hash(raw: list | np.ndarray) -> np.ndarray:
-    """64-bit FNV-1a of each raw id's text (``7`` and ``"7"`` hash alike); stable across runs and versions."""
-    text = np.array([str(v) for v in raw], dtype=np.bytes_)
+    """64-bit FNV-1a of each raw id's UTF-8 text (``7`` and ``"7"`` hash alike); stable across runs and versions.
+
+    UTF-8 (ASCII ids hash as before): ``np.bytes_`` of a ``str`` encodes ASCII only, so "José" used to
+    stop ``prepare`` with a UnicodeEncodeError.
+    """
+    text = np.array([str(v).encode("utf-8") for v in raw], dtype=np.bytes_)
     if text.size == 0:
         return np.zeros(0, dtype=np.uint64)
     width = text.dtype.itemsize

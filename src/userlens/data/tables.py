@@ -219,7 +219,8 @@ COLUMN_TYPES: dict[str, tuple[Callable[[pl.DataType], bool], str, str]] = {
                   "write the time as int64 epoch seconds / milliseconds or as a timestamp column"),
     "label": (lambda d: _is_text(d) or _is_number(d) or d.base_type() in (pl.Boolean, pl.Decimal),
               "0/1 numbers, booleans or text", "write the label as 0/1 integers or booleans"),
-    "value": (lambda d: not d.is_nested() and d.base_type() not in (pl.Binary, pl.Object),
+    # a duration has no text form in polars ("casting from Duration to String not supported")
+    "value": (lambda d: not d.is_nested() and d.base_type() not in (pl.Binary, pl.Object, pl.Duration),
               "a single value per row (text, number, boolean, date)", "write one value per row (text or number)"),
 }
 
@@ -230,9 +231,15 @@ def _role(column: str) -> str:
 
 def _check_types(t: RawTable, columns: Sequence[str]) -> None:
     """Refuse a column type userlens cannot read faithfully (lists, structs, binary ...) before any cast."""
-    for c in columns:
+    check_column_types(t, {c: _role(c) for c in columns})
+
+
+def check_column_types(t: RawTable, roles: dict[str, str]) -> None:
+    """Each column of ``roles`` (column → a role of :data:`COLUMN_TYPES`: id, timestamp, label, value) must have
+    a type that role can read; else an :class:`InputError` naming the file, column, type and fix."""
+    for c, role in roles.items():
         dtype = t.frame.schema[c]
-        ok, expected, fix = COLUMN_TYPES[_role(c)]
+        ok, expected, fix = COLUMN_TYPES[role]
         if not ok(dtype):
             raise InputError(f"{t.source}: column {c!r} has type {dtype}; expected {expected}. "
                              f"Fix: {fix.format(c=c)}.")
@@ -341,7 +348,7 @@ def _maybe_int_ids(s: pl.Series) -> pl.Series:
 
 INT64_MAX = 2**63 - 1
 #: A number in ``[+-]digits[.digits]`` form: read exactly (no float), so ``1700000100.1`` s is 1700000100100 ms.
-DECIMAL = r"^([+-]?)(\d*)(?:\.(\d*))?$"
+DECIMAL = r"^([+-]?)([0-9]*)(?:\.([0-9]*))?$"  # ASCII digits: "\d" also matches "١٧٠٠" (Unicode)
 
 
 @dataclass
@@ -620,9 +627,10 @@ def note_unicode_twins(frames: Sequence[pl.DataFrame | None], column: str, repor
     if n:
         twin = pl.DataFrame({"id": ids, "nfc": nfc}).filter(pl.col("nfc").is_duplicated()).sort("nfc", "id")
         pair = twin["id"].head(2).to_list()
+        # ascii(): the two forms print alike ('José' and 'José'); escaped they are told apart
         report.notes.append(f"warning: {n} distinct {column}s equal another after Unicode NFC normalisation (e.g. "
-                            f"{pair[0]!r} and {pair[1]!r}); kept apart. Fix: normalise the ids at the source if "
-                            "they are the same")
+                            f"{ascii(pair[0])} and {ascii(pair[1])}); kept apart. Fix: normalise the ids at the "
+                            "source if they are the same")
 
 
 def unify_id_types(*frames: pl.DataFrame | None, column: str) -> list[pl.DataFrame | None]:

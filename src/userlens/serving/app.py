@@ -11,9 +11,9 @@
 Hot reload (``reload_seconds``): a thread polls the package's manifest; when the directory was
 replaced (``userlens export ... --force`` swaps it in atomically) the new package is loaded and
 verified beside the old one, then swapped in for the next request. Requests in flight finish on
-the package they started with; none is dropped. A package with other vocabularies (the store
-holds codes of the current ones) or another ``long_len`` is refused and the old one kept
-(:class:`~userlens.serving.reload.PackageReloader`).
+the package they started with; none is dropped. A package with other vocabularies or item
+categories (the store holds codes of the current ones) or another ``long_len`` is refused and the
+old one kept (:class:`~userlens.serving.reload.PackageReloader`).
 
 Every input is validated: bodies over ``max_body_bytes``, more than ``max_candidates`` candidates
 or events, bad JSON and wrong types get a 4xx with a message naming the field and the limit.

@@ -38,10 +38,9 @@ from userlens.artifacts import (array_digest, describe, read_manifest, require_k
                                 write_manifest)
 from userlens.data.prepare import file_stem, fingerprint
 from userlens.data.prepared import PreparedData
-from userlens.errors import ConfigError, InputError
-from userlens.models.registry import build_model
+from userlens.errors import InputError
 from userlens.models.spec import FeatureSpec
-from userlens.training.checkpoint import data_for_run, load_run
+from userlens.training.checkpoint import data_for_run, load_run, rebuild_model
 from userlens.training.config import RunConfig
 
 FORMAT_VERSION = 1
@@ -99,8 +98,7 @@ def check_store_data(pkg: ModelPackage, data: PreparedData) -> None:
     if pkg.manifest["data_fingerprint"] != data.fingerprint:
         raise InputError(f"{data.path}: not the prepared data {pkg.path} was exported from (vocabulary fingerprints "
                          f"differ). Fix: load the directory the package's run was trained on ({trained_on}).")
-    recorded = pkg.manifest.get("inputs")
-    if isinstance(recorded, dict) and recorded.get("item_category") != array_digest(data.item_category):
+    if not np.array_equal(pkg.item_category, data.item_category):  # the package's own: packages before `inputs` too
         raise InputError(f"{data.path}: its item categories are not those {pkg.path} was trained with (prepared "
                          f"again from other item attributes?). Fix: load the directory the package's run was "
                          f"trained on ({trained_on}).")
@@ -197,13 +195,7 @@ def load_package(path: str | Path) -> ModelPackage:
     frames = {n: pl.read_parquet(p / "vocab" / f"{file_stem(n)}.parquet") for n in names}
     if fingerprint(frames) != manifest["vocab_hash"]:
         raise InputError(f"{p}: its vocabularies do not match the hash in {MANIFEST}. Fix: {fix}")
-    try:
-        cfg = RunConfig.from_json(manifest["config"])
-        spec = FeatureSpec(**manifest["feature_spec"])
-        model = build_model(cfg.model, spec, cfg.model_config)
-    except (KeyError, TypeError, ValueError, ConfigError) as e:
-        raise InputError(f"{p / MANIFEST}: not a config this userlens can rebuild a model from ({e}). Fix: {fix}"
-                         ) from None
+    model, cfg, spec = rebuild_model(manifest["config"], manifest["feature_spec"], p / MANIFEST, fix)
     if (manifest["long_len"], manifest["short_len"]) != (cfg.train.long_len, cfg.train.short_len):
         raise InputError(f"{p / MANIFEST}: long_len / short_len {manifest['long_len']} / {manifest['short_len']} "
                          f"differ from its config's {cfg.train.long_len} / {cfg.train.short_len}. Fix: {fix}")

@@ -4,8 +4,9 @@ A thread polls the package's manifest (``reload_seconds``); when the directory w
 replaced (``userlens export ... --force`` swaps it in atomically) the new package is
 loaded and verified beside the old one, then swapped in. Requests in flight finish
 on the package they started with; none is dropped. A package with other
-vocabularies (the store holds codes of the current ones) or another ``long_len`` is
-refused and the old one kept.
+vocabularies or other item categories (the store holds item and category codes of the
+current ones: the rule of :func:`~userlens.serving.package.check_store_data`) or another
+``long_len`` is refused and the old one kept.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import numpy as np
 from prometheus_client import Counter
 
 from userlens.errors import UserlensError
@@ -50,10 +52,12 @@ class PackageReloader:
             log.warning("package reload failed, keeping %s: %s", old.version, e)
             return False
         self._seen = stamp
-        if new.manifest["vocab_hash"] != old.manifest["vocab_hash"] or new.long_len != old.long_len:
+        if (new.manifest["vocab_hash"] != old.manifest["vocab_hash"] or new.long_len != old.long_len
+                or not np.array_equal(new.item_category, old.item_category)):
             self._count("refused")
-            log.warning("package reload refused, keeping %s: other vocabularies or long_len than the store "
-                        "was loaded with; restart with the new package after `userlens load-store`", old.version)
+            log.warning("package reload refused, keeping %s: other vocabularies, item categories or long_len than "
+                        "the store was loaded with; restart with the new package after `userlens load-store`",
+                        old.version)
             return False
         self.scorer = Scorer(new, self.scorer.store, self.scorer.state_bytes)
         self._count("ok")

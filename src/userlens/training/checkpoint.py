@@ -84,6 +84,22 @@ def save_run(run_dir: str | Path, model: nn.Module, cfg: RunConfig, spec: Featur
     write_manifest(d / CONFIG, doc)
 
 
+def rebuild_model(config: dict[str, Any], feature_spec: Any, path: Path, fix: str
+                  ) -> tuple[nn.Module, RunConfig, FeatureSpec]:
+    """The model a saved config describes (weights not loaded), its resolved config and feature spec.
+
+    Raises:
+        InputError: naming ``path`` (the run's or the package's manifest): a config this userlens cannot
+        build a model from (unknown model or key, a value out of range, a malformed feature spec).
+    """
+    try:
+        cfg = RunConfig.from_json(config)
+        spec = FeatureSpec(**feature_spec)
+        return build_model(cfg.model, spec, cfg.model_config), cfg, spec
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise InputError(f"{path}: not a config this userlens can rebuild a model from ({e}). Fix: {fix}") from None
+
+
 def load_run(run_dir: str | Path) -> tuple[nn.Module, RunConfig, dict]:
     """(model in eval mode, resolved config, raw config document) of a finished run directory.
 
@@ -102,13 +118,7 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, RunConfig, dict]:
     retrain = f"train again (`userlens train ... --out {d} --force`)"
     doc = read_manifest(d / CONFIG, "run config", retrain)
     require_keys(doc, RUN_KEYS, d / CONFIG, "run config", retrain)
-    try:
-        cfg = RunConfig.from_json(doc)
-        spec = FeatureSpec(**doc["feature_spec"])
-        model = build_model(cfg.model, spec, cfg.model_config)
-    except (KeyError, TypeError, ValueError, ConfigError) as e:
-        raise InputError(f"{d / CONFIG}: not a config this userlens can rebuild a model from ({e}). "
-                         f"Fix: {retrain}") from None
+    model, cfg, _ = rebuild_model(doc, doc["feature_spec"], d / CONFIG, retrain)
     tensors = _load_tensors(d / WEIGHTS, doc["weights"], retrain)
     try:
         model.load_state_dict(tensors)

@@ -152,8 +152,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
         return value
     if origin is tuple:
+        if not isinstance(value, (str, list, tuple)):  # a config file's `"mlp": 200`
+            raise ConfigError(f"{key} expects a comma-separated list (a list in a config file), got {value!r}")
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(_coerce(v.strip() if isinstance(v, str) else v, args[0], key) for v in items if v != "")
+    if isinstance(value, bool) and tp is not bool:  # JSON / TOML true is no number: never read it as 1
+        raise ConfigError(f"{key} expects {getattr(tp, '__name__', tp)}, got {value!r}")
     try:
         if tp is bool:
             if isinstance(value, str):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from userlens.artifacts import inside_artifact, output_errors, refuse_link
+from userlens.artifacts import inside_artifact, output_errors, refuse_file_parent, refuse_link
 from userlens.data.loader import BatchLoader
 from userlens.errors import InputError
 from userlens.data.prepared import PreparedData
@@ -68,9 +68,9 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
             "score": sigmoid(logits), "logit": logits,
         })
         p = Path(predictions)
-        p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
         with output_errors(p, tmp):
+            p.parent.mkdir(parents=True, exist_ok=True)
             frame.write_csv(tmp) if p.suffix.lower() == ".csv" else frame.write_parquet(tmp)
             tmp.replace(p)
     return result
@@ -87,6 +87,7 @@ def _check_predictions_path(p: Path) -> None:
         raise InputError(f"{p}: unknown predictions format {p.suffix!r}. Fix: end the path with one of "
                          f"{list(PREDICTION_FORMATS)}.")
     refuse_link(p)
+    refuse_file_parent(p)
     if p.is_dir():
         raise InputError(f"{p}: is a directory. Fix: pass a file path for --predictions, e.g. {p / 'predictions'}"
                          f"{p.suffix}.")

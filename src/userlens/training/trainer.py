@@ -258,9 +258,11 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, resume: bool = F
 
 
 def _checkpoint_epoch(work: Path) -> int | None:
+    """The epoch of the checkpoint in ``work``, or None: none, or one too damaged to resume (any shape of JSON,
+    so that the error that brought us here, e.g. "the training checkpoint is list", is the one reported)."""
     try:
         return int(json.loads((work / STATE_META).read_text())["progress"]["epoch"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from userlens.artifacts import DirLock
+from userlens.artifacts import DirLock, not_writable, refuse_file_parent
 from userlens.errors import InputError, UserlensError
 from userlens.serving.store import record
 from userlens.serving.store.base import AppendResult, BehaviorStore, Event, UserHistory
@@ -66,7 +66,11 @@ class LMDBStore(BehaviorStore):
         if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / "data.mdb").is_file():
             raise InputError(f"{self.path}: a non-empty directory that is not an LMDB store (no data.mdb). Fix: "
                              "choose an empty or new directory.")
-        self.path.mkdir(parents=True, exist_ok=True)
+        refuse_file_parent(self.path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except PermissionError as e:
+            raise not_writable(self.path, e) from None
         try:
             self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2, subdir=True, sync=True,
                                  metasync=True, readahead=False, max_readers=512)
