@@ -225,6 +225,8 @@ def main() -> None:
                     help="also run every lifelong model with long_len = short_len (rows '<model>@short')")
     ap.add_argument("--count-features", action="store_true",
                     help="also run every learned model with count_features=all (rows '<model>+counts')")
+    ap.add_argument("--no-base", action="store_true",
+                    help="run only the --variant / --count-features / --ablate-long rows, not the models as they are")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME:key=value[,key=value]: also run every learned model with these settings "
                          "(rows '<model>+NAME'), e.g. ucounts:count_features=user")
@@ -240,7 +242,7 @@ def main() -> None:
         models = [e.name for e in list_models()] if args.models == "all" else args.models.split(",")
         want = (args.split, args.sampler, args.epochs, args.patience)
         have = {(r["dataset"], r["model"], r["seed"]) for r in done if protocol(r) == want}
-        runs = [(m, m, {"long_len": args.long_len}) for m in models]
+        runs = [] if args.no_base else [(m, m, {"long_len": args.long_len}) for m in models]
         if args.ablate_long:  # short_len is 50 by default
             runs += [(f"{m}@short", m, {"long_len": 50}) for m in models if is_lifelong(m)]
         variants = args.variant + (["counts:count_features=all"] if args.count_features else [])
