@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from userlens.data.counts import (COUNT_FEATURES, ITEM_WINDOWS, NEVER, ItemTimes, PositionIndex, UserIndexes,
+from userlens.data.counts import (COUNT_FEATURES, ITEM_WINDOWS, NEVER, PositionIndex, item_counts_from_csr, UserIndexes,
                                   count_bucket, count_features, gap_bucket)
 from userlens.data.sampling import ItemCounts
 
@@ -43,7 +43,7 @@ def test_count_features_equal_a_brute_force_scan() -> None:
     users = UserIndexes(tl["item"], tl["category"], tl["time"])
     order = np.lexsort((tl["time"], tl["item"]))
     offsets = np.searchsorted(tl["item"][order], np.arange(13))
-    for items in (ItemCounts(tl["item"], tl["time"]), ItemTimes(offsets, tl["time"][order])):  # offline, online
+    for items in (ItemCounts(tl["item"], tl["time"]), item_counts_from_csr(offsets, tl["time"][order])):  # offline, online
         b = 300
         u = rng.integers(0, 3, size=b)
         t = rng.integers(0, 21 * 24, size=b) * HOUR + rng.choice([0, 1], size=b)  # on and just after behavior times

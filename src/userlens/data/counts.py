@@ -35,11 +35,10 @@ values offline and online.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 
 from userlens.batch import COUNT_BUCKETS
+from userlens.data.sampling import ItemCounts
 
 #: item popularity windows (name → milliseconds; None = all time before t)
 ITEM_WINDOWS: dict[str, int | None] = {"item_1h": 3_600_000, "item_1d": 86_400_000, "item_7d": 7 * 86_400_000,
@@ -84,32 +83,17 @@ def gap_bucket(gap_ms: np.ndarray, seen: np.ndarray) -> np.ndarray:
     return np.where(seen, count_bucket(minutes), NEVER).astype(np.int64)
 
 
-class ItemTimeCounter(Protocol):
-    """Anything that counts an item's behaviors (any user) strictly before a time."""
-
-    def before(self, item: np.ndarray, time: np.ndarray) -> np.ndarray: ...
-
-
-class ItemTimes:
-    """:class:`ItemTimeCounter` over CSR item times (a serving package's ``items/counts.npy``).
+def item_counts_from_csr(offsets: np.ndarray, times: np.ndarray) -> ItemCounts:
+    """:class:`~userlens.data.sampling.ItemCounts` over CSR item times (a serving package's ``items/counts.npy``:
+    ``times[offsets[i]:offsets[i + 1]]`` are item ``i``'s behavior times), so a request counts as training did.
 
     Example:
-        >>> c = ItemTimes(np.array([0, 0, 2, 3]), np.array([10, 20, 5]))  # item 1: t=10, 20; item 2: t=5
+        >>> c = item_counts_from_csr(np.array([0, 0, 2, 3]), np.array([10, 20, 5]))  # item 1: t=10, 20; item 2: t=5
         >>> c.before(np.array([1, 1, 2, 0]), np.array([20, 21, 5, 9])).tolist()
         [1, 2, 0, 0]
     """
-
-    def __init__(self, offsets: np.ndarray, times: np.ndarray) -> None:
-        self.offsets, self.times = np.asarray(offsets, dtype=np.int64), np.asarray(times, dtype=np.int64)
-
-    def before(self, item: np.ndarray, time: np.ndarray) -> np.ndarray:
-        item = np.asarray(item, dtype=np.int64)
-        inside = (item >= 0) & (item < len(self.offsets) - 1)
-        safe = np.where(inside, item, 0)
-        start, end = self.offsets[safe], self.offsets[safe + 1]
-        out = np.array([np.searchsorted(self.times[s:e], t, side="left")
-                        for s, e, t in zip(start.tolist(), end.tolist(), np.asarray(time).tolist())], dtype=np.int64)
-        return np.where(inside, out, 0) if len(out) else np.zeros(0, dtype=np.int64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    return ItemCounts(np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)), np.asarray(times, dtype=np.int64))
 
 
 class PositionIndex:
@@ -153,7 +137,7 @@ class UserIndexes:
         self.by_category = PositionIndex(category)
 
 
-def count_features(items: ItemTimeCounter, users: UserIndexes, item: np.ndarray, category: np.ndarray,
+def count_features(items: ItemCounts, users: UserIndexes, item: np.ndarray, category: np.ndarray,
                    lo: np.ndarray, hi: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
     """Every :data:`COUNT_FEATURES` bucket of a batch: name → ``(B,)`` int64 in ``[1, COUNT_BUCKETS)``.
 

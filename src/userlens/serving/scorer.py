@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from userlens.batch import COUNTS_FIELD, Batch, History, LongHistory
-from userlens.data.counts import ItemTimes, UserIndexes, count_features
+from userlens.data.counts import UserIndexes, count_features, item_counts_from_csr
 from userlens.errors import InputError
 from userlens.layers.explain import tracing
 from userlens.layers.gsu import CategoryIndex
@@ -99,7 +99,7 @@ class Scorer:
         self.package, self.store = package, store
         self.model = package.model
         self.fields = frozenset(getattr(self.model, "fields", ()))
-        self.item_times = ItemTimes(*package.item_times)  # behaviors per item before a time (all users)
+        self.item_times = item_counts_from_csr(*package.item_times)  # behaviors per item before a time (all users)
         self.state_bytes = state_bytes
         self._states: OrderedDict[str, _UserState] = OrderedDict()
         self._state_total = 0  # bytes held by all users' states, as last measured

@@ -39,9 +39,6 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    # decoupled weight decay of the id embedding tables only (w <- w - lr * embed_decay * w every step, every
-    # row): rarely seen ids shrink toward 0 between their updates; 0 = the tables decay like the rest
-    embed_decay: float = 0.0
     # early stopping: stop after this many consecutive epochs without a better `monitor` (>= 1). 3 keeps
     # the default runs as they were: the old default 2 stopped after 3 such epochs (an off-by-one); slow
     # starters need it (qin on the generated family: 2 flat epochs, then 0.53 → 0.89 AUC)
@@ -71,12 +68,8 @@ class TrainConfig:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a finite number > 0 (e.g. 1e-3), got {self.lr}")
-        for k in ("weight_decay", "embed_decay"):
-            if not math.isfinite(getattr(self, k)) or getattr(self, k) < 0:
-                raise ConfigError(f"{k} must be a finite number >= 0, got {getattr(self, k)}")
-        if self.lr * self.embed_decay >= 1:
-            raise ConfigError(f"lr × embed_decay must be < 1 (the per-step shrink factor), got {self.lr} × "
-                              f"{self.embed_decay}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1 (or none for torch's default), got {self.threads}")
         if self.patience < 1:

@@ -22,7 +22,6 @@ TRAIN_KEYS: dict[str, str] = {
     "optimizer": "adam, or adamw (decoupled weight decay)",
     "lr": "learning rate",
     "weight_decay": "L2 penalty (adam) or decoupled decay (adamw)",
-    "embed_decay": "decoupled decay of the id embedding tables only, every row every step (0: as weight_decay)",
     "count_features": "counting features (userlens.data.counts) every learned model embeds: all, item, user or "
                       "names (none by default)",
     "patience": "stop after this many consecutive epochs without a better `monitor`",

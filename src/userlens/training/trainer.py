@@ -38,7 +38,7 @@ from userlens.errors import ConfigError, InputError, Interrupted, TrainingError
 from userlens.training.checkpoint import (CONFIG, METRICS, STATE, STATE_META, load_checkpoint, partial_dir,
                                           save_checkpoint, save_run)
 from userlens.training.progress import RunReporter
-from userlens.training.config import RunConfig, TrainConfig
+from userlens.training.config import RunConfig
 
 
 @dataclass
@@ -159,20 +159,6 @@ def _validate(model: nn.Module, loader: BatchLoader, epoch: int, on_batch: Calla
     except ValueError as e:
         raise TrainingError(f"validation after epoch {epoch}: {e}. Fix: lower lr (the model diverged) or check "
                             "the data") from None
-
-
-def make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or AdamW over the trainable parameters; the id embedding tables in a group of their own that
-    decays by ``embed_decay`` (decoupled: every row shrinks each step, whether the batch read it or not)."""
-    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad]
-    ids = {id(p) for p in tables}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    decoupled = t.optimizer == "adamw"
-    groups = [{"params": rest, "weight_decay": t.weight_decay, "decoupled_weight_decay": decoupled}]
-    if tables:
-        groups.append({"params": tables, "weight_decay": t.embed_decay if t.embed_decay else t.weight_decay,
-                       "decoupled_weight_decay": decoupled or bool(t.embed_decay)})
-    return torch.optim.Adam(groups, lr=t.lr)
 
 
 def logloss_note(model: nn.Module, name: str) -> str | None:
@@ -303,7 +289,8 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
                              **{f"valid_{k}": v for k, v in valid.items()}})
         save_run(work, model, cfg, spec, data.path, inputs, notes=notes)
         return FitResult(0, valid or {"auc": float("nan")}, 0, 0.0, 0.0)
-    optimizer = make_optimizer(model, t)
+    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
     epochs = 1 if t.fast_dev_run else t.epochs
     sign = 1.0 if t.monitor == "auc" else -1.0  # compare sign * metric, higher is better
     run_id = {"config": cfg.to_json(), "data_fingerprint": data.fingerprint, "inputs": inputs}
