@@ -47,7 +47,7 @@ def test_models_name_lists_its_config_keys_with_defaults() -> None:
     r = runner.invoke(app, ["models", "sdim"])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    for key, default in (("rounds", "16"), ("normalize", "per_round"), ("mlp", "200,80"), ("epochs", "10"),
+    for key, default in (("rounds", "8"), ("normalize", "per_round"), ("mlp", "200,80"), ("epochs", "10"),
                          ("threads", "none")):
         assert any(line.split()[:2] == [key, default] for line in lines), (key, lines)
     assert get_model("sdim").summary in lines[0]

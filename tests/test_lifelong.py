@@ -19,7 +19,7 @@ from userlens.data.prepare import prepare, sources_from_files
 from userlens.data.prepared import PreparedData
 from userlens.models.registry import list_models
 from userlens.metrics import auc
-from userlens.synthetic import FAMILY, interest_family_log, lifelong_interest_log
+from userlens.synthetic import FAMILY, HELD_OUT, interest_family_log, lifelong_interest_log
 from userlens.training.config import resolve_config
 from userlens.training.evaluate import evaluate_run
 from userlens.training.trainer import fit
@@ -91,14 +91,16 @@ def test_one_epoch_over_100k_behavior_histories_fits_in_memory(name: str, tmp_pa
 LIFELONG = ("sim_hard", "sim_soft", "eta", "sdim", "twin", "dare", "muse", "qin")
 #: members whose oracle reaches test AUC >= 0.9 (``noisy-labels`` is below on purpose and is benchmarked only)
 SIGNAL_MEMBERS = ("few-early-clicks", "small-catalogue", "long-noise", "sparse-items", "very-long-noise")
-#: TrainConfig defaults (epochs 10, batch 1024, Adam lr 1e-3, patience 2); compile off and one thread change
+#: members no default was tuned on (userlens.synthetic.HELD_OUT): the slow family test asserts the same bar there
+HELD_OUT_MEMBERS = tuple(m.name for m in HELD_OUT)
+#: TrainConfig defaults (epochs 10, batch 512, Adam lr 1e-3, patience 3); compile off and one thread change
 #: speed only (two threads on a shared 2-core machine made one run 13x slower: 246 s vs 18 s)
 DEFAULTS = {"compile": False, "threads": 1}
 
 
 def _family_data(root: Path, member: str, seed: int = 1, **changes: object) -> tuple[PreparedData, float]:
     """The prepared member log and the oracle's test AUC (``changes``: InterestFamily fields to override)."""
-    m = dataclasses.replace(next(f for f in FAMILY if f.name == member), **changes)
+    m = dataclasses.replace(next(f for f in FAMILY + HELD_OUT if f.name == member), **changes)
     log = interest_family_log(m, seed=seed)
     d = root / m.name
     p = log.write(d / "raw")
@@ -145,15 +147,14 @@ def test_cheap_lifelong_models_find_the_signal_with_default_settings(name: str, 
     assert oracle >= 0.9 and got >= 0.85, (got, oracle)
 
 
-#: (model, member) pairs measured below the bar (test AUC, seed 1, 16-core run, torch 2.11): kept visible as
-#: non-strict xfails so the gap stays on record; long-noise has 24k training samples, 24 interest clicks
-#: among 2000 behaviors, and every category collects ~7 noise behaviors, so the count of matches decides.
-SHORT_OF_BAR = {("sdim", "few-early-clicks"): 0.792, ("sdim", "long-noise"): 0.518,
-                ("sim_soft", "long-noise"): 0.846, ("eta", "long-noise"): 0.812, ("twin", "long-noise"): 0.827,
-                ("dare", "long-noise"): 0.848, ("muse", "long-noise"): 0.751}
+#: (model, member) pairs measured below the bar (test AUC, seed 1, defaults of 2026-12-02): kept visible as non-strict
+#: xfails so the gap stays on record. SDIM's bucket sums hold no time; on very-long-noise only the timing of a
+#: user's same-category behaviors tells interest from noise (the exact same-category count over the whole history
+#: reaches 0.78 there), and the models whose exact unit reads time gaps reach 0.87-0.93 (models/sdim.py).
+SHORT_OF_BAR = {("sdim", "very-long-noise"): 0.772}
 FAMILY_CASES = [pytest.param(name, member, marks=pytest.mark.xfail(
     strict=False, reason=f"measured {SHORT_OF_BAR[name, member]:.3f}")) if (name, member) in SHORT_OF_BAR
-    else pytest.param(name, member) for name in LIFELONG for member in SIGNAL_MEMBERS]
+    else pytest.param(name, member) for name in LIFELONG for member in SIGNAL_MEMBERS + HELD_OUT_MEMBERS]
 
 
 @pytest.mark.slow

@@ -254,8 +254,8 @@ class InterestFamily:
 
 #: Members used by the robustness tests and benchmarks: catalogue, category shape, how many and how early
 #: the interest clicks are, noise length and structure, label noise all differ from ``lifelong_interest_log``.
-#: Each has enough users for ~25-50 steps per epoch at the default batch of 1024 (a few hundred users, i.e.
-#: ~10 steps, leaves a model with default settings ~40 updates before early stopping, which measures
+#: Each has enough users for ~50-100 steps per epoch at the default batch of 512 (a few hundred users, i.e.
+#: ~20 steps, leaves a model with default settings ~40 updates before early stopping, which measures
 #: patience, not whether it finds the signal); generating and preparing one takes about a second.
 #: The oracle's test AUC is ~0.95-0.98 except ``noisy-labels`` (~0.88, on purpose).
 FAMILY: tuple[InterestFamily, ...] = (

@@ -30,7 +30,16 @@ Departures:
   a few steps; per-item attention embeddings at unit scale move too slowly for
   that (2000 users, test AUC: 0.80 without, 0.89 with);
 * the output also carries the evidence ``log Σ_j exp(logit_j)`` over the
-  retrieved (0 when none): softmax discards how many behaviors matched.
+  retrieved (0 when none): softmax discards how many behaviors matched;
+* the item attention table starts at std ``attention_item_std = 0.1``, the
+  category one at 1: an item's attention vector starts near its category's
+  search, and the representation tables keep the usual 0.02 (DARE searches with
+  its attention tables, so the lifelong frame's small ``item_init_std`` is not
+  needed there). Family member sparse-items (60,000 items, few samples each), seed
+  1, batch 512: 0.848 → 0.871;
+* the weighted values also carry each behavior's time-gap embedding (``time_gap``,
+  default on), as TWIN's values carry the cross features: long-noise 0.862 →
+  0.903, very-long-noise 0.740 → 0.901 (seed 1).
 """
 
 from __future__ import annotations

@@ -23,6 +23,11 @@ Departures (from the paper and its released code):
   scale from the start, while DIN's score of std-0.02 embeddings is learned
   slowly (family log few-early-clicks, 2000 users: test AUC 0.858 without,
   0.858 with; kept as the paper's design, not as a measured gain);
+* each retrieved behavior's key also carries its time-gap embedding (``time_gap``,
+  default on; the target's part is zeros), as SIM's ESU concatenates it: the ESU
+  can then tell an old interest from recent noise of the same category (family
+  members, seed 1: long-noise 0.845 → 0.883, sparse-items 0.860 → 0.908,
+  very-long-noise 0.783 → 0.900; ``benchmarks/bench_family.py``);
 * SimTier's form (log-counts times per-tier embeddings, summed) is our reading
   of the paper's description, with one embedding set for the retrieved set and
   one for the recent sequence;

@@ -22,6 +22,9 @@ Departures (every one):
   lifelong family; QIN attends over the given recent sequence;
 * it adds the shared short-term DIN view (:class:`~userlens.models.lifelong.LifelongModel`)
   to the tower input, which QIN does not have;
+* each behavior's features also carry its time-gap embedding (``time_gap``,
+  default on; the target's part is zeros), as SIM's ESU: family member
+  very-long-noise, seed 1: 0.834 → 0.929;
 * content features are used only when ``embed-items`` has run (QIN uses the
   challenge's multimodal embeddings); otherwise behaviors are IDs only;
 * the long-term output also carries ``log(1 + n)``, ``n`` the behaviors the
