@@ -176,3 +176,20 @@ def test_the_lock_of_an_unwritable_output_is_named(tmp_path: Path, monkeypatch: 
     with pytest.raises(InputError, match=r"out: cannot write there \(Permission denied\)"):
         with DirLock(tmp_path / "out"):
             pass
+
+
+def test_a_swap_that_died_between_its_renames_gets_its_old_output_back(tmp_path: Path) -> None:
+    """swap_in renames the old output away, then the new one in: killed between, the old one is restored.
+
+    The next writer without force must refuse it like any finished output, and a failing writer must
+    leave it in place (before: clean_stale deleted the only complete copy).
+    """
+    (tmp_path / ".out.old-434343").mkdir()
+    (tmp_path / ".out.old-434343" / "marker").write_text("old")
+    with pytest.raises(InputError), staged_directory(tmp_path / "out", "thing", "marker") as d:
+        (d / "marker").write_text("new")
+    assert (tmp_path / "out" / "marker").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(KeyError), staged_directory(tmp_path / "out", "thing", "marker", force=True) as d:
+        raise KeyError("writer failed")
+    assert (tmp_path / "out" / "marker").read_text() == "old"

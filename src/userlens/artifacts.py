@@ -329,6 +329,24 @@ def inside_artifact(path: Path, markers: tuple[tuple[str, ...], ...]) -> Path | 
     return None
 
 
+def restore_interrupted_swap(target: Path, marker: str) -> bool:
+    """Put back the newest complete ``.<name>.old-*`` when ``target`` is missing: a writer died inside swap_in.
+
+    swap_in renames the previous output away only once the new one is complete; killed before its second
+    rename, the previous output (it holds ``marker``) is the only complete copy, which the next writer's
+    :func:`clean_stale` would delete (and a failure of that writer would then leave nothing). Call it
+    holding :class:`DirLock` on ``target``. Returns whether it restored one.
+    """
+    if target.exists() or target.is_symlink():
+        return False
+    olds = sorted((p for p in target.parent.glob(f".{target.name}.old-*") if (p / marker).is_file()),
+                  key=lambda p: p.stat().st_mtime_ns)
+    if not olds:
+        return False
+    os.replace(olds[-1], target)
+    return True
+
+
 def clean_stale(target: Path) -> None:
     """Remove ``.<name>.tmp-*`` / ``.<name>.old-*`` beside ``target``: left by writers that died.
 
@@ -390,6 +408,8 @@ def staged_directory(target: str | Path, what: str, marker: str, force: bool = F
     target = Path(target)
     check_output_path(target, what, marker, force)
     with DirLock(target):
+        if restore_interrupted_swap(target, marker):
+            check_output_path(target, what, marker, force)  # the output is back: it needs force like any other
         clean_stale(target)
         staged = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         with output_errors(target, staged):

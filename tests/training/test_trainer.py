@@ -318,3 +318,21 @@ def test_content_models_say_when_they_train_without_content(small_data: Prepared
     fit(small_data, resolve_config("din", {**FAST, "epochs": 1, "limit_batches": 1}), tmp_path / "d",
         show_progress=False, log=lines.append)
     assert not any("content vectors" in x for x in lines)
+
+
+def test_a_run_whose_swap_died_halfway_is_restored_not_deleted(small_data: PreparedData, tmp_path) -> None:
+    """Killed between swap_in's renames, a finished run sits at `.run.old-PID` and `run` is missing.
+
+    The next `train` puts it back and refuses to overwrite it without force, like any finished run (it
+    used to delete it as litter, then train into an empty place).
+    """
+    from userlens.errors import InputError
+
+    cfg = resolve_config("din", {**FAST, "epochs": 1})
+    fit(small_data, cfg, tmp_path / "run", show_progress=False, log=lambda s: None)
+    weights = (tmp_path / "run" / "model.safetensors").read_bytes()
+    (tmp_path / "run").rename(tmp_path / ".run.old-999999")
+    with pytest.raises(InputError, match="force"):
+        fit(small_data, cfg, tmp_path / "run", show_progress=False, log=lambda s: None)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run")) == []
