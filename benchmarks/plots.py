@@ -218,7 +218,7 @@ def plot_history_auc(workdir: str | Path, dataset: str, model: str, protocol: st
                     label=f"{name}: {text} ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})")
     ax.set_xticks(x, [f"{b}\n(n = {n:,})" for b, n in zip(res["buckets"], res["n"])])
     ax.set(xlabel="behaviors before the test sample", ylabel="test AUC (mean ± std over seeds)",
-           title=f"{model} on {dataset}: AUC by history length ({protocol})")
+           title=f"{model} on {dataset}\nAUC by history length ({protocol} protocol)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, Path(out) if out is not None else FIGURES / f"history-auc-{dataset}-{model}.png")
