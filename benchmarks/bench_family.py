@@ -81,7 +81,8 @@ def main() -> None:
                 row = {"member": member, "seed": seed, "model": model, "auc": round(ev["auc"], 4),
                        "oracle": round(oracle, 4), "epochs": res.epochs_run, "best_epoch": res.best_epoch,
                        "wall_s": round(time.perf_counter() - t0, 1),
-                       "samples_per_s": round(res.train_samples_per_s_steady or 0.0), "set": overrides, "member_set": changes}
+                       "samples_per_s": round(res.train_samples_per_s_steady or 0.0), "set": overrides,
+                       "member_set": changes}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     members = list(dict.fromkeys(r["member"] for r in rows))

@@ -329,33 +329,27 @@ def inside_artifact(path: Path, markers: tuple[tuple[str, ...], ...]) -> Path | 
     return None
 
 
-def restore_interrupted_swap(target: Path, marker: str) -> bool:
-    """Put back the newest complete ``.<name>.old-*`` when ``target`` is missing: a writer died inside swap_in.
+def clean_stale(target: Path, marker: str | None = None) -> bool:
+    """Recover what writers that died left beside ``target``; return whether an old output was put back.
 
-    swap_in renames the previous output away only once the new one is complete; killed before its second
-    rename, the previous output (it holds ``marker``) is the only complete copy, which the next writer's
-    :func:`clean_stale` would delete (and a failure of that writer would then leave nothing). Call it
-    holding :class:`DirLock` on ``target``. Returns whether it restored one.
+    With ``marker``, a missing ``target`` first gets back the newest complete ``.<name>.old-*`` (one that
+    holds ``marker``): :func:`swap_in` renames the previous output away only once the new one is complete,
+    so a writer killed between its two renames leaves the only complete copy there. Then every other
+    ``.<name>.tmp-*`` / ``.<name>.old-*`` is removed. Call it holding :class:`DirLock` on ``target``: every
+    writer of ``target`` holds it, so no living process owns them. A caller that gets True checks the
+    output again (it now needs ``force`` like any finished one).
     """
-    if target.exists() or target.is_symlink():
-        return False
-    olds = sorted((p for p in target.parent.glob(f".{target.name}.old-*") if (p / marker).is_file()),
-                  key=lambda p: p.stat().st_mtime_ns)
-    if not olds:
-        return False
-    os.replace(olds[-1], target)
-    return True
-
-
-def clean_stale(target: Path) -> None:
-    """Remove ``.<name>.tmp-*`` / ``.<name>.old-*`` beside ``target``: left by writers that died.
-
-    Call it holding :class:`DirLock` on ``target``: every writer of ``target`` holds it, so no
-    living process owns them.
-    """
+    restored = False
+    if marker is not None and not (target.exists() or target.is_symlink()):
+        olds = sorted((p for p in target.parent.glob(f".{target.name}.old-*") if (p / marker).is_file()),
+                      key=lambda p: p.stat().st_mtime_ns)
+        if olds:
+            os.replace(olds[-1], target)
+            restored = True
     for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
         for p in target.parent.glob(pattern):
             _remove(p)
+    return restored
 
 
 def refuse_file_parent(path: Path) -> None:
@@ -408,9 +402,8 @@ def staged_directory(target: str | Path, what: str, marker: str, force: bool = F
     target = Path(target)
     check_output_path(target, what, marker, force)
     with DirLock(target):
-        if restore_interrupted_swap(target, marker):
-            check_output_path(target, what, marker, force)  # the output is back: it needs force like any other
-        clean_stale(target)
+        if clean_stale(target, marker):  # a swap that died halfway: the old output is back
+            check_output_path(target, what, marker, force)
         staged = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         with output_errors(target, staged):
             staged.mkdir(parents=True)

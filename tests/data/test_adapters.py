@@ -12,9 +12,9 @@ import pytest
 
 from userlens.data.adapters import ADAPTERS, load_adapter, register_adapter
 from userlens.data.prepare import PrepareOptions, Sources, prepare
-from userlens.training.config import TrainConfig
 from userlens.data.tables import LINE
 from userlens.errors import InputError
+from userlens.training.config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding pyproject.toml
 DATASETS = (REPO_ROOT / ".." / "shared" / "datasets").resolve()

@@ -11,7 +11,7 @@ from torch import nn
 
 from userlens.data.loader import BatchLoader
 from userlens.data.prepared import PreparedData
-from userlens.errors import ConfigError
+from userlens.errors import ConfigError, InputError
 from userlens.training.config import resolve_config
 from userlens.training.evaluate import evaluate_run
 from userlens.models.registry import build_model
@@ -326,8 +326,6 @@ def test_a_run_whose_swap_died_halfway_is_restored_not_deleted(small_data: Prepa
     The next `train` puts it back and refuses to overwrite it without force, like any finished run (it
     used to delete it as litter, then train into an empty place).
     """
-    from userlens.errors import InputError
-
     cfg = resolve_config("din", {**FAST, "epochs": 1})
     fit(small_data, cfg, tmp_path / "run", show_progress=False, log=lambda s: None)
     weights = (tmp_path / "run" / "model.safetensors").read_bytes()

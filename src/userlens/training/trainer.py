@@ -33,7 +33,7 @@ from userlens.metrics import evaluate_predictions
 from userlens.models.registry import build_model
 from userlens.models.spec import FeatureSpec
 from userlens.artifacts import (DirLock, check_output_path, clean_stale, disk_full, no_space, refuse_link,
-                                restore_interrupted_swap, swap_in, write_atomic)
+                                swap_in, write_atomic)
 from userlens.errors import ConfigError, InputError, Interrupted, TrainingError
 from userlens.training.checkpoint import (CONFIG, METRICS, STATE, STATE_META, load_checkpoint, partial_dir,
                                           save_checkpoint, save_run)
@@ -215,9 +215,8 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, resume: bool = F
     work = partial_dir(out)
     _check_paths(out, work, resume, force)
     with DirLock(out):
-        if restore_interrupted_swap(out, CONFIG):  # a swap that died halfway: its old run is back, checked like any other
+        if clean_stale(out, CONFIG):  # a swap that died halfway: the old run is back
             _check_paths(out, work, resume, force)
-        clean_stale(out)
         if not resume:
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
