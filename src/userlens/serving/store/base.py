@@ -120,6 +120,18 @@ class BehaviorStore(ABC):
         """Replace the whole store by the snapshot at ``path`` (stop appenders first); returns users restored."""
 
     @abstractmethod
+    def read_info(self) -> dict | None:
+        """What the store was loaded for (``write_info``): e.g. the vocabulary fingerprint; None if never written."""
+
+    @abstractmethod
+    def write_info(self, info: dict) -> None:
+        """Record a JSON-serialisable ``info`` beside the histories (durable; replaces the previous one)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Read and write a probe (``/healthz``); raises :class:`~userlens.errors.UserlensError` naming the cause."""
+
+    @abstractmethod
     def stats(self) -> dict[str, int]:
         """Counters: users, behaviors, dropped_over_cap, duplicates, unknown_items, bytes on disk / in memory."""
 

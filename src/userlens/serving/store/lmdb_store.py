@@ -16,9 +16,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -222,6 +224,27 @@ class LMDBStore(BehaviorStore):
         finally:
             src.close()
         return int(added)
+
+    def read_info(self) -> dict | None:
+        with self.env.begin() as txn:
+            raw = txn.get(b"info", db=self._meta)
+        return None if raw is None else json.loads(raw)
+
+    def write_info(self, info: dict) -> None:
+        try:
+            with self.env.begin(write=True) as txn:
+                txn.put(b"info", json.dumps(info, sort_keys=True).encode(), db=self._meta)
+        except lmdb.MapFullError:
+            raise self._map_full() from None
+
+    def check(self) -> None:
+        try:
+            with self.env.begin(write=True) as txn:
+                txn.get(b"format", db=self._meta)
+                txn.put(b"probe", struct.pack("<q", time.time_ns()), db=self._meta)
+        except lmdb.Error as e:
+            raise UserlensError(f"{self.path}: the LMDB store cannot be read or written ({e}). Fix: check the "
+                                "disk (space, permissions) and the map size.") from None
 
     def stats(self) -> dict[str, int]:
         with self.env.begin() as txn:

@@ -124,6 +124,7 @@ class RedisStore(BehaviorStore):
         self.url, self.cap, self.namespace = url, cap, namespace
         self._prefix = f"{namespace}:h:".encode()
         self._stats_key = f"{namespace}:stats"
+        self._info_key = f"{namespace}:info"
         try:
             self.client = redis.Redis.from_url(url, socket_connect_timeout=5)
         except ValueError as e:
@@ -320,6 +321,20 @@ class RedisStore(BehaviorStore):
                               args=[_glob_escape(self.namespace) + ":h:*", self._prefix, len(stats) // 2,
                                     *stats, *pairs])
         return int(n)
+
+    def read_info(self) -> dict | None:
+        with self._errors():
+            raw = self.client.get(self._info_key)
+        return None if raw is None else json.loads(raw)
+
+    def write_info(self, info: dict) -> None:
+        with self._errors():
+            self.client.set(self._info_key, json.dumps(info, sort_keys=True))
+
+    def check(self) -> None:
+        with self._errors():
+            self.client.set(f"{self.namespace}:probe", _time.time_ns())
+            self.client.get(self._info_key)
 
     def stats(self) -> dict[str, int]:
         with self._errors():
