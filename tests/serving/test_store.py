@@ -20,7 +20,7 @@ import pytest
 from userlens.data.prepare import PrepareOptions, prepare, sources_from_files
 from userlens.data.prepared import PreparedData
 from userlens.errors import InputError, UserlensError
-from userlens.serving.store import UNKNOWN, Event, LMDBStore, RedisStore, bulk_load_prepared, open_store
+from userlens.serving.store import UNKNOWN, Event, LMDBStore, RedisStore, bulk_load_prepared, open_store, record
 from userlens.synthetic import leakage_log
 
 # --------------------------------------------------------------------------- a reference store
@@ -37,16 +37,22 @@ class Reference:
         for user in dict.fromkeys(e.user_id for e in events):
             rows = self.rows.setdefault(user, [])
             seen = {r[4] for r in rows if r[4] is not None}
+            new = []
             for e in (e for e in events if e.user_id == user):
                 if e.event_id is not None and e.event_id in seen:
                     self.totals["duplicates"] += 1
                     continue
                 seen.add(e.event_id)
-                rows.append((e.timestamp_ms, e.item, e.category, e.behavior, e.event_id,
-                             e.item_id if e.item == UNKNOWN else None))
-                self.version[user] = self.version.get(user, 0) + 1
+                new.append((e.timestamp_ms, e.item, e.category, e.behavior, e.event_id,
+                            e.item_id if e.item == UNKNOWN else None))
                 self.totals["appended"] += 1
                 self.totals["unknown_items"] += e.item == UNKNOWN
+            older = [r for r in new if rows and r[0] < rows[0][0]]
+            if older and len(rows) + len(new) - self.cap >= len(older):  # evicted at once: never numbered
+                new = [r for r in new if r not in older]
+                self.totals["dropped_over_cap"] += len(older)
+            self.version[user] = self.version.get(user, 0) + len(new)
+            rows += new
             rows.sort(key=lambda r: r[0])  # stable: ties keep arrival order
             drop = max(0, len(rows) - self.cap)
             self.totals["dropped_over_cap"] += drop
@@ -61,7 +67,8 @@ class Reference:
             assert h.item.tolist() == [r[1] for r in rows], user
             assert h.category.tolist() == [r[2] for r in rows], user
             assert h.behavior.tolist() == [r[3] for r in rows], user
-            assert h.unknown_item_ids == [r[5] for r in rows if r[5] is not None], user
+            unknown = [h.start + i for i, r in enumerate(rows) if r[5] is not None]
+            assert store.raw_ids(user, unknown) == [r[5] for r in rows if r[5] is not None], user
             assert h.version == self.version.get(user, 0), user
         s = store.stats()
         assert s["users"] == sum(1 for r in self.rows.values() if r)
@@ -113,6 +120,66 @@ def test_histories_match_the_reference(make_store, cap: int) -> None:
     assert (ref.totals["dropped_over_cap"] > 0) == (cap < 100)
 
 
+def _footprint(store) -> tuple[int, int, int]:
+    """Blocks, event ids and raw ids stored (all users): what a stream must not leak."""
+    if isinstance(store, LMDBStore):
+        with store.env.begin() as txn:
+            return tuple(txn.stat(db)["entries"] for db in (store._blocks, store._ids, store._raw))
+    c = store.client
+    keys = list(c.scan_iter(match=store._pattern))
+    return (sum(b"}:b:" in k for k in keys), sum(c.hlen(k) for k in keys if k.endswith(b"}:e")),
+            sum(c.hlen(k) for k in keys if k.endswith(b"}:r")))
+
+
+@pytest.mark.parametrize("cap", [5, 13])
+def test_small_blocks_match_the_reference_and_leak_nothing(make_store, monkeypatch, cap: int) -> None:
+    """Histories crossing many blocks (4 rows each), evictions emptying blocks, inserts rewriting them."""
+    monkeypatch.setattr(record, "BLOCK", 4)
+    store, ref = make_store(cap), Reference(cap)
+    for batch in random_batches(seed=cap + 1, n_batches=25, users=3, size=12):
+        store.append(batch)
+        ref.append(batch)
+        ref.check(store)
+    blocks, ids, raws = _footprint(store)
+    kept = [r for rows in ref.rows.values() for r in rows]
+    assert ids == sum(r[4] is not None for r in kept) and raws == sum(r[5] is not None for r in kept)
+    assert blocks <= sum(-(-len(rows) // 4) + 1 for rows in ref.rows.values())  # dead blocks are deleted
+
+
+def test_a_read_since_a_number_returns_the_new_rows_while_the_tag_holds(make_store, monkeypatch) -> None:
+    monkeypatch.setattr(record, "BLOCK", 4)
+    store = make_store(10)
+    store.append([Event("u", "i", 100 + k, item=2 + k, category=2) for k in range(8)])
+    h = store.history("u")
+    assert (h.start, h.end) == (0, 8) and h.tag
+    for k in range(8, 30):  # one event at a time, in order: the tag holds, the window slides
+        store.append([Event("u", "i", 100 + k, item=2 + k, category=2)])
+        d = store.history("u", since=h.end, tag=h.tag)
+        assert (d.start, d.tag, d.item.tolist()) == (h.end, h.tag, [2 + k])
+        h = store.history("u")
+        assert (h.start, h.end) == (max(0, k + 1 - 10), k + 1) and h.item.tolist() == list(range(2, 3 + k))[-10:]
+    same = store.history("u", since=h.end, tag=h.tag)
+    assert (same.start, len(same)) == (h.end, 0)
+    assert store.history("u", since=h.end, tag=h.tag + 1).start == h.start  # another tag: the whole window
+    store.append([Event("u", "late", 105 + 20, item=99, category=2)])  # out of order: renumbers, new tag
+    late = store.history("u", since=h.end, tag=h.tag)
+    assert late.tag != h.tag and (late.start, len(late)) == (h.start + 1, 10) and 99 in late.item.tolist()
+    before = store.history("u")
+    store.bulk_load(["u"], np.array([0, 2]), np.array([5, 6], np.int32), np.array([2, 2], np.int32),
+                    np.array([1, 2], np.int64), np.zeros(2, np.int16))
+    assert store.history("u").tag not in (before.tag, 0)
+
+
+def test_restore_renews_every_tag(make_store, tmp_path: Path) -> None:
+    store = make_store(10)
+    store.append([Event("u", "i", 100 + k, item=2 + k, category=2) for k in range(3)])
+    tag = store.history("u").tag
+    snap = store.snapshot(tmp_path / "snap")
+    store.restore(snap)  # the same rows, the same length: a scorer's state must still be rebuilt
+    h = store.history("u")
+    assert h.item.tolist() == [2, 3, 4] and h.tag != tag
+
+
 def test_append_is_idempotent_by_event_id(make_store) -> None:
     store = make_store(100)
     batch = [Event("u", f"i{k}", 1000 + k, item=2 + k, category=3, event_id=f"e{k}") for k in range(5)]
@@ -145,7 +212,7 @@ def test_history_is_capped_oldest_dropped_and_counted(make_store) -> None:
     assert store.history("u").item.tolist() == [12, 11, 10]
     res = store.append([Event("u", "old", 1, item=99, category=2)])  # older than everything kept: dropped
     assert res.dropped_over_cap == 1 and store.history("u").item.tolist() == [12, 11, 10]
-    assert store.history("u").version == 6  # version counts every event appended, capping included
+    assert store.history("u").version == 5  # never numbered: it would have been evicted at once
     s = store.stats()
     assert (s["behaviors"], s["dropped_over_cap"], s["users"]) == (3, 3, 1)
 
@@ -159,7 +226,7 @@ def test_unknown_items_keep_their_raw_ids_through_inserts_and_capping(make_store
     assert res.unknown_items == 2
     h = store.history("u")  # new-1 dropped by the cap
     assert h.item.tolist() == [UNKNOWN, 7, UNKNOWN, UNKNOWN]
-    assert h.unknown_item_ids == ["new-2", "new-3", "new-4"]
+    assert store.raw_ids("u", h.start + np.flatnonzero(h.item == UNKNOWN)) == ["new-2", "new-3", "new-4"]
     assert store.stats()["unknown_items"] == 4
 
 
@@ -216,7 +283,8 @@ def test_bulk_load_replaces_sorts_and_validates(make_store) -> None:
     n = store.bulk_load(["a", "b"], np.array([0, 3, 3]), item, item.copy(), time, np.zeros(4, np.int16))
     assert n == 3
     h = store.history("a")
-    assert h.time.tolist() == [10, 20, 30] and h.item.tolist() == [UNKNOWN, 7, 5] and h.unknown_item_ids == [""]
+    assert h.time.tolist() == [10, 20, 30] and h.item.tolist() == [UNKNOWN, 7, 5]
+    assert store.raw_ids("a", [h.start]) == [""]  # bulk loads carry no raw ids
     assert len(store.history("b")) == 0  # replaced by an empty history
     s = store.stats()
     assert (s["users"], s["behaviors"], s["unknown_items"]) == (1, 3, 1)
@@ -348,7 +416,7 @@ def test_lmdb_path_errors(tmp_path: Path) -> None:
             store.history("x" * 600)
         with pytest.raises(InputError, match="user_id must be a non-empty string"):
             store.append([Event("", "i", 1, item=2, category=2)])
-        with pytest.raises(InputError, match="timestamp_ms is not an integer"):
+        with pytest.raises(InputError, match="timestamp_ms is 1.5, not an integer"):
             store.append([Event("u", "i", 1.5, item=2, category=2)])  # type: ignore[arg-type]
 
 

@@ -186,10 +186,10 @@ class Scorer:
                 self._account(str(user_id), entry)
         scores = 1.0 / (1.0 + np.exp(-logits))
         unknown = [i for i, c in enumerate(batch.target["target_item"].tolist()) if c == UNKNOWN]
-        why = self.explanation(trace, history, n) if explain else None
+        why = self.explanation(str(user_id), trace, history, n) if explain else None
         return ScoreResult(scores.tolist(), logits.tolist(), unknown, n == 0, n, t, why)
 
-    def explanation(self, trace: dict[str, object] | None, history: UserHistory, n: int) -> dict:
+    def explanation(self, user_id: str, trace: dict[str, object] | None, history: UserHistory, n: int) -> dict:
         """Per candidate, the picked behaviors (raw item id, epoch seconds, weight), highest weight first.
 
         The weight is the ESU's attention on that behavior (softmax, head-averaged, for TWIN/ETA/DARE and
@@ -203,18 +203,14 @@ class Scorer:
             return {"supported": False, "reason": reason}
         weights = (trace or {}).get("esu_weights")
         vocab = self.package.vocabs["item"].raw
-        unknown_rank = np.cumsum(history.item[:n] == UNKNOWN) - 1  # → index into history.unknown_item_ids
+        rows = [sel.positions[b, : sel.lengths[b]].tolist() for b in range(len(sel.lengths))]  # type: ignore[attr-defined]
+        unknown = sorted({p for r in rows for p in r if history.item[p] == UNKNOWN})
+        raw = dict(zip(unknown, self.store.raw_ids(user_id, [history.start + p for p in unknown])))
         out = []
-        for b in range(len(sel.lengths)):  # type: ignore[attr-defined]
-            pos = sel.positions[b, : sel.lengths[b]]  # type: ignore[attr-defined]
+        for b, pos in enumerate(rows):
             w = weights[b, : len(pos)].tolist() if weights is not None else [None] * len(pos)  # type: ignore[index]
-            picks = []
-            for p, wt in zip(pos.tolist(), w):
-                code = int(history.item[p])
-                raw = vocab[code] if code != UNKNOWN else (
-                    history.unknown_item_ids[unknown_rank[p]] if unknown_rank[p] < len(history.unknown_item_ids)
-                    else "")
-                picks.append({"item_id": raw, "timestamp": int(history.time[p]) / 1000, "weight": wt})
+            picks = [{"item_id": vocab[int(history.item[p])] if p not in raw else raw[p],
+                      "timestamp": int(history.time[p]) / 1000, "weight": wt} for p, wt in zip(pos, w)]
             if weights is not None:
                 picks.sort(key=lambda d: -d["weight"])
             out.append(picks)

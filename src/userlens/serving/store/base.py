@@ -1,8 +1,8 @@
 """The behavior store interface: what the scorer and the HTTP API need from any backend.
 
 A store keeps, per user, the most recent ``cap`` behaviors (``cap`` = the model
-package's ``long_len``) as arrays sorted by time: item code, category code,
-timestamp (epoch ms) and behavior code, exactly the timeline fields a prepared
+package's ``long_len``) as an append-only log sorted by time: item code, category
+code, timestamp (epoch ms) and behavior code, exactly the timeline fields a prepared
 directory holds, so a scorer reads a user's history in one call and feeds the
 same GSU code that training used.
 
@@ -10,16 +10,20 @@ Contract (tested on every backend by ``tests/serving/test_store.py``):
 
 * :meth:`BehaviorStore.append` is acknowledged only when durable (LMDB: the
   transaction is synced; Redis: the server's AOF is fsynced per write);
-* appends are idempotent by ``event_id`` (an event whose id the user already has
-  is counted as a duplicate and changes nothing); events without an id are
+* appends are idempotent by ``event_id`` (an event whose id the user's window
+  holds is counted as a duplicate and changes nothing); events without an id are
   always appended;
 * out-of-order events are placed by timestamp (ties keep arrival order);
 * a history is capped at ``cap``: the oldest behaviors are dropped and counted;
 * items unknown to the package vocabulary arrive with code 1 (UNK) and their raw
-  id; the store keeps them and counts them (``unknown_items``);
-* every user has a ``version``: the number of events ever appended for them
-  (not decreased by capping), so a scorer can cache per-user state and know
-  when it is stale.
+  id; the store keeps them (:meth:`BehaviorStore.raw_ids`) and counts them (``unknown_items``);
+* behaviors carry absolute sequence numbers (the window is ``[start, end)``) and
+  every user a write ``tag`` that changes whenever numbered rows change other than
+  by appending in time order (out-of-order inserts, bulk loads, restores): a scorer
+  holding per-user state for ``(tag, end)`` reads only the rows after ``end``
+  (``history(user, since=end, tag=tag)``) and extends its state with them.
+
+The layout (blocks, ids, raw ids) and what an append writes are in :mod:`userlens.serving.store.record`.
 """
 
 from __future__ import annotations
@@ -60,25 +64,32 @@ class Event:
 
 @dataclass
 class UserHistory:
-    """A user's stored behaviors, oldest first (``(n,)`` arrays, ``n <= cap``).
+    """Behaviors numbered ``start, start + 1, …`` (``(n,)`` arrays, oldest first, ``n <= cap``).
 
-    The arrays may be read-only views of the stored value (no copy on read): ``.copy()`` one to modify it.
+    A full read is the user's window; a read ``since`` a number with an unchanged ``tag``
+    holds only the rows from there on (see :meth:`BehaviorStore.history`).
     """
 
     item: np.ndarray  # int32
     category: np.ndarray  # int32
     time: np.ndarray  # int64 epoch ms
     behavior: np.ndarray  # int16
-    version: int = 0  # events ever appended for this user (see the module docstring)
-    # raw item id of each behavior whose item is UNKNOWN, in history order ("" when bulk-loaded without one)
-    unknown_item_ids: list[str] = field(default_factory=list)
+    start: int = 0  # absolute sequence number of the first row
+    tag: int = 0  # the user's write tag when read (0: no history)
 
     def __len__(self) -> int:
         return len(self.item)
 
+    @property
+    def end(self) -> int:
+        """Sequence number after the last row: behaviors ever kept for the user (not decreased by capping)."""
+        return self.start + len(self.item)
+
+    version = end
+
     @classmethod
     def empty(cls) -> UserHistory:
-        return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int16), 0)
+        return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int16))
 
 
 @dataclass
@@ -90,7 +101,7 @@ class AppendResult:
     dropped_over_cap: int = 0  # oldest behaviors removed to keep ``cap``
     unknown_items: int = 0  # appended events whose item the vocabulary does not know
     users: int = 0  # distinct users touched
-    versions: dict[str, int] = field(default_factory=dict)  # user → version after the call
+    versions: dict[str, int] = field(default_factory=dict)  # user → end (behaviors ever kept) after the call
 
 
 class BehaviorStore(ABC):
@@ -103,8 +114,17 @@ class BehaviorStore(ABC):
         """Append a batch (any users, any order); returns only once the batch is durable."""
 
     @abstractmethod
-    def history(self, user_id: str) -> UserHistory:
-        """The user's behaviors, oldest first; an empty history (version 0) for an unknown user."""
+    def history(self, user_id: str, since: int | None = None, tag: int | None = None) -> UserHistory:
+        """The user's behaviors, oldest first; an empty history for an unknown user.
+
+        With ``since`` and ``tag``: when the stored tag is ``tag`` and ``since`` is inside the window,
+        only the rows numbered ``since`` onwards (possibly none); otherwise the whole window. The
+        caller tells the two apart by ``result.start == since and result.tag == tag``.
+        """
+
+    @abstractmethod
+    def raw_ids(self, user_id: str, numbers: Sequence[int]) -> list[str]:
+        """The raw item ids appended for the behaviors ``numbers`` whose item is UNKNOWN ("" when not recorded)."""
 
     @abstractmethod
     def bulk_load(self, user_ids: Sequence[str], offsets: np.ndarray, item: np.ndarray, category: np.ndarray,

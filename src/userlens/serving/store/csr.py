@@ -1,4 +1,4 @@
-"""CSR arrays (a prepared timeline) → one packed value per user, for ``bulk_load`` on every backend."""
+"""CSR arrays (a prepared timeline) → each user's meta and blocks, for ``bulk_load`` on every backend."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from userlens.serving.store import record
 
 def segments(user_ids: Sequence[str], offsets: np.ndarray, item: np.ndarray, category: np.ndarray,
              time: np.ndarray, behavior: np.ndarray, cap: int
-             ) -> Iterator[tuple[str, bytes | None, int, int, int]]:
-    """Per user: ``(user_id, value or None when empty, behaviors kept, dropped over cap, unknown items)``.
+             ) -> Iterator[tuple[str, tuple[record.Meta, list[tuple[int, bytes]]] | None, int, int, int]]:
+    """Per user: ``(user_id, (meta, blocks) or None when empty, behaviors kept, dropped over cap, unknown items)``.
 
     User ``i`` owns rows ``[offsets[i], offsets[i + 1])`` (offsets need not start at 0). Rows of one
     user are sorted by time here when they are not already (stable: ties keep their order).
@@ -45,6 +45,6 @@ def segments(user_ids: Sequence[str], offsets: np.ndarray, item: np.ndarray, cat
         if b == a:
             yield user, None, 0, 0, 0
             continue
-        value, dropped, unknown = record.build(cols["time"][a:b], cols["item"][a:b], cols["category"][a:b],
-                                               cols["behavior"][a:b], cap)
-        yield user, value, b - a - dropped, dropped, unknown
+        meta, blocks, dropped, unknown = record.build(cols["time"][a:b], cols["item"][a:b], cols["category"][a:b],
+                                                      cols["behavior"][a:b], cap)
+        yield user, (meta, blocks), b - a - dropped, dropped, unknown

@@ -1,8 +1,12 @@
 """The embedded behavior store: one LMDB environment in one directory.
 
-Layout: ``PATH/data.mdb`` + ``PATH/lock.mdb`` with two named databases, ``users`` (user id, UTF-8 →
-the packed history of :mod:`userlens.serving.store.record`) and ``meta`` (``format`` and the
-``stats`` counters, five little-endian i64). A whole :meth:`LMDBStore.append` call is one write
+Layout: ``PATH/data.mdb`` + ``PATH/lock.mdb`` with named databases holding the log of
+:mod:`userlens.serving.store.record`: ``users`` (user id, UTF-8 → its 40-byte meta), ``blocks``
+(user id + NUL + block number, big-endian u64 → rows), ``ids`` (user id + NUL + event hash → empty),
+``raw`` (user id + NUL + sequence number → raw item id) and ``meta`` (``format``, ``info`` and the
+``stats`` counters, five little-endian i64). Keys of one user sort together, blocks in order. A
+single-event append at the cap writes the meta, one block (at most 6.6 KB) and the ids it adds and
+drops, not the whole history. A whole :meth:`LMDBStore.append` call is one write
 transaction, committed with ``fdatasync`` (``sync=True``, ``metasync=True``) before it returns:
 an acknowledged append survives ``kill -9`` and power loss. LMDB serialises write transactions
 across processes and threads (a robust mutex in ``lock.mdb``), so several processes may append to
@@ -33,7 +37,7 @@ from userlens.serving.store import record
 from userlens.serving.store.base import AppendResult, BehaviorStore, Event, UserHistory
 from userlens.serving.store.csr import segments
 
-FORMAT = b"userlens-history-1"
+FORMAT = b"userlens-history-2"
 STATS = struct.Struct("<5q")  # users, behaviors, dropped_over_cap, duplicates, unknown_items
 STAT_NAMES = ("users", "behaviors", "dropped_over_cap", "duplicates", "unknown_items")
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file grows only as data is written
@@ -74,9 +78,12 @@ class LMDBStore(BehaviorStore):
         except PermissionError as e:
             raise not_writable(self.path, e) from None
         try:
-            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2, subdir=True, sync=True,
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=5, subdir=True, sync=True,
                                  metasync=True, readahead=False, max_readers=512)
             self._users = self.env.open_db(b"users")
+            self._blocks = self.env.open_db(b"blocks")
+            self._ids = self.env.open_db(b"ids")
+            self._raw = self.env.open_db(b"raw")
             self._meta = self.env.open_db(b"meta")
             with self.env.begin(write=True) as txn:
                 have = txn.get(b"format", db=self._meta)
@@ -116,29 +123,103 @@ class LMDBStore(BehaviorStore):
             with self.env.begin(write=True, db=self._users) as txn:  # commit = fdatasync, on leaving the block
                 c = self._counters(txn)
                 for user, batch in groups.items():
-                    old = txn.get(keys[user])
-                    m = record.merge(old, batch, self.cap)
-                    if m.value is not None:
-                        txn.put(keys[user], m.value)
-                    c[0] += old is None and m.value is not None
-                    c[1] += m.n_after - m.n_before
-                    c[2] += m.dropped
-                    c[3] += m.duplicates
-                    c[4] += m.unknown
-                    res.appended += m.appended
-                    res.duplicates += m.duplicates
-                    res.dropped_over_cap += m.dropped
-                    res.unknown_items += m.unknown
-                    res.versions[user] = m.version
+                    key = keys[user]
+                    meta = self._meta_of(txn, key)
+                    hashes = batch.rows["hash"].tolist()
+                    known = np.array([bool(h) and meta is not None and
+                                      txn.get(key + b"\0" + record.hash_key(h), db=self._ids) is not None
+                                      for h in hashes], dtype=bool)
+                    stored = record.Stored(meta, known)
+                    need = record.needs(meta, batch, known, self.cap)
+                    if need is not None:
+                        a, b, with_raw = need
+                        stored.rows, stored.rows_start = self._rows(txn, key, meta, a, b), a
+                        if with_raw:
+                            stored.raws = self._raws(txn, key, a, b)
+                    plan = record.plan_append(stored, batch, self.cap)
+                    self._apply(txn, key, plan)
+                    c[0] += meta is None and plan.meta is not None
+                    c[1] += plan.n_after - plan.n_before
+                    c[2] += plan.dropped
+                    c[3] += plan.duplicates
+                    c[4] += plan.unknown
+                    res.appended += plan.appended
+                    res.duplicates += plan.duplicates
+                    res.dropped_over_cap += plan.dropped
+                    res.unknown_items += plan.unknown
+                    res.versions[user] = plan.version if plan.meta is not None else (meta.end if meta else 0)
                 txn.put(b"stats", STATS.pack(*c), db=self._meta)
         except lmdb.MapFullError:
             raise self._map_full() from None
         return res
 
-    def history(self, user_id: str) -> UserHistory:
+    @staticmethod
+    def _sub(key: bytes, number: int) -> bytes:
+        return key + b"\0" + number.to_bytes(8, "big")
+
+    def _meta_of(self, txn: lmdb.Transaction, key: bytes) -> record.Meta | None:
+        raw = txn.get(key, db=self._users)
+        return None if raw is None else record.Meta.unpack(raw)
+
+    def _rows(self, txn: lmdb.Transaction, key: bytes, meta: record.Meta, a: int, b: int) -> np.ndarray:
+        blocks = [txn.get(self._sub(key, n), db=self._blocks) for n in range(a // record.BLOCK,
+                                                                           -(-b // record.BLOCK))] if b > a else []
+        return record.window_rows(meta, blocks, a, b)
+
+    def _raws(self, txn: lmdb.Transaction, key: bytes, a: int, b: int) -> dict[int, str]:
+        out, cur, lo = {}, txn.cursor(db=self._raw), self._sub(key, a)
+        if cur.set_range(lo):
+            for k, v in cur:
+                if not k.startswith(key + b"\0") or int.from_bytes(k[-8:], "big") >= b:
+                    break
+                out[int.from_bytes(k[-8:], "big")] = bytes(v).decode()
+        return out
+
+    def _apply(self, txn: lmdb.Transaction, key: bytes, plan: record.Plan) -> None:
+        """Write ``plan`` (deletions first: a rewrite deletes raw ids it puts back renumbered)."""
+        if plan.meta is None:
+            return
+        for n in plan.deletes:
+            txn.delete(self._sub(key, n), db=self._blocks)
+        for n, value in plan.puts.items():
+            txn.put(self._sub(key, n), value, db=self._blocks)
+        for n, rows in plan.appends:
+            k = self._sub(key, n)
+            old = txn.get(k, db=self._blocks)
+            txn.put(k, old + rows if old else rows, db=self._blocks)
+        for h in plan.ids_del:
+            txn.delete(key + b"\0" + h, db=self._ids)
+        for h in plan.ids_add:
+            txn.put(key + b"\0" + h, b"", db=self._ids)
+        for n in plan.raw_del:
+            txn.delete(self._sub(key, n), db=self._raw)
+        for n, raw in plan.raw_put.items():
+            txn.put(self._sub(key, n), raw.encode(), db=self._raw)
+        txn.put(key, plan.meta.pack(), db=self._users)
+
+    def _drop_user(self, txn: lmdb.Transaction, key: bytes) -> None:
+        """Delete every key of one user (bulk loads replace histories)."""
+        txn.delete(key, db=self._users)
+        for db in (self._blocks, self._ids, self._raw):
+            cur = txn.cursor(db=db)
+            if cur.set_range(key + b"\0"):
+                while cur.key().startswith(key + b"\0") and cur.delete():
+                    pass
+
+    def history(self, user_id: str, since: int | None = None, tag: int | None = None) -> UserHistory:
+        key = self._key(user_id)
         with self.env.begin(db=self._users) as txn:
-            value = txn.get(self._key(user_id))
-        return UserHistory.empty() if value is None else record.decode(value, self.cap)
+            meta = self._meta_of(txn, key)
+            if meta is None:
+                return UserHistory.empty()
+            a = since if since is not None and tag == meta.tag and meta.base <= since <= meta.end else meta.base
+            return record.to_history(self._rows(txn, key, meta, a, meta.end), a, meta.tag)
+
+    def raw_ids(self, user_id: str, numbers: Sequence[int]) -> list[str]:
+        key = self._key(user_id)
+        with self.env.begin(db=self._raw) as txn:
+            got = [txn.get(self._sub(key, int(n))) for n in numbers]
+        return [bytes(v).decode() if v is not None else "" for v in got]
 
     def bulk_load(self, user_ids: Sequence[str], offsets: np.ndarray, item: np.ndarray, category: np.ndarray,
                   time: np.ndarray, behavior: np.ndarray) -> int:
@@ -146,24 +227,25 @@ class LMDBStore(BehaviorStore):
         txn = None
         try:
             pending = 0
-            for user, value, n, dropped, unknown in segments(user_ids, offsets, item, category, time, behavior,
+            for user, built, n, dropped, unknown in segments(user_ids, offsets, item, category, time, behavior,
                                                              self.cap):
                 if txn is None:
                     txn = self.env.begin(write=True, db=self._users)
                     c = self._counters(txn)
                 key = self._key(user)
-                old = txn.get(key)
-                n_old = record.header(old)[0] if old is not None else 0
-                if value is None:
-                    txn.delete(key)
-                else:
-                    txn.put(key, value)
-                c[0] += (value is not None) - (old is not None)
-                c[1] += n - n_old
+                old = self._meta_of(txn, key)
+                self._drop_user(txn, key)
+                if built is not None:
+                    meta, blocks = built
+                    for b, rows in blocks:
+                        txn.put(self._sub(key, b), rows, db=self._blocks)
+                        pending += len(rows)
+                    txn.put(key, meta.pack(), db=self._users)
+                c[0] += (built is not None) - (old is not None)
+                c[1] += n - (old.n if old is not None else 0)
                 c[2] += dropped
                 c[4] += unknown
                 stored += n
-                pending += len(value or b"")
                 if pending >= BULK_TXN_BYTES:
                     txn.put(b"stats", STATS.pack(*c), db=self._meta)
                     txn.commit()
@@ -205,19 +287,27 @@ class LMDBStore(BehaviorStore):
         if not (src_path / "data.mdb").is_file():
             raise InputError(f"{src_path}: not an LMDB snapshot (no data.mdb). Fix: pass a directory written by "
                              "LMDBStore.snapshot.")
-        src = lmdb.open(str(src_path), readonly=True, lock=False, max_dbs=2, subdir=True)
+        src = lmdb.open(str(src_path), readonly=True, lock=False, max_dbs=5, subdir=True)
+        names = (b"users", b"blocks", b"ids", b"raw")
         try:
             try:
-                s_users, s_meta = src.open_db(b"users", create=False), src.open_db(b"meta", create=False)
+                s_dbs = [src.open_db(name, create=False) for name in names]
+                s_meta = src.open_db(b"meta", create=False)
             except lmdb.NotFoundError:
-                raise InputError(f"{src_path}: an LMDB environment but not a userlens store snapshot. Fix: pass a "
-                                 "directory written by LMDBStore.snapshot.") from None
+                raise InputError(f"{src_path}: an LMDB environment but not a userlens store snapshot of this "
+                                 "version. Fix: pass a directory written by LMDBStore.snapshot.") from None
             with src.begin() as stxn, self.env.begin(write=True, db=self._users) as txn:
                 if stxn.get(b"format", db=s_meta) != FORMAT:
                     raise InputError(f"{src_path}: snapshot format {stxn.get(b'format', db=s_meta)!r}, expected "
                                      f"{FORMAT!r}. Fix: restore it with the userlens that wrote it.")
-                txn.drop(self._users, delete=False)
-                _, added = txn.cursor().putmulti(stxn.cursor(db=s_users).iternext(), append=True)
+                for db, s_db in zip((self._users, self._blocks, self._ids, self._raw), s_dbs):
+                    txn.drop(db, delete=False)
+                    txn.cursor(db=db).putmulti(stxn.cursor(db=s_db).iternext(), append=True)
+                # new write tags: a scorer's state for a user cannot outlive the restore (same lengths included)
+                retag = [(k, record.Meta.unpack(v)) for k, v in txn.cursor(db=self._users).iternext()]
+                for k, m in retag:
+                    txn.put(k, record.Meta(m.base, m.end, record.new_tag(), m.last).pack(), db=self._users)
+                added = len(retag)
                 txn.put(b"stats", stxn.get(b"stats", db=s_meta) or STATS.pack(0, 0, 0, 0, 0), db=self._meta)
         except lmdb.MapFullError:
             raise self._map_full() from None

@@ -1,30 +1,33 @@
-"""One user's history as one packed value, and the read-modify-write every backend shares.
+"""One user's history as an append-only log of small blocks, and the append plan every backend shares.
 
-Format (version 1; all integers little-endian; the same bytes in LMDB, in Redis and in snapshots)::
+A user's behaviors carry **absolute sequence numbers**: the ``s``-th behavior ever kept for the
+user (in time order) is number ``s``. The store keeps the window ``[base, end)`` (``end - base <=
+cap``); appending in time order gives the new behaviors ``end, end + 1, …`` and raises ``base``
+when the window is full, so nothing stored moves. Layout (the same bytes in LMDB, Redis and
+snapshots; integers little-endian)::
 
-    offset        size        field
-    0             4           magic b"ULH1"
-    4             4           n            u32  behaviors stored, oldest first
-    8             4           n_unknown    u32  raw ids stored (= behaviors whose item is UNKNOWN)
-    12            4           blob_len     u32  bytes of the raw-id blob
-    16            8           version      u64  events ever appended for the user
-    24            8           tag          u64  random, new on every write (Redis compare-and-set token)
-    32            8n          time         i64  epoch ms, non-decreasing
-    32 + 8n       8n          event hash   u64  64-bit BLAKE2b of event_id, 0 = no id
-    32 + 16n      4n          item         i32
-    32 + 20n      4n          category     i32
-    32 + 24n      2n          behavior     i16
-    32 + 26n      blob_len    raw ids      UTF-8, "\\0"-joined, one per UNKNOWN item, in history order
+    meta   (per user, 40 bytes)  magic b"ULH2" | block u32 | base u64 | end u64 | tag u64 | last time i64
+    block b (per user)           rows of sequence numbers [b * BLOCK, b * BLOCK + len), 26 bytes each:
+                                 time i64 | event hash u64 | item i32 | category i32 | behavior i16
+    ids    (per user)            the event hashes of the window (idempotency)
+    raw    (per user)            sequence number → raw item id, for behaviors whose item is UNKNOWN
 
-26 bytes per behavior; reading is one lookup plus ``np.frombuffer`` per column (zero-copy views of
-the value, read-only), no per-behavior Python.
+An in-order append writes only the tail block (appending its new rows), the meta, the new event
+hashes and raw ids; eviction deletes blocks that fell wholly below ``base`` (rows below ``base``
+inside a kept block stay as dead bytes until the block goes). An out-of-order event (older than
+the last stored one) is inserted by time, which renumbers every later behavior: the blocks from
+the first changed one on are rewritten and the **tag** is renewed. The tag (random, 64 bits) thus
+says "rows numbered the same are the same rows": it is renewed by every write other than an
+in-order append (out-of-order inserts, bulk loads, restores), so a reader holding state for
+``(tag, end)`` extends it with ``[end, new end)`` when the tag is unchanged and rebuilds it otherwise.
 
-Idempotency uses the event hashes of the behaviors kept (the last ``cap``): a retry of an event
-that was already dropped by capping is older than everything kept, so it is appended and dropped
-again (counted once more in ``version`` and ``dropped_over_cap``, the history is unchanged).
-Two different event ids of one user collide with probability ~ n / 2**64 per new event
-(n = 100,000: 5e-15; across 10**12 events ever appended: < 0.01): such an event would be
-taken for a duplicate and ignored.
+Idempotency: an event whose ``event_id`` hash is in the window's ids is a duplicate (counted,
+nothing written). Events older than every kept behavior of a full window are dropped without a
+write (they would be evicted at once; counted in ``dropped``). Two different event ids of one user
+collide with probability ~ n / 2**64 per new event (n = 100,000: 5e-15).
+
+The backends hold the I/O; this module decides what to write (:func:`plan_append`), from what a
+backend read (:class:`Stored`), so LMDB and Redis cannot differ in what an append means.
 """
 
 from __future__ import annotations
@@ -39,15 +42,48 @@ import numpy as np
 from userlens.errors import InputError
 from userlens.serving.store.base import UNKNOWN, Event, UserHistory
 
-MAGIC = b"ULH1"
-HEADER = struct.Struct("<4sIIIQQ")  # magic, n, n_unknown, blob_len, version, tag
-HEADER_SIZE = HEADER.size  # 32
-ROW = 26  # bytes per behavior
-# (name, dtype, bytes per element) in storage order; offsets are HEADER_SIZE + n * (sum of sizes before)
-COLUMNS = (("time", "<i8", 8), ("hash", "<u8", 8), ("item", "<i4", 4), ("category", "<i4", 4),
-           ("behavior", "<i2", 2))
-_START = {name: sum(s for _, _, s in COLUMNS[:i]) for i, (name, _, _) in enumerate(COLUMNS)}
+MAGIC = b"ULH2"
+META = struct.Struct("<4sIQQQq")  # magic, block, base, end, tag, last time
+BLOCK = 256  # rows per block: an append rewrites at most 6.6 KB (LMDB) / appends its rows (Redis)
+ROW = np.dtype([("time", "<i8"), ("hash", "<u8"), ("item", "<i4"), ("category", "<i4"), ("behavior", "<i2")])
+ROW_BYTES = ROW.itemsize  # 26
 _rng = random.SystemRandom()
+
+
+def new_tag() -> int:
+    return _rng.getrandbits(64) or 1
+
+
+@dataclass(frozen=True)
+class Meta:
+    """A user's window ``[base, end)``, its write tag and its last behavior's time."""
+
+    base: int
+    end: int
+    tag: int
+    last: int
+
+    def pack(self) -> bytes:
+        return META.pack(MAGIC, BLOCK, self.base, self.end, self.tag, self.last)
+
+    @classmethod
+    def unpack(cls, value: bytes | memoryview) -> Meta:
+        if len(value) != META.size:
+            raise InputError(f"stored user record of {len(value)} bytes is not a userlens history. Fix: point "
+                             "the store at its own directory / namespace, or rebuild it with `userlens load-store`.")
+        magic, block, base, end, tag, last = META.unpack(value)
+        if magic != MAGIC or block != BLOCK or not base <= end:
+            raise InputError(f"stored user record (magic {magic!r}, block {block}) is not a userlens history of "
+                             f"this version. Fix: rebuild the store with `userlens load-store`.")
+        return cls(base, end, tag, last)
+
+    @property
+    def n(self) -> int:
+        return self.end - self.base
+
+    def blocks(self) -> range:
+        """Block numbers holding the window's rows."""
+        return range(self.base // BLOCK, -(-self.end // BLOCK)) if self.end > self.base else range(0)
 
 
 def hash_event_id(event_id: str) -> int:
@@ -56,213 +92,247 @@ def hash_event_id(event_id: str) -> int:
     return h or 1
 
 
-def header(value: bytes | memoryview) -> tuple[int, int, int, int]:
-    """``(n, n_unknown, blob_len, version)`` of a stored value; an error names a foreign value."""
-    magic, n, n_unknown, blob_len, version, _ = HEADER.unpack_from(value)
-    if magic != MAGIC or len(value) != HEADER_SIZE + ROW * n + blob_len:
-        raise InputError(f"stored value of {len(value)} bytes is not a userlens history (magic {magic!r}). "
-                         "Fix: point the store at its own directory / namespace.")
-    return n, n_unknown, blob_len, version
+def hash_key(h: int) -> bytes:
+    """An event hash as the 8 bytes stored in a row (the ids index's key)."""
+    return int(h).to_bytes(8, "little")
 
 
-def column(value: bytes | memoryview, name: str, n: int, start: int = 0, count: int | None = None) -> np.ndarray:
-    """Rows ``[start, start + count)`` of one column as a zero-copy read-only view."""
-    dtype, size = next((d, s) for c, d, s in COLUMNS if c == name)
-    count = n - start if count is None else count
-    return np.frombuffer(value, dtype, count, HEADER_SIZE + _START[name] * n + start * size)
+def window_rows(meta: Meta, blocks: list[bytes | None], a: int | None = None, b: int | None = None) -> np.ndarray:
+    """Rows ``[a, b)`` (default: the window) out of the values of blocks ``a // BLOCK …`` in order."""
+    a = meta.base if a is None else a
+    b = meta.end if b is None else b
+    if b <= a:
+        return np.zeros(0, ROW)
+    raw = b"".join(v or b"" for v in blocks)
+    first = a // BLOCK * BLOCK
+    need = b - first
+    if len(raw) < need * ROW_BYTES:
+        raise InputError(f"a stored history is missing rows ({len(raw) // ROW_BYTES} of {need} from sequence "
+                         f"{first}). Fix: restore the store from a snapshot, or reload it with `userlens load-store`.")
+    return np.frombuffer(raw, ROW, need)[a - first:]
 
 
-def _raw_ids(value: bytes | memoryview, n: int, n_unknown: int, blob_len: int) -> list[str]:
-    if n_unknown == 0:
-        return []
-    return bytes(value[HEADER_SIZE + ROW * n:HEADER_SIZE + ROW * n + blob_len]).decode().split("\0")
-
-
-def decode(value: bytes, cap: int) -> UserHistory:
-    """The history in ``value``, its last ``cap`` behaviors (fewer only when ``cap`` was lowered since)."""
-    n, n_unknown, blob_len, version = header(value)
-    start = max(0, n - cap)
-    raw = _raw_ids(value, n, n_unknown, blob_len)
-    item = column(value, "item", n, start)
-    if raw and start:
-        raw = raw[int(np.count_nonzero(column(value, "item", n, 0, start) == UNKNOWN)):]
-    return UserHistory(item=item, category=column(value, "category", n, start), time=column(value, "time", n, start),
-                       behavior=column(value, "behavior", n, start), version=version, unknown_item_ids=raw)
-
-
-def encode(time: np.ndarray, hashes: np.ndarray, item: np.ndarray, category: np.ndarray, behavior: np.ndarray,
-           raw: list[str], version: int) -> bytes:
-    """Pack columns (any integer dtype, cast to the stored one) into one value."""
-    blob = "\0".join(raw).encode() if raw else b""
-    head = HEADER.pack(MAGIC, len(time), len(raw), len(blob), version, _rng.getrandbits(64))
-    cols = [np.ascontiguousarray(a, dtype=d).tobytes() for a, (_, d, _) in zip((time, hashes, item, category, behavior),
-                                                                              COLUMNS)]
-    return b"".join([head, *cols, blob])
+def to_history(rows: np.ndarray, start: int, tag: int) -> UserHistory:
+    """Contiguous columns of ``rows`` (numbers ``start, start + 1, …``)."""
+    return UserHistory(item=np.ascontiguousarray(rows["item"]), category=np.ascontiguousarray(rows["category"]),
+                       time=np.ascontiguousarray(rows["time"]), behavior=np.ascontiguousarray(rows["behavior"]),
+                       start=start, tag=tag)
 
 
 @dataclass
 class Batch:
-    """New events of one user, in arrival order (built by :func:`group`)."""
+    """New events of one user: rows in arrival order, within-batch duplicates removed (built by :func:`group`)."""
 
-    time: list[int] = field(default_factory=list)
-    hash: list[int] = field(default_factory=list)
-    item: list[int] = field(default_factory=list)
-    category: list[int] = field(default_factory=list)
-    behavior: list[int] = field(default_factory=list)
-    raw: list[str | None] = field(default_factory=list)  # raw item id of UNKNOWN items, else None
+    rows: np.ndarray  # ROW
+    raw: list[str | None]  # raw item id of UNKNOWN items, else None
+    duplicates: int = 0  # repeated event ids inside the batch
+
+
+def _int_column(values: list[int], dtype: str, what: str) -> np.ndarray:
+    info = np.iinfo(dtype)
+    if any(type(v) is not int or not info.min <= v <= info.max for v in values):
+        bad = next(v for v in values if type(v) is not int or not info.min <= v <= info.max)
+        raise InputError(f"an event's {what} is {bad!r}, not an integer in [{info.min}, {info.max}]. Fix: send "
+                         "encoded codes and epoch-ms timestamps.")
+    return np.array(values, dtype=dtype)
 
 
 def group(events: list[Event] | tuple[Event, ...]) -> dict[str, Batch]:
     """Events by user (first-seen order), validated; the one per-event Python loop of an append."""
-    out: dict[str, Batch] = {}
+    per: dict[str, list[Event]] = {}
     for e in events:
-        b = out.get(e.user_id)
-        if b is None:
+        evs = per.get(e.user_id)
+        if evs is None:
             if not isinstance(e.user_id, str) or not e.user_id or "\0" in e.user_id:
                 raise InputError(f"event {e!r}: user_id must be a non-empty string without NUL. Fix: send the "
                                  "raw user id as text.")
-            b = out[e.user_id] = Batch()
-        b.time.append(e.timestamp_ms)
-        b.hash.append(hash_event_id(e.event_id) if e.event_id is not None else 0)
-        b.item.append(e.item)
-        b.category.append(e.category)
-        b.behavior.append(e.behavior)
-        if e.item == UNKNOWN:
-            if "\0" in e.item_id:
-                raise InputError(f"event {e!r}: item_id contains NUL. Fix: strip it from the raw id.")
-            b.raw.append(e.item_id)
-        else:
-            b.raw.append(None)
+            evs = per[e.user_id] = []
+        if e.item == UNKNOWN and "\0" in e.item_id:
+            raise InputError(f"event {e!r}: item_id contains NUL. Fix: strip it from the raw id.")
+        evs.append(e)
+    out = {}
+    for user, evs in per.items():
+        seen: set[int] = set()
+        keep, dup = [], 0
+        for e in evs:
+            h = hash_event_id(e.event_id) if e.event_id is not None else 0
+            if h and h in seen:
+                dup += 1
+                continue
+            seen.add(h)
+            keep.append((e, h))
+        rows = np.zeros(len(keep), ROW)
+        rows["time"] = _int_column([e.timestamp_ms for e, _ in keep], "<i8", "timestamp_ms")
+        rows["hash"] = np.array([h for _, h in keep], dtype=np.uint64)
+        rows["item"] = _int_column([e.item for e, _ in keep], "<i4", "item")
+        rows["category"] = _int_column([e.category for e, _ in keep], "<i4", "category")
+        rows["behavior"] = _int_column([e.behavior for e, _ in keep], "<i2", "behavior")
+        out[user] = Batch(rows, [e.item_id if e.item == UNKNOWN else None for e, _ in keep], dup)
     return out
 
 
 @dataclass
-class Merged:
-    """What :func:`merge` did to one user."""
+class Stored:
+    """What a backend read of one user before planning an append (see :func:`needs`)."""
 
-    value: bytes | None  # the new stored value; None = nothing to write (every event a duplicate)
-    appended: int
-    duplicates: int
-    dropped: int
-    unknown: int  # appended events with an UNKNOWN item
-    version: int
-    n_before: int
-    n_after: int
+    meta: Meta | None
+    known: np.ndarray  # bool per batch row: its event hash is in the window's ids
+    rows: np.ndarray | None = None  # ROW, numbers [rows_start, …): the rows :func:`needs` asked for
+    rows_start: int = 0
+    raws: dict[int, str] = field(default_factory=dict)  # number → raw id, over the rows read (rewrite only)
 
 
-def _packed(values: list[int], code: str, what: str) -> bytes:
-    try:
-        return struct.pack(f"<{len(values)}{code}", *values)
-    except struct.error:
-        raise InputError(f"an event's {what} is not an integer in the stored range ({code!r}): "
-                         f"{values[:5]}... Fix: send encoded codes and epoch-ms timestamps.") from None
+@dataclass
+class Plan:
+    """What one append does to one user; a backend applies it in one transaction / one script."""
+
+    meta: Meta | None  # None: nothing to write (only duplicates, or only events dropped at once)
+    appends: list[tuple[int, bytes]] = field(default_factory=list)  # (block, rows) appended to the block
+    puts: dict[int, bytes] = field(default_factory=dict)  # block replaced whole
+    deletes: list[int] = field(default_factory=list)  # blocks removed
+    ids_add: list[bytes] = field(default_factory=list)
+    ids_del: list[bytes] = field(default_factory=list)
+    raw_put: dict[int, str] = field(default_factory=dict)
+    raw_del: list[int] = field(default_factory=list)
+    appended: int = 0
+    duplicates: int = 0
+    dropped: int = 0
+    unknown: int = 0
+    n_before: int = 0
+    n_after: int = 0
+
+    @property
+    def version(self) -> int:
+        return self.meta.end if self.meta is not None else 0
 
 
-def merge(old: bytes | None, new: Batch, cap: int) -> Merged:
-    """Append ``new`` to the history in ``old``: deduplicate by event hash, place by time, keep the last ``cap``.
+def _fresh(batch: Batch, known: np.ndarray) -> tuple[np.ndarray, list[str | None], int]:
+    """The batch without events already stored, sorted by time (stable: ties keep arrival order)."""
+    keep = ~known
+    rows = batch.rows[keep]
+    raw = [r for r, k in zip(batch.raw, keep.tolist()) if k]
+    order = np.argsort(rows["time"], kind="stable")
+    return rows[order], [raw[i] for i in order.tolist()], int(known.sum()) + batch.duplicates
 
-    Ties in time keep arrival order (stored behaviors first, then the batch in order). In the usual
-    case (the batch is in time order and not older than the last stored behavior) the columns are
-    joined as bytes; otherwise they are merged with ``np.searchsorted`` + ``np.insert``.
+
+def needs(meta: Meta | None, batch: Batch, known: np.ndarray, cap: int) -> tuple[int, int, bool] | None:
+    """The stored rows ``(a, b, with raw ids)`` :func:`plan_append` will need, or None.
+
+    In order: the rows evicted by the append (their hashes and raw ids leave the indexes).
+    Out of order: the whole window and its raw ids (later rows are renumbered).
     """
-    n, n_unk, blob_len, version = header(old) if old is not None else (0, 0, 0, 0)
-    # ---- idempotency: drop events whose hash the user has (stored, or earlier in this batch)
-    keep = list(range(len(new.time)))
-    with_id = [i for i in keep if new.hash[i]]
-    duplicates = 0
-    if with_id:
-        seen: set[int] = set()
-        if n:
-            stored = column(old, "hash", n)
-            hashes = np.array([new.hash[i] for i in with_id], dtype=np.uint64)
-            hit = np.isin(hashes, stored) if len(with_id) > 8 else [bool((stored == h).any()) for h in hashes]
-            seen = {new.hash[i] for i, dup in zip(with_id, hit) if dup}
-        drop = set()
-        for i in with_id:
-            h = new.hash[i]
-            if h in seen:
-                drop.add(i)
-            seen.add(h)
-        if drop:
-            duplicates = len(drop)
-            keep = [i for i in keep if i not in drop]
-    k = len(keep)
-    if k == 0:
-        return Merged(None, 0, duplicates, 0, 0, version, n, n)
-    pick = (lambda xs: xs) if k == len(new.time) else (lambda xs: [xs[i] for i in keep])
-    t_new, h_new, i_new, c_new, b_new = (pick(x) for x in (new.time, new.hash, new.item, new.category, new.behavior))
-    raw_new = pick(new.raw)
-    unknown = sum(r is not None for r in raw_new)
-    total = n + k
-    d = max(0, total - cap)  # oldest behaviors dropped
-    last = int(column(old, "time", n, n - 1, 1)[0]) if n else None
-    in_order = all(t_new[j] <= t_new[j + 1] for j in range(k - 1)) and (last is None or t_new[0] >= last)
-    if in_order:
-        value = _append_bytes(old, n, n_unk, blob_len, t_new, h_new, i_new, c_new, b_new, raw_new, d,
-                              version + k)
-    else:
-        value = _merge_arrays(old, n, n_unk, blob_len, t_new, h_new, i_new, c_new, b_new, raw_new, d, version + k)
-    return Merged(value, k, duplicates, d, unknown, version + k, n, total - d)
+    if meta is None or meta.n == 0:
+        return None
+    rows, _, _ = _fresh(batch, known)
+    if not len(rows):
+        return None
+    if int(rows["time"][0]) >= meta.last:
+        new_base = max(meta.base, meta.end + len(rows) - cap)
+        return (meta.base, min(new_base, meta.end), False) if new_base > meta.base else None
+    return meta.base, meta.end, True
 
 
-def _append_bytes(old, n, n_unk, blob_len, t, h, i, c, b, raw, d, version) -> bytes:
-    """Fast path: new events go after the stored ones; columns are joined as byte slices."""
-    k = len(t)
-    mv = memoryview(old) if old is not None else memoryview(b"")
-    news = (_packed(t, "q", "timestamp_ms"), _packed(h, "Q", "event hash"), _packed(i, "i", "item"),
-            _packed(c, "i", "category"), _packed(b, "h", "behavior"))
-    parts = [b""]
-    for (name, _, size), nb in zip(COLUMNS, news):
-        start = HEADER_SIZE + _START[name] * n
-        if d < n:
-            parts.append(mv[start + d * size:start + n * size])
-            parts.append(nb)
-        else:
-            parts.append(memoryview(nb)[(d - n) * size:])
-    raw_old = _raw_ids(mv, n, n_unk, blob_len) if n_unk else []
-    if raw_old and d:  # behaviors dropped from the front take their raw ids with them
-        raw_old = raw_old[int(np.count_nonzero(column(old, "item", n, 0, min(d, n)) == UNKNOWN)):]
-    raw_add = [r for r in raw[max(0, d - n):] if r is not None]
-    raws = raw_old + raw_add
-    blob = "\0".join(raws).encode() if raws else b""
-    parts[0] = HEADER.pack(MAGIC, n + k - d, len(raws), len(blob), version, _rng.getrandbits(64))
-    parts.append(blob)
-    return b"".join(parts)
+def _blocks_of(rows: np.ndarray, start: int, pad_from: int) -> list[tuple[int, bytes]]:
+    """``rows`` (numbers from ``start``) cut at block boundaries; a block's first chunk is preceded by zero
+    rows from ``pad_from`` (the block's current physical end) so every block's value starts at its first number."""
+    out = []
+    s, i = start, 0
+    while i < len(rows):
+        b = s // BLOCK
+        take = min(len(rows) - i, (b + 1) * BLOCK - s)
+        lead = s - max(pad_from, b * BLOCK)
+        chunk = rows[i:i + take].tobytes()
+        out.append((b, bytes(lead * ROW_BYTES) + chunk if lead > 0 else chunk))
+        s, i, pad_from = s + take, i + take, s + take
+    return out
 
 
-def _merge_arrays(old, n, n_unk, blob_len, t, h, i, c, b, raw, d, version) -> bytes:
-    """Out-of-order path: insert the batch (sorted stably by time) after equal stored times."""
-    new = [np.frombuffer(_packed(x, code, what), dt) for x, (_, dt, _), code, what in
-           zip((t, h, i, c, b), COLUMNS, "qQiih", ("timestamp_ms", "event hash", "item", "category", "behavior"))]
-    order = np.argsort(new[0], kind="stable")
-    stored = [column(old, name, n) if n else np.zeros(0, dt) for name, dt, _ in COLUMNS]
-    pos = np.searchsorted(stored[0], new[0][order], side="right")
-    merged = [np.insert(s, pos, x[order]) for s, x in zip(stored, new)]
-    raws: list[str] = []
-    raw_old = _raw_ids(old, n, n_unk, blob_len) if n_unk else []
-    raw_idx = [j for j, r in enumerate(raw) if r is not None]
-    if raw_old or raw_idx:  # follow each UNKNOWN behavior through the insert to keep its raw id beside it
-        tag_old = np.full(n, -1, np.int64)
-        if n_unk:
-            tag_old[stored[2] == UNKNOWN] = np.arange(n_unk)
-        tag_new = np.full(len(t), -1, np.int64)
-        tag_new[raw_idx] = len(raw_old) + np.arange(len(raw_idx))
-        tags = np.insert(tag_old, pos, tag_new[order])[d:]
-        every = raw_old + [raw[j] for j in raw_idx]
-        raws = [every[x] for x in tags[tags >= 0].tolist()]
-    return encode(*(m[d:] for m in merged), raws, version)
+def plan_append(stored: Stored, batch: Batch, cap: int) -> Plan:
+    """What appending ``batch`` to the user read in ``stored`` writes (see the module docstring)."""
+    meta = stored.meta or Meta(0, 0, new_tag(), 0)
+    rows, raw, duplicates = _fresh(batch, stored.known)
+    plan = Plan(None, duplicates=duplicates, n_before=meta.n, n_after=meta.n)
+    if not len(rows):
+        return plan
+    if meta.n and int(rows["time"][0]) < meta.last:
+        return _rewrite(stored, meta, rows, raw, cap, plan)
+    k = len(rows)
+    end = meta.end + k
+    base = max(meta.base, end - cap)
+    skip = max(0, base - meta.end)  # new rows evicted at once (a batch longer than the room left)
+    kept, kept_raw = rows[skip:], raw[skip:]
+    start = meta.end + skip
+    plan.appends = _blocks_of(kept, start, meta.end)
+    _evict(plan, stored, meta, base)
+    plan.ids_add = [hash_key(h) for h in kept["hash"].tolist() if h]
+    plan.raw_put = {start + i: r for i, r in enumerate(kept_raw) if r}
+    plan.meta = Meta(base, end, meta.tag, int(rows["time"][-1]))
+    plan.appended, plan.dropped = k, (base - meta.base)
+    plan.unknown = sum(r is not None for r in raw)
+    plan.n_after = end - base
+    return plan
+
+
+def _evict(plan: Plan, stored: Stored, meta: Meta, base: int) -> None:
+    """Drop stored rows ``[meta.base, base)`` from the ids and raw indexes, and blocks wholly below ``base``."""
+    gone_to = min(base, meta.end)
+    if gone_to > meta.base:
+        assert stored.rows is not None and stored.rows_start <= meta.base, "evicted rows were not read"
+        gone = stored.rows[meta.base - stored.rows_start:gone_to - stored.rows_start]
+        plan.ids_del += [hash_key(h) for h in gone["hash"].tolist() if h]
+        plan.raw_del += [meta.base + int(i) for i in np.flatnonzero(gone["item"] == UNKNOWN)]
+    plan.deletes = [b for b in meta.blocks() if (b + 1) * BLOCK <= base]
+
+
+def _rewrite(stored: Stored, meta: Meta, rows: np.ndarray, raw: list[str | None], cap: int, plan: Plan) -> Plan:
+    """Out-of-order events: merge by time (after equal stored times), renumber, rewrite from the first change."""
+    assert stored.rows is not None and stored.rows_start == meta.base, "the window was not read"
+    old = stored.rows
+    n = len(old)
+    plan.unknown = sum(r is not None for r in raw)
+    plan.appended = len(rows)
+    older = int(np.count_nonzero(rows["time"] < int(old["time"][0])))  # would go before every kept behavior
+    if older and n + len(rows) - cap >= older:  # ... and be evicted at once: dropped without a write
+        rows, raw = rows[older:], raw[older:]
+        plan.dropped = older
+        if not len(rows):
+            return plan
+    k = len(rows)
+    at = np.searchsorted(old["time"], rows["time"], side="right")
+    merged = np.insert(old, at, rows)
+    is_new = np.insert(np.zeros(n, bool), at, True)
+    merged_raw: list[str | None] = [stored.raws.get(meta.base + i, "") if it == UNKNOWN else None
+                                    for i, it in enumerate(old["item"].tolist())]
+    for j, (pos, r) in enumerate(zip(at.tolist(), raw)):
+        merged_raw.insert(pos + j, r)
+    end = meta.end + k
+    d = max(0, n + k - cap)
+    base = meta.base + d
+    frm = max(meta.base + int(at[0]), base)  # the first renumbered position still kept
+    b0 = frm // BLOCK
+    write_from = max(b0 * BLOCK, base)  # rows below base in the first rewritten block are padded with zeros
+    plan.puts = dict(_blocks_of(merged[write_from - meta.base:], write_from, b0 * BLOCK))
+    plan.deletes = [b for b in meta.blocks() if (b + 1) * BLOCK <= base]
+    plan.ids_del = [hash_key(h) for h, nw in zip(merged["hash"][:d].tolist(), is_new[:d].tolist()) if h and not nw]
+    plan.ids_add = [hash_key(h) for h, nw in zip(merged["hash"][d:].tolist(), is_new[d:].tolist()) if h and nw]
+    plan.raw_del = [s for s in stored.raws if s >= frm or s < base]
+    plan.raw_put = {meta.base + i: r for i, r in enumerate(merged_raw) if r and meta.base + i >= frm}
+    plan.meta = Meta(base, end, new_tag(), int(merged["time"][-1]))
+    plan.dropped += d
+    plan.n_after = end - base
+    return plan
 
 
 def build(time: np.ndarray, item: np.ndarray, category: np.ndarray, behavior: np.ndarray, cap: int
-          ) -> tuple[bytes, int, int]:
-    """A value for a bulk-loaded history (sorted by time, no event ids, raw ids of UNKNOWN items unknown: "").
+          ) -> tuple[Meta, list[tuple[int, bytes]], int, int]:
+    """A bulk-loaded history (sorted by time, no event ids, raw ids of UNKNOWN items not known).
 
-    Returns ``(value, dropped over cap, unknown items)``.
+    Returns ``(meta, blocks, dropped over cap, unknown items)``; numbers start at 0 with the first row.
     """
     n = len(time)
     d = max(0, n - cap)
+    rows = np.zeros(n - d, ROW)
+    rows["time"], rows["item"], rows["category"], rows["behavior"] = time[d:], item[d:], category[d:], behavior[d:]
     unknown = int(np.count_nonzero(np.asarray(item) == UNKNOWN))
-    kept_unknown = int(np.count_nonzero(np.asarray(item[d:]) == UNKNOWN)) if unknown else 0
-    value = encode(time[d:], np.zeros(n - d, np.uint64), item[d:], category[d:], behavior[d:],
-                   [""] * kept_unknown, n)
-    return value, d, unknown
+    meta = Meta(d, n, new_tag(), int(time[-1]) if n else 0)
+    return meta, _blocks_of(rows, d, d // BLOCK * BLOCK), d, unknown

@@ -1,20 +1,23 @@
 """The shared behavior store: one Redis server that several scorers append to and read from.
 
-Keys (``ns`` = the namespace): ``{ns}:h:{user_id}`` → the packed history of
-:mod:`userlens.serving.store.record` (the same bytes as in LMDB), ``{ns}:stats`` → a hash of the
-counters (``users``, ``behaviors``, ``dropped_over_cap``, ``duplicates``, ``unknown_items``, ``bytes``
-= sum of the stored values' lengths; Redis adds ~70 bytes per key on top).
+Keys (``ns`` = the namespace, ``u`` = the user id) hold the log of :mod:`userlens.serving.store.record`:
+``ns:{u}:m`` → the 40-byte meta, ``ns:{u}:b:N`` → block ``N``'s rows, ``ns:{u}:e`` → a hash of the
+window's event hashes, ``ns:{u}:r`` → a hash sequence number → raw item id; ``ns:stats`` → the
+counters (``users``, ``behaviors``, ``dropped_over_cap``, ``duplicates``, ``unknown_items``), ``ns:info``
+→ what the store was loaded for. An in-order append ``APPEND`` s its rows to the tail block, so the
+AOF grows by the few commands of that append (~0.5 KB for one event at the cap), not by the history.
 
 Durability: the server must run with ``appendonly yes`` and ``appendfsync always`` (checked when the
 store opens): Redis then fsyncs the AOF before it replies to a write, so an acknowledged append
 survives a crash of the server or the machine. Start one with
 ``redis-server --appendonly yes --appendfsync always --dir DIR``.
 
-Concurrency: an append reads the users' values (one ``MGET``), merges in Python, then writes them
-with one Lua script that, per user, compares the stored 32-byte header (which holds a random tag
-renewed on every write) with the one it read and writes only when they are equal; the users whose
-value changed in between are read and merged again. Scripts run atomically, so concurrent appenders
-never lose each other's events, and only the contended users are retried.
+Concurrency: an append reads the users' metas and what its plan needs (pipelined), plans in
+Python, then applies every user's plan with one Lua script that, per user, compares the stored meta
+(which holds the write tag and the end) with the one it read and writes only when they are equal;
+the users whose meta changed in between are read and planned again. Scripts run atomically, so
+concurrent appenders never lose each other's events, and only the contended users are retried.
+A read takes the meta and the blocks it names in one ``MULTI`` and checks the meta again.
 
 Example:
     >>> with RedisStore("redis://localhost:6379/0", cap=100_000) as s:  # doctest: +SKIP
@@ -42,47 +45,63 @@ from userlens.serving.store import record
 from userlens.serving.store.base import AppendResult, BehaviorStore, Event, UserHistory
 from userlens.serving.store.csr import segments
 
-STAT_NAMES = ("users", "behaviors", "dropped_over_cap", "duplicates", "unknown_items", "bytes")
-SNAPSHOT_MAGIC = b"ULRSNAP1"
+STAT_NAMES = ("users", "behaviors", "dropped_over_cap", "duplicates", "unknown_items")
+SNAPSHOT_MAGIC = b"ULRSNAP2"
 MAX_ROUNDS = 64  # compare-and-set rounds before an append gives up on a user written continuously by others
 CHUNK_BYTES = 64 << 20  # values per script call (bulk loads)
 
-# KEYS[1] = stats hash, KEYS[2..m+1] = history keys; ARGV[1..m] = expected headers ("" = absent),
-# ARGV[m+1..2m] = new values ("" = delete), then 6 counter deltas per key, then 6 deltas always applied.
-_CAS = """
-local m = #KEYS - 1
-local tot = {0, 0, 0, 0, 0, 0}
+# KEYS[1] = stats hash, then every key the plans touch. ARGV: number of users, then per user: index of its
+# meta key, the meta it was planned on ("" = absent), number of ops, ops as (code, key index, a, b), its 5
+# counter deltas; then 5 deltas always applied. Codes: A = APPEND, S = SET, D = DEL, H = HSET, X = HDEL.
+_APPLY = """
+local i = 2
+local tot = {0, 0, 0, 0, 0}
 local conflicts = {}
-for i = 1, m do
-  if redis.call('GETRANGE', KEYS[i + 1], 0, 31) == ARGV[i] then
-    if ARGV[m + i] == '' then redis.call('DEL', KEYS[i + 1]) else redis.call('SET', KEYS[i + 1], ARGV[m + i]) end
-    for j = 1, 6 do tot[j] = tot[j] + tonumber(ARGV[2 * m + 6 * (i - 1) + j]) end
-  else
-    conflicts[#conflicts + 1] = i
+for u = 1, tonumber(ARGV[1]) do
+  local cur = redis.call('GET', KEYS[tonumber(ARGV[i])]) or ''
+  local ok = cur == ARGV[i + 1]
+  local nops = tonumber(ARGV[i + 2])
+  i = i + 3
+  for o = 1, nops do
+    if ok then
+      local code, key, a, b = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
+      if code == 'A' then redis.call('APPEND', key, a)
+      elseif code == 'S' then redis.call('SET', key, a)
+      elseif code == 'D' then redis.call('DEL', key)
+      elseif code == 'H' then redis.call('HSET', key, a, b)
+      else redis.call('HDEL', key, a) end
+    end
+    i = i + 4
   end
+  if ok then
+    for j = 1, 5 do tot[j] = tot[j] + tonumber(ARGV[i + j - 1]) end
+  else
+    conflicts[#conflicts + 1] = u
+  end
+  i = i + 5
 end
-local names = {'users', 'behaviors', 'dropped_over_cap', 'duplicates', 'unknown_items', 'bytes'}
-for j = 1, 6 do
-  tot[j] = tot[j] + tonumber(ARGV[8 * m + j])
+local names = {'users', 'behaviors', 'dropped_over_cap', 'duplicates', 'unknown_items'}
+for j = 1, 5 do
+  tot[j] = tot[j] + tonumber(ARGV[i + j - 1])
   if tot[j] ~= 0 then redis.call('HINCRBY', KEYS[1], names[j], string.format('%.0f', tot[j])) end
 end
 return conflicts
 """
 
-# One atomic read of the namespace: no write can interleave with a script.
+# One atomic read of the namespace (DUMP: any key type): no write can interleave with a script.
 _DUMP = """
 local out = {}
 local cursor = '0'
 repeat
   local r = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
   cursor = r[1]
-  for _, k in ipairs(r[2]) do out[#out + 1] = k; out[#out + 1] = redis.call('GET', k) end
+  for _, k in ipairs(r[2]) do out[#out + 1] = k; out[#out + 1] = redis.call('DUMP', k) end
 until cursor == '0'
 return {redis.call('HGETALL', KEYS[1]), out}
 """
 
-# KEYS[1] = stats hash; ARGV[1] = scan pattern, ARGV[2] = key prefix, then stats field/value pairs count,
-# the pairs, then user/value pairs.
+# KEYS[1] = stats hash; ARGV[1] = scan pattern, ARGV[2] = number of stats field/value pairs, the pairs,
+# then the number of (key, DUMP payload) pairs, the pairs, then (meta key, new tag) pairs.
 _RESTORE = """
 local old = {}
 local cursor = '0'
@@ -93,11 +112,13 @@ repeat
 until cursor == '0'
 for _, k in ipairs(old) do redis.call('DEL', k) end
 redis.call('DEL', KEYS[1])
-local ns = tonumber(ARGV[3])
-for i = 4, 3 + 2 * ns, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local n = 0
-for i = 4 + 2 * ns, #ARGV, 2 do redis.call('SET', ARGV[2] .. ARGV[i], ARGV[i + 1]); n = n + 1 end
-return n
+local ns = tonumber(ARGV[2])
+for i = 3, 2 + 2 * ns, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local at = 3 + 2 * ns
+local nk = tonumber(ARGV[at])
+for i = at + 1, at + 2 * nk, 2 do redis.call('RESTORE', ARGV[i], 0, ARGV[i + 1]) end
+for i = at + 1 + 2 * nk, #ARGV, 2 do redis.call('SETRANGE', ARGV[i], 24, ARGV[i + 1]) end
+return nk
 """
 
 
@@ -122,9 +143,10 @@ class RedisStore(BehaviorStore):
         if not namespace or ":" in namespace:
             raise InputError(f"namespace={namespace!r}: expected a non-empty name without ':'.")
         self.url, self.cap, self.namespace = url, cap, namespace
-        self._prefix = f"{namespace}:h:".encode()
+        self._prefix = f"{namespace}:{{".encode()
         self._stats_key = f"{namespace}:stats"
         self._info_key = f"{namespace}:info"
+        self._pattern = _glob_escape(namespace) + ":{*"  # every user's keys
         try:
             self.client = redis.Redis.from_url(url, socket_connect_timeout=5)
         except ValueError as e:
@@ -133,7 +155,7 @@ class RedisStore(BehaviorStore):
             self.client.ping()
             if require_fsync:
                 self._check_fsync()
-        self._cas = self.client.register_script(_CAS)
+        self._apply = self.client.register_script(_APPLY)
         self._dump = self.client.register_script(_DUMP)
         self._restore = self.client.register_script(_RESTORE)
 
@@ -160,15 +182,49 @@ class RedisStore(BehaviorStore):
                                 f"{cfg.get('appendfsync')}: acknowledged appends would not be durable. Fix: run "
                                 "redis-server --appendonly yes --appendfsync always (or CONFIG SET both).")
 
-    def _key(self, user_id: str) -> bytes:
-        return self._prefix + user_id.encode()
+    def _key(self, user_id: str, part: str) -> bytes:
+        """``ns:{user}:part``: every key of one user shares the prefix (and, for Redis Cluster, its hash slot)."""
+        return self._prefix + user_id.encode() + b"}:" + part.encode()
 
-    def _commit(self, writes: list[tuple[bytes, bytes, bytes, list[int]]], always: list[int]) -> set[int]:
-        """Compare-and-set ``(key, expected header, value, deltas)`` in one script call; indices that conflicted."""
-        keys = [self._stats_key] + [w[0] for w in writes]
-        args = [w[1] for w in writes] + [w[2] for w in writes] + [d for w in writes for d in w[3]] + always
+    def _block_key(self, user_id: str, n: int) -> bytes:
+        return self._key(user_id, f"b:{n}")
+
+    def _run(self, plans: list[tuple[str, bytes, list[tuple[str, bytes, bytes | str, bytes | str]], list[int]]],
+             always: list[int]) -> set[int]:
+        """Apply ``(user, expected meta, ops, deltas)`` in one script call; the indices whose meta had changed."""
+        keys: dict[bytes, int] = {self._stats_key.encode(): 1}
+
+        def index(key: bytes) -> int:
+            return keys.setdefault(key, len(keys) + 1)
+
+        args: list[bytes | str | int] = [len(plans)]
+        for user, expected, ops, deltas in plans:
+            args += [index(self._key(user, "m")), expected, len(ops)]
+            for code, key, a, b in ops:
+                args += [code, index(key), a, b]
+            args += deltas
+        args += always
         with self._errors():
-            return {int(i) - 1 for i in self._cas(keys=keys, args=args)}
+            return {int(i) - 1 for i in self._apply(keys=list(keys), args=args)}
+
+    def _ops(self, user: str, plan: record.Plan) -> list[tuple[str, bytes, bytes | str, bytes | str]]:
+        assert plan.meta is not None
+        ids, raw = self._key(user, "e"), self._key(user, "r")
+        ops: list[tuple[str, bytes, bytes | str, bytes | str]] = []
+        ops += [("D", self._block_key(user, n), "", "") for n in plan.deletes]
+        ops += [("S", self._block_key(user, n), v, "") for n, v in plan.puts.items()]
+        ops += [("A", self._block_key(user, n), v, "") for n, v in plan.appends]
+        ops += [("X", ids, h, "") for h in plan.ids_del] + [("H", ids, h, "1") for h in plan.ids_add]
+        ops += [("X", raw, str(n), "") for n in plan.raw_del] + [("H", raw, str(n), r) for n, r in plan.raw_put.items()]
+        ops.append(("S", self._key(user, "m"), plan.meta.pack(), ""))
+        return ops
+
+    def _read_blocks(self, pipe: redis.client.Pipeline, user: str, a: int, b: int) -> int:
+        """Queue the blocks holding rows ``[a, b)``; how many were queued."""
+        blocks = range(a // record.BLOCK, -(-b // record.BLOCK)) if b > a else range(0)
+        for n in blocks:
+            pipe.get(self._block_key(user, n))
+        return len(blocks)
 
     def append(self, events: Sequence[Event]) -> AppendResult:
         groups = record.group(events)
@@ -177,32 +233,64 @@ class RedisStore(BehaviorStore):
         for attempt in range(MAX_ROUNDS):
             if not pending:
                 return res
-            keys = [self._key(u) for u in pending]
-            with self._errors():
-                olds = self.client.mget(keys)
-            writes, merges, always = [], [], [0] * 6
-            for user, key, old in zip(pending, keys, olds):
-                m = record.merge(old, groups[user], self.cap)
-                if m.value is None:  # only duplicates: nothing to write
-                    always[3] += m.duplicates
-                    res.duplicates += m.duplicates
-                    res.versions[user] = m.version
+            with self._errors():  # round trip 1: metas and which event ids the windows hold
+                pipe = self.client.pipeline(transaction=False)
+                for user in pending:
+                    pipe.get(self._key(user, "m"))
+                    hashes = [record.hash_key(h) for h in groups[user].rows["hash"].tolist() if h]
+                    if hashes:
+                        pipe.hmget(self._key(user, "e"), hashes)
+                got = iter(pipe.execute())
+            stored: dict[str, record.Stored] = {}
+            raw_meta: dict[str, bytes] = {}
+            for user in pending:
+                raw_meta[user] = next(got) or b""
+                meta = record.Meta.unpack(raw_meta[user]) if raw_meta[user] else None
+                hashes = groups[user].rows["hash"]
+                known = np.zeros(len(hashes), dtype=bool)
+                if hashes.any():
+                    known[hashes != 0] = [v is not None for v in next(got)]
+                stored[user] = record.Stored(meta, known if meta is not None else np.zeros(len(hashes), bool))
+            need = {u: record.needs(st.meta, groups[u], st.known, self.cap) for u, st in stored.items()}
+            if any(need.values()):  # round trip 2: rows to evict, or the window of an out-of-order user
+                with self._errors():
+                    pipe = self.client.pipeline(transaction=False)
+                    counts = {}
+                    for u, nd in need.items():
+                        if nd is not None:
+                            counts[u] = self._read_blocks(pipe, u, nd[0], nd[1])
+                            if nd[2]:
+                                pipe.hgetall(self._key(u, "r"))
+                    got = iter(pipe.execute())
+                for u, nd in need.items():
+                    if nd is None:
+                        continue
+                    a, b, with_raw = nd
+                    st = stored[u]
+                    st.rows = record.window_rows(st.meta, [next(got) for _ in range(counts[u])], a, b)
+                    st.rows_start = a
+                    if with_raw:
+                        st.raws = {int(k): v.decode() for k, v in next(got).items() if a <= int(k) < b}
+            plans, order, always = [], [], [0] * 5
+            for user in pending:
+                plan = record.plan_append(stored[user], groups[user], self.cap)
+                if plan.meta is None:  # only duplicates / events dropped at once: nothing to write
+                    always[2] += plan.dropped
+                    always[3] += plan.duplicates
+                    always[4] += plan.unknown
+                    self._count(res, user, plan, stored[user].meta)
                     continue
-                deltas = [int(old is None), m.n_after - m.n_before, m.dropped, m.duplicates, m.unknown,
-                          len(m.value) - len(old or b"")]
-                writes.append((key, (old or b"")[:record.HEADER_SIZE], m.value, deltas))
-                merges.append((user, m))
-            conflicts = self._commit(writes, always)
+                meta = stored[user].meta
+                deltas = [int(meta is None), plan.n_after - plan.n_before, plan.dropped, plan.duplicates, plan.unknown]
+                plans.append((user, raw_meta[user], self._ops(user, plan), deltas))
+                order.append((user, plan, meta))
+            conflicts = self._run(plans, always) if plans or any(always) else set()
             pending = []
-            for i, (user, m) in enumerate(merges):
+            for i, (user, plan, meta) in enumerate(order):
                 if i in conflicts:
                     pending.append(user)
-                    continue
-                res.appended += m.appended
-                res.duplicates += m.duplicates
-                res.dropped_over_cap += m.dropped
-                res.unknown_items += m.unknown
-                res.versions[user] = m.version
+                else:
+                    self._count(res, user, plan, meta)
             if pending:
                 _time.sleep(random.uniform(0, 0.001 * (attempt + 1)))
         if pending:
@@ -211,17 +299,45 @@ class RedisStore(BehaviorStore):
                                 "retry the call (appends are idempotent with event ids).")
         return res
 
-    def history(self, user_id: str) -> UserHistory:
+    @staticmethod
+    def _count(res: AppendResult, user: str, plan: record.Plan, meta: record.Meta | None) -> None:
+        res.appended += plan.appended
+        res.duplicates += plan.duplicates
+        res.dropped_over_cap += plan.dropped
+        res.unknown_items += plan.unknown
+        res.versions[user] = plan.version if plan.meta is not None else (meta.end if meta else 0)
+
+    def history(self, user_id: str, since: int | None = None, tag: int | None = None) -> UserHistory:
+        meta_key = self._key(user_id, "m")
+        for _ in range(MAX_ROUNDS):
+            with self._errors():
+                raw = self.client.get(meta_key)
+                if raw is None:
+                    return UserHistory.empty()
+                meta = record.Meta.unpack(raw)
+                a = since if since is not None and tag == meta.tag and meta.base <= since <= meta.end else meta.base
+                pipe = self.client.pipeline(transaction=True)  # the blocks and the meta, read at one instant
+                count = self._read_blocks(pipe, user_id, a, meta.end)
+                pipe.get(meta_key)
+                got = pipe.execute()
+            if got[count] == raw:
+                return record.to_history(record.window_rows(meta, got[:count], a, meta.end), a, meta.tag)
+        raise UserlensError(f"{self.url}: user {user_id!r} changed under every one of {MAX_ROUNDS} reads. Fix: "
+                            "retry the request.")
+
+    def raw_ids(self, user_id: str, numbers: Sequence[int]) -> list[str]:
+        if not len(numbers):
+            return []
         with self._errors():
-            value = self.client.get(self._key(user_id))
-        return UserHistory.empty() if value is None else record.decode(value, self.cap)
+            got = self.client.hmget(self._key(user_id, "r"), [str(int(n)) for n in numbers])
+        return [v.decode() if v is not None else "" for v in got]
 
     def bulk_load(self, user_ids: Sequence[str], offsets: np.ndarray, item: np.ndarray, category: np.ndarray,
                   time: np.ndarray, behavior: np.ndarray) -> int:
         stored, chunk, size = 0, [], 0
         for seg in segments(user_ids, offsets, item, category, time, behavior, self.cap):
             chunk.append(seg)
-            size += len(seg[1] or b"")
+            size += sum(len(v) for _, v in seg[1][1]) if seg[1] is not None else 0
             stored += seg[2]
             if size >= CHUNK_BYTES or len(chunk) >= 10_000:
                 self._load_chunk(chunk)
@@ -230,24 +346,25 @@ class RedisStore(BehaviorStore):
             self._load_chunk(chunk)
         return stored
 
-    def _load_chunk(self, chunk: list[tuple[str, bytes | None, int, int, int]]) -> None:
+    def _load_chunk(self, chunk: list[tuple[str, tuple[record.Meta, list[tuple[int, bytes]]] | None, int, int, int]]
+                    ) -> None:
         for _ in range(MAX_ROUNDS):
-            keys = [self._key(c[0]) for c in chunk]
             with self._errors():
-                pipe = self.client.pipeline(transaction=False)
-                for k in keys:
-                    pipe.getrange(k, 0, record.HEADER_SIZE - 1)
-                heads = pipe.execute()
-            writes = []
-            for (user, value, n, dropped, unknown), key, head in zip(chunk, keys, heads):
-                n_old = old_len = 0
-                if head:
-                    _, n_old, _, blob_old, _, _ = record.HEADER.unpack(head)
-                    old_len = record.HEADER_SIZE + record.ROW * n_old + blob_old
-                deltas = [(value is not None) - bool(head), n - n_old, dropped, 0, unknown,
-                          len(value or b"") - old_len]
-                writes.append((key, head, value or b"", deltas))
-            conflicts = self._commit(writes, [0] * 6)
+                heads = self.client.mget([self._key(c[0], "m") for c in chunk])
+            plans = []
+            for (user, built, n, dropped, unknown), head in zip(chunk, heads):
+                old = record.Meta.unpack(head) if head else None
+                ops: list[tuple[str, bytes, bytes | str, bytes | str]] = [
+                    ("D", self._block_key(user, b), "", "") for b in (old.blocks() if old else ())]
+                ops += [("D", self._key(user, "e"), "", ""), ("D", self._key(user, "r"), "", "")]
+                if built is None:
+                    ops.append(("D", self._key(user, "m"), "", ""))
+                else:
+                    ops += [("S", self._block_key(user, b), rows, "") for b, rows in built[1]]
+                    ops.append(("S", self._key(user, "m"), built[0].pack(), ""))
+                deltas = [(built is not None) - (old is not None), n - (old.n if old else 0), dropped, 0, unknown]
+                plans.append((user, head or b"", ops, deltas))
+            conflicts = self._run(plans, [0] * 5)
             chunk = [c for i, c in enumerate(chunk) if i in conflicts]
             if not chunk:
                 return
@@ -257,8 +374,9 @@ class RedisStore(BehaviorStore):
     def snapshot(self, path: str | Path) -> Path:
         """All histories and counters, read by one Lua script (atomic), written to the file ``path`` atomically.
 
-        File format (little-endian): ``b"ULRSNAP1"``; u32 length + JSON ``{"format", "namespace", "cap",
-        "users", "stats"}``; per user: u32 length + user id (UTF-8), u64 length + packed history; then the
+        File format (little-endian): ``b"ULRSNAP2"``; u32 length + JSON ``{"format", "namespace", "cap",
+        "keys", "stats"}``; per key of the namespace: u32 length + the key after ``ns:{``, u64 length + its
+        ``DUMP`` payload (Redis's own serialisation, any key type); then the
         16-byte BLAKE2b of everything before it. The script blocks the server while it copies the
         namespace (~1 s per GB); for very large stores prefer Redis's own RDB snapshots.
         """
@@ -266,9 +384,9 @@ class RedisStore(BehaviorStore):
         if target.exists():
             raise InputError(f"{target}: exists. Fix: snapshot to a new path, or delete the old snapshot first.")
         with self._errors():
-            stats_raw, flat = self._dump(keys=[self._stats_key], args=[_glob_escape(self.namespace) + ":h:*"])
+            stats_raw, flat = self._dump(keys=[self._stats_key], args=[self._pattern])
         stats = {k.decode(): int(v) for k, v in zip(stats_raw[::2], stats_raw[1::2])}
-        meta = json.dumps({"format": 1, "namespace": self.namespace, "cap": self.cap, "users": len(flat) // 2,
+        meta = json.dumps({"format": 2, "namespace": self.namespace, "cap": self.cap, "keys": len(flat) // 2,
                            "stats": stats}).encode()
         h = hashlib.blake2b(digest_size=16)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -281,8 +399,8 @@ class RedisStore(BehaviorStore):
                         fh.write(b)
                     put(SNAPSHOT_MAGIC + struct.pack("<I", len(meta)) + meta)
                     for key, value in zip(flat[::2], flat[1::2]):
-                        user = key[len(self._prefix):]
-                        put(struct.pack("<I", len(user)) + user + struct.pack("<Q", len(value)))
+                        rest = key[len(self._prefix):]
+                        put(struct.pack("<I", len(rest)) + rest + struct.pack("<Q", len(value)))
                         put(value)
                     fh.write(h.digest())
                     fh.flush()
@@ -307,20 +425,21 @@ class RedisStore(BehaviorStore):
             raise InputError(f"{src}: checksum mismatch (truncated or corrupted). Fix: restore another snapshot.")
         (meta_len,) = struct.unpack_from("<I", body, 8)
         meta = json.loads(body[12:12 + meta_len])
-        pos, pairs = 12 + meta_len, []
+        pos, pairs, retag = 12 + meta_len, [], []
         while pos < len(body):
-            (ulen,) = struct.unpack_from("<I", body, pos)
-            user = body[pos + 4:pos + 4 + ulen]
-            (vlen,) = struct.unpack_from("<Q", body, pos + 4 + ulen)
-            start = pos + 12 + ulen
-            pairs += [user, body[start:start + vlen]]
+            (klen,) = struct.unpack_from("<I", body, pos)
+            key = self._prefix + body[pos + 4:pos + 4 + klen]
+            (vlen,) = struct.unpack_from("<Q", body, pos + 4 + klen)
+            start = pos + 12 + klen
+            pairs += [key, body[start:start + vlen]]
+            if key.endswith(b"}:m"):  # new write tags: no scorer state survives a restore (same lengths included)
+                retag += [key, record.new_tag().to_bytes(8, "little")]
             pos = start + vlen
         stats = [x for k, v in meta["stats"].items() for x in (k, v)]
         with self._errors():
-            n = self._restore(keys=[self._stats_key],
-                              args=[_glob_escape(self.namespace) + ":h:*", self._prefix, len(stats) // 2,
-                                    *stats, *pairs])
-        return int(n)
+            self._restore(keys=[self._stats_key], args=[self._pattern, len(stats) // 2, *stats, len(pairs) // 2,
+                                                         *pairs, *retag])
+        return len(retag) // 2
 
     def read_info(self) -> dict | None:
         with self._errors():
@@ -340,7 +459,9 @@ class RedisStore(BehaviorStore):
         with self._errors():
             raw = self.client.hgetall(self._stats_key)
         have = {k.decode(): int(v) for k, v in raw.items()}
-        return {name: have.get(name, 0) for name in STAT_NAMES}
+        out = {name: have.get(name, 0) for name in STAT_NAMES}
+        out["bytes"] = record.META.size * out["users"] + record.ROW_BYTES * out["behaviors"]  # the windows' bytes
+        return out
 
     def close(self) -> None:
         self.client.close()
