@@ -285,25 +285,32 @@ def load_store(
     """Bulk-load every user's timeline of a prepared directory into a behavior store; prints a JSON summary.
 
     A user's stored history is replaced (loading twice gives the same store); users not in DATA_DIR are kept.
+    The store records what it was loaded for (vocabularies, item categories, cap): `serve` refuses a package
+    that differs.
     """
     import time
 
     from userlens.data.prepared import PreparedData
+    from userlens.serving.reload import package_store_info, store_info
     from userlens.serving.store import bulk_load_prepared, open_store
     from userlens.training.config import TrainConfig
 
     def go() -> dict:
         t0 = time.perf_counter()
         data = PreparedData(data_dir)
+        about = {"data": str(data.path.resolve()), "loaded_unix": int(time.time())}
         cap = TrainConfig.long_len
+        info = store_info(data.fingerprint, data.item_category, cap, **about)
         if package is not None:
             from userlens.serving.package import check_store_data, load_package
 
             pkg = load_package(package)
             check_store_data(pkg, data)
             cap = pkg.long_len
+            info = package_store_info(pkg, package=str(pkg.path.resolve()), **about)
         with open_store(store, cap=cap) as s:
             loaded = bulk_load_prepared(s, data)
+            s.write_info(info)  # last: a load that failed half-way leaves the previous record
             stats = s.stats()
         return {"store": store, "data": str(data_dir), "cap": cap, "loaded_behaviors": loaded,
                 "users": stats["users"], "behaviors": stats["behaviors"],
@@ -319,17 +326,32 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    threads: Annotated[int, typer.Option(help="requests one worker scores at once (its thread pool)")] = 40,
     max_candidates: Annotated[int, typer.Option(help="largest candidate list a score request may carry")] = 1000,
     reload_seconds: Annotated[float, typer.Option(
         help="poll the package directory this often and swap in a re-exported package (0: never)")] = 2.0,
+    open_reads: Annotated[bool, typer.Option(
+        "--open-reads", help="serve scores and embeddings without a token (to anyone who can reach the port)")] = False,
+    docs: Annotated[bool, typer.Option("--docs", help="serve the Swagger page at /docs (its script loads from a "
+                                                      "CDN); the schema is at /openapi.json either way")] = False,
+    log_level: Annotated[str, typer.Option(help="critical|error|warning|info|debug; info logs every request")] = "info",
 ) -> None:
-    """Serve the package over HTTP (OpenAPI at /docs); writes need the USERLENS_TOKEN bearer token."""
-    from userlens.serving.server import check_serve_options
+    """Serve the package over HTTP; writes need the USERLENS_TOKEN bearer token, reads USERLENS_READ_TOKEN or it.
+
+    The package and store are checked first (the store must answer and have been loaded for this package).
+    """
     from userlens.serving.server import serve as run_server
 
-    _run(check_serve_options, port, workers, max_candidates, reload_seconds)
-    _say(f"serving {package} on http://{host}:{port} (store {store}, {workers} worker(s)); docs at /docs")
-    _run(run_server, str(package), store, host, port, workers, max_candidates, reload_seconds)
+    reads = "open" if open_reads else "token" if os.environ.get("USERLENS_READ_TOKEN") or os.environ.get(
+        "USERLENS_TOKEN") else "off (set USERLENS_READ_TOKEN)"
+    writes = "token" if os.environ.get("USERLENS_TOKEN") else "off (set USERLENS_TOKEN)"
+
+    def ready() -> None:
+        _say(f"serving {package} on http://{host}:{port} (store {store}, {workers} worker(s) x {threads} threads; "
+             f"reads: {reads}, writes: {writes}; schema at /openapi.json)")
+
+    _run(run_server, str(package), store, host, port, workers, max_candidates, reload_seconds, threads, log_level,
+         open_reads, docs, ready)
 
 
 @app.command()

@@ -25,6 +25,16 @@ class DictStore:
     def __init__(self) -> None:
         self.rows: dict[str, list[tuple]] = {}
         self.seen: set[tuple[str, str]] = set()
+        self.info: dict | None = None
+
+    def read_info(self) -> dict | None:
+        return self.info
+
+    def write_info(self, info: dict) -> None:
+        self.info = info
+
+    def check(self) -> None:
+        pass
 
     def append(self, events):  # type: ignore[no-untyped-def]
         res = AppendResult()
@@ -44,7 +54,7 @@ class DictStore:
         if not rows:
             return UserHistory.empty()
         t, i, c, b = (np.array(x) for x in zip(*rows))
-        return UserHistory(i.astype(np.int32), c.astype(np.int32), t.astype(np.int64), b.astype(np.int16), len(rows))
+        return UserHistory(i.astype(np.int32), c.astype(np.int32), t.astype(np.int64), b.astype(np.int16))
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +65,12 @@ def client(tmp_path_factory: pytest.TempPathFactory, make_prepared) -> TestClien
     fit(data, resolve_config("sim_hard", {"epochs": 1, "compile": False}), d / "run", show_progress=False,
         log=lambda s: None)
     export_package(d / "run", d / "pkg")
-    return TestClient(create_app(Scorer(load_package(d / "pkg"), DictStore()), token=TOKEN, max_candidates=50))  # type: ignore[arg-type]
+    app = create_app(Scorer(load_package(d / "pkg"), DictStore()), token=TOKEN, max_candidates=50)  # type: ignore[arg-type]
+    return TestClient(app, headers=AUTH)  # reads need a token too: the write token opens them
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NO_AUTH = {"Authorization": ""}
 
 
 def test_events_then_scores_in_candidate_order(client: TestClient) -> None:
@@ -88,7 +100,7 @@ def test_cold_user_and_unknown_item_are_flagged(client: TestClient) -> None:
 
 def test_writes_need_the_token(client: TestClient) -> None:
     ev = {"events": [{"user_id": "u", "item_id": 1, "timestamp": 1_600_000_000}]}
-    assert client.post("/v1/events", json=ev).status_code == 401
+    assert client.post("/v1/events", json=ev, headers=NO_AUTH).status_code == 401
     assert client.post("/v1/events", json=ev, headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
@@ -100,6 +112,7 @@ def test_writes_need_the_token(client: TestClient) -> None:
     ({"user_id": ["a"], "candidates": [1]}, 422, "user_id"),
     ({"user_id": "u", "candidates": [1], "timestamp": 1e300}, 422, "timestamp must be epoch seconds"),
     ({"user_id": "u", "candidates": [1], "timestamp": -5}, 422, "timestamp must be epoch seconds"),
+    ({"user_id": "u", "candidates": [1], "timestamp": 1_700_000_000, "contxt": {}}, 422, "unknown field 'contxt'"),
 ])
 def test_bad_score_requests_get_a_clear_4xx(client: TestClient, payload: dict, status: int, text: str) -> None:
     r = client.post("/v1/score", json=payload)
@@ -126,15 +139,15 @@ def test_bad_json_and_oversized_bodies(client: TestClient) -> None:
 
 def test_event_timestamps_out_of_range_are_a_422(client: TestClient) -> None:
     ev = {"events": [{"user_id": "u", "item_id": 1, "timestamp": 1e300}]}
-    r = client.post("/v1/events", json=ev, headers={"Authorization": f"Bearer {TOKEN}"})
+    r = client.post("/v1/events", json=ev)
     assert r.status_code == 422 and "timestamp must be epoch seconds" in r.text
 
 
 def test_health_metrics_embedding_and_openapi(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
-    emb = client.get("/v1/users/u1/embedding").json()
+    emb = client.post("/v1/embedding", json={"user_id": "u1"}).json()
     assert emb["history_length"] == 30 and len(emb["embedding"]) == 32
-    assert client.get("/v1/users/ghost/embedding").json()["cold_user"] is True
+    assert client.post("/v1/embedding", json={"user_id": "ghost"}).json()["cold_user"] is True
     m = client.get("/metrics").text
     assert "userlens_requests_total" in m and 'endpoint="/v1/score"' in m
     assert "/v1/score" in client.get("/openapi.json").json()["paths"]
@@ -147,4 +160,4 @@ def test_every_endpoint_comes_from_one_router(client: TestClient) -> None:
     declared = [r.path for router in ROUTERS for r in router.routes]  # type: ignore[attr-defined]
     assert len(set(declared)) == len(declared)
     assert set(client.get("/openapi.json").json()["paths"]) == set(declared) == {
-        "/v1/events", "/v1/score", "/v1/users/{user_id}/embedding", "/healthz", "/metrics"}
+        "/v1/events", "/v1/score", "/v1/embedding", "/healthz", "/metrics"}

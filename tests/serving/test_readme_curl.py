@@ -170,7 +170,7 @@ def test_readme_curl_examples_answer_as_documented(request: pytest.FixtureReques
         expected = int(documented.group(1)) if documented else 200
         status, body = run_curl(command, port, tmp_path)
         assert status == expected, f"{command}\n-> HTTP {status} (README: {expected}): {body}"
-        path = re.sub(r"/v1/users/[^/]+/", "/v1/users/{id}/", re.search(rf"{ADDRESS}(/\S*)", command).group(1))
+        path = re.search(rf"{ADDRESS}(/\S*)", command).group(1)
         seen.setdefault(path, set()).add(status)
         if path == "/metrics":
             assert "userlens_requests_total" in body
@@ -184,12 +184,16 @@ def test_readme_curl_examples_answer_as_documented(request: pytest.FixtureReques
             cold_unknown |= out["cold_user"] and out["history_length"] == 0 and out["unknown_candidates"] != []
         if path == "/v1/events" and status == 200:
             assert out["appended"] + out["duplicates"] == len(sent["events"]) and out["unknown_items"] == 0
-        if path == "/v1/users/{id}/embedding":
+        if path == "/v1/embedding":
             assert not out["cold_user"] and len(out["embedding"]) > 0
+        if path == "/healthz":
+            assert set(out) == {"status", "model", "package", "weights", "store"} and out["status"] == "ok"
+        if status == 401:
+            assert "bearer token" in out["detail"]
     assert warm_known, "no example scores known items for a user with history (ids missing from the demo data?)"
     assert cold_unknown, "no example shows the cold-start flags (cold_user, unknown_candidates)"
-    assert seen == {"/healthz": {200}, "/v1/score": {200, 413, 422}, "/v1/events": {200, 401},
-                    "/v1/users/{id}/embedding": {200}, "/metrics": {200}}
+    assert seen == {"/healthz": {200}, "/v1/score": {200, 401, 413, 422}, "/v1/events": {200, 401},
+                    "/v1/embedding": {200}, "/metrics": {200}}
 
 
 def test_load_store_refuses_data_of_another_vocabulary(workdir: Path, tmp_path: Path) -> None:

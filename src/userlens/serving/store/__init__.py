@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -23,16 +23,48 @@ from userlens.serving.store.redis_store import RedisStore
 
 
 def open_store(url: str, cap: int) -> BehaviorStore:
-    """``lmdb://PATH`` (relative, or ``lmdb:///abs/path``) or ``redis://HOST:PORT[/db]``."""
+    """``lmdb://relative/path``, ``lmdb:///abs/path`` or ``redis[s]://[:PASSWORD@]HOST:PORT[/DB]``, read strictly.
+
+    Anything else is refused with the fix, never guessed: ``lmdb:relative`` once opened a folder
+    ``lative``, ``redis://host/2/3`` reached db 23 and ``redis://host/x`` db 0 (redis-py's own parsing).
+    """
     scheme = urlsplit(url).scheme
     if scheme == "lmdb":
-        path = url[len("lmdb://"):]
-        if not path:
-            raise InputError(f"{url!r}: no path. Fix: lmdb://PATH, e.g. lmdb://runs/store or lmdb:///srv/store.")
-        return LMDBStore(path, cap)
+        return LMDBStore(_lmdb_path(url), cap)
     if scheme in ("redis", "rediss"):
+        _check_redis_url(url)
         return RedisStore(url, cap)
     raise InputError(f"{url!r}: unknown store scheme {scheme!r}; expected lmdb://PATH or redis://HOST:PORT[/db].")
+
+
+def _lmdb_path(url: str) -> str:
+    """The directory of an ``lmdb://`` URL: everything after ``//``, taken literally (no host, query or fragment)."""
+    fix = "Fix: lmdb://relative/path or lmdb:///absolute/path, e.g. lmdb://runs/store or lmdb:///srv/store."
+    if url[:7].lower() != "lmdb://":
+        raise InputError(f"{url!r}: an LMDB URL starts with lmdb:// (then the directory). {fix}")
+    path = url[7:]
+    if not path:
+        raise InputError(f"{url!r}: no path. {fix}")
+    if "?" in path or "#" in path:
+        raise InputError(f"{url!r}: LMDB URLs take no query string or fragment ('?', '#'). {fix}")
+    first = path.split("/", 1)[0]
+    if ":" in first or "@" in first:  # host:port or user@host: an LMDB store is a local directory
+        raise InputError(f"{url!r}: {first!r} reads as a network location, but an LMDB store is a local "
+                         f"directory. {fix}")
+    if first.startswith("~"):
+        raise InputError(f"{url!r}: '~' is not expanded (it would be a folder named {first!r}). {fix}")
+    return path
+
+
+def _check_redis_url(url: str) -> None:
+    """Refuse what redis-py would read as another database than written (or silently as db 0)."""
+    parts = urlsplit(url)
+    fix = "Fix: redis://HOST:PORT/DB with DB a number (default 0), e.g. redis://localhost:6379/2."
+    db = parts.path[1:]
+    if db and not (db.isascii() and db.isdigit()):
+        raise InputError(f"{url!r}: the path {parts.path!r} is not a database number. {fix}")
+    if "db" in parse_qs(parts.query, keep_blank_values=True) or parts.fragment:
+        raise InputError(f"{url!r}: give the database once, as the path (no ?db=, no '#'). {fix}")
 
 
 def bulk_load_prepared(store: BehaviorStore, data: PreparedData) -> int:
