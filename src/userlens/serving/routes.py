@@ -179,8 +179,11 @@ class ServingContext:
     open_reads: bool = False
 
 
-def serving_context(request: Request) -> ServingContext:
-    """Dependency: the :class:`ServingContext` :func:`~userlens.serving.app.create_app` stored on the app."""
+async def serving_context(request: Request) -> ServingContext:
+    """Dependency: the :class:`ServingContext` :func:`~userlens.serving.app.create_app` stored on the app.
+
+    The dependencies are ``async`` (none blocks): FastAPI would run a sync one in the thread pool, a hop per
+    dependency per request, and ``--threads`` would count them beside the scoring."""
     return request.app.state.serving  # type: ignore[no-any-return]
 
 
@@ -197,7 +200,7 @@ def _bearer(authorization: str | None, tokens: list[str]) -> None:
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_writer(ctx: Context, authorization: Authorization = None) -> None:
+async def require_writer(ctx: Context, authorization: Authorization = None) -> None:
     """Dependency of the write endpoints: ``Authorization: Bearer <token>`` must match the server's token."""
     if not ctx.token:
         raise HTTPException(503, "writes are disabled: the server has no token. Fix: start it with "
@@ -205,7 +208,7 @@ def require_writer(ctx: Context, authorization: Authorization = None) -> None:
     _bearer(authorization, [ctx.token])
 
 
-def require_reader(ctx: Context, authorization: Authorization = None) -> None:
+async def require_reader(ctx: Context, authorization: Authorization = None) -> None:
     """Dependency of the read endpoints: the read token or the write token, unless reads were opened."""
     if ctx.open_reads:
         return
