@@ -1,26 +1,32 @@
-"""Per-user GSU state (SDIM bucket sums, SIM hard's category index) is extended on append, never stale.
+"""Per-user serving state slides with the stream and never goes stale: every score equals a stateless scan.
 
-A scorer that keeps state across requests must score exactly as a fresh scorer
-that scans the stored history, after appends at the end (state extended in place),
-an out-of-order insert and a history capped at ``long_len`` (state rebuilt).
+The lifelong user is a stream: events arrive between requests and, at the cap, every append
+evicts the oldest behavior. For every model with state (SDIM's bucket sums, SIM hard's and QIN's
+category index, the item groups of SIM soft / TWIN / ETA / DARE / MUSE, the counting features'
+indexes) a scorer that keeps state must score exactly as one that scans the stored window afresh,
+after appends, evictions at the cap, out-of-order events, bulk loads, restores and two requests for
+one user interleaved with an append; and the common path (in-order appends) must slide the state,
+not rebuild it.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from userlens.data.prepared import PreparedData
 from userlens.serving.package import export_package, load_package
-from userlens.serving.scorer import Scorer, history_fingerprint
+from userlens.serving.scorer import Scorer
 from userlens.serving.store import open_store
-from userlens.serving.store.base import UserHistory
 from userlens.training.config import resolve_config
 from userlens.training.trainer import fit
 
-LONG_LEN = 120
+LONG_LEN = 40
+T0 = 1_700_000_000_000
 
 
 @pytest.fixture(scope="module")
@@ -29,68 +35,121 @@ def data(make_prepared) -> PreparedData:  # type: ignore[no-untyped-def]
                          impressions_per_user=4)
 
 
-def _package(name: str, data: PreparedData, tmp: Path) -> Path:
+def _package(name: str, data: PreparedData, tmp: Path, **extra: object) -> Path:
     cfg = resolve_config(name, {"epochs": 1, "batch_size": 64, "compile": False, "long_len": LONG_LEN,
-                                "short_len": 10})
+                                "short_len": 10, **extra})
     fit(data, cfg, tmp / "run", show_progress=False, log=lambda s: None)
     export_package(tmp / "run", tmp / "pkg")
     return tmp / "pkg"
 
 
-# part kept per user; extended in place (True) or rebuilt when the history grew (False)
-PARTS = {"sdim": ("bucket_sum", True), "sim_hard": ("category_index", True), "sim_soft": ("item_groups", False),
-         "twin": ("item_groups", False), "eta": ("item_groups", False)}
+def stateless(scorer: Scorer, user: str, candidates: list[str], t: int) -> list[float]:
+    """The scan: the stored window read afresh, no state at all."""
+    history = scorer.store.history(user)
+    batch, _ = scorer.batch(user, candidates, t, history, {}, None)
+    with torch.inference_mode():
+        return scorer.model(batch).double().tolist()
 
 
-@pytest.mark.parametrize("name", list(PARTS))
-def test_state_kept_across_appends_scores_as_a_fresh_scan(name: str, data: PreparedData, tmp_path: Path) -> None:
-    pkg = load_package(_package(name, data, tmp_path))
+# model → the state part its requests build (beside the window itself)
+STATEFUL = {"sdim": "totals", "sim_hard": "category_index", "qin": "category_index", "sim_soft": "item_index",
+            "twin": "item_index", "eta": "item_index", "dare": "item_index", "muse": "item_index",
+            "din+counts": "item_index"}
+
+
+class Gate:
+    """A store whose next ``history`` read, once armed, waits after reading until released."""
+
+    def __init__(self, store) -> None:  # type: ignore[no-untyped-def]
+        self.store, self.armed, self.inside, self.release = store, False, threading.Event(), threading.Event()
+
+    def history(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = self.store.history(*args, **kwargs)
+        if self.armed:
+            self.armed = False
+            self.inside.set()
+            assert self.release.wait(30)
+        return out
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("name", list(STATEFUL))
+def test_sliding_state_scores_as_a_stateless_scan(name: str, data: PreparedData, tmp_path: Path) -> None:
+    model, _, extra = name.partition("+")
+    pkg = load_package(_package(model, data, tmp_path, **({"count_features": "all"} if extra else {})))
     store = open_store(f"lmdb://{tmp_path}/store", cap=LONG_LEN)
-    kept = Scorer(pkg, store)
+    gate = Gate(store)
+    kept = Scorer(pkg, gate)  # type: ignore[arg-type]
     items = data.vocab("item")["raw"].cast(str).to_list()
     rng = np.random.default_rng(0)
     candidates = [items[i] for i in rng.integers(0, len(items), 30)]
-    t0 = 1_700_000_000_000
-    part, in_place = PARTS[name]
+    clock = iter(range(T0, T0 + 10**9, 1000))
 
-    def check(now: int) -> None:
-        fresh = Scorer(pkg, store)  # no state: scans the stored history
-        got, want = kept.score("u", candidates, now).logits, fresh.score("u", candidates, now).logits
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    def append(n: int, t: int | None = None) -> None:
+        store.append([kept.encode_event("u", items[int(rng.integers(len(items)))], t or next(clock),
+                                        event_id=f"e{rng.integers(1 << 60)}") for _ in range(n)])
 
-    def append(times: list[int]) -> None:
-        store.append([kept.encode_event("u", items[int(rng.integers(len(items)))], t, event_id=f"e{t}")
-                      for t in times])
+    def check(now: int | None = None) -> None:
+        now = now or next(clock)
+        np.testing.assert_allclose(kept.score("u", candidates, now).logits, stateless(kept, "u", candidates, now),
+                                   rtol=0, atol=1e-5)
 
-    append([t0 + i for i in range(40)])
-    check(t0 + 10_000)
-    first = kept._states["u"].state.parts[part][1]
-    for step in range(3):  # appends at the end: the same state object, extended
-        append([t0 + 100 + 10 * step + i for i in range(7)])
-        check(t0 + 10_000)
-        assert (kept._states["u"].state.parts[part][1] is first) == in_place
-        assert kept._states["u"].state.parts[part][0] == len(store.history("u"))
-    check(t0 + 50)  # a request before the latest behaviors: SDIM scans, SIM searches a bounded range
-    store.append([kept.encode_event("u", items[0], t0 + 5, event_id="late")])  # out of order: state rebuilt
-    first = kept._states["u"].state.parts[part][1]
-    check(t0 + 10_000)
-    assert kept._states["u"].state.parts[part][1] is not first
-    append([t0 + 1_000 + i for i in range(LONG_LEN)])  # over the cap: the oldest dropped, rebuilt again
-    assert len(store.history("u")) == LONG_LEN
-    check(t0 + 100_000)
+    state = lambda: kept._states["u"]  # noqa: E731
+    append(40)
+    check()
+    assert (state().rebuilds, state().slides) == (1, 0)
+    part = STATEFUL[name]
+    assert bool(state().totals) if part == "totals" else part in state().indexes
+    for _ in range(2 * LONG_LEN + 10):  # one event between requests, past the cap: evictions slide the state
+        append(1)
+        check()
+    assert len(store.history("u")) == LONG_LEN and state().start == 40 + 2 * LONG_LEN + 10 - LONG_LEN
+    assert state().rebuilds == 1 and state().slides == 2 * LONG_LEN + 10  # nothing was rebuilt on the way
+    assert all(len(index.keys) == LONG_LEN for index in state().indexes.values())  # evicted rows left them
+    append(7)  # a batch, then a request cut before the newest behaviors (a replay): scanned, same scores
+    check(int(store.history("u").time[-5]))
+    check()
+    late = next(clock)
+    append(3)
+    append(1, t=late)  # out of order: renumbers, new tag, rebuilt
+    check()
+    assert state().rebuilds == 2
+    h = store.history("u")  # a bulk load of the same length: new tag, rebuilt (the length is no version)
+    store.bulk_load(["u"], np.array([0, len(h)]), h.item[::-1].copy(), h.category[::-1].copy(), h.time.copy(),
+                    h.behavior.copy())
+    check()
+    assert state().rebuilds == 3
+    snap = store.snapshot(tmp_path / "snap")
+    append(2)
+    check()
+    store.restore(snap)  # back to the snapshot: new tags, rebuilt
+    check()
+    assert state().rebuilds == 4
+
+    # two requests for one user with an append between them: A reads, the event lands, B asks; A finishes
+    now = next(clock) + 10_000
+    before = stateless(kept, "u", candidates, now)
+    gate.armed = True
+    results: dict[str, list[float]] = {}
+    a = threading.Thread(target=lambda: results.update(a=kept.score("u", candidates, now).logits))
+    a.start()
+    assert gate.inside.wait(30)
+    append(1, t=now - 5_000)
+    b = threading.Thread(target=lambda: results.update(b=kept.score("u", candidates, now).logits))
+    b.start()
+    b.join(0.2)
+    gate.release.set()
+    a.join(30)
+    b.join(30)
+    after = stateless(kept, "u", candidates, now)
+    np.testing.assert_allclose(results["a"], before, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(results["b"], after, rtol=0, atol=1e-5)
+    for _ in range(3):
+        append(1)
+        check()
     store.close()
-
-
-def test_fingerprint_is_additive_and_order_dependent() -> None:
-    rng = np.random.default_rng(1)
-    n = 50
-    h = UserHistory(rng.integers(2, 99, n).astype(np.int32), rng.integers(2, 9, n).astype(np.int32),
-                    np.sort(rng.integers(0, 10**12, n)).astype(np.int64), np.zeros(n, np.int16), n)
-    full = history_fingerprint(h, 0, n)
-    assert (history_fingerprint(h, 0, 20) + history_fingerprint(h, 20, n)) % (1 << 64) == full
-    swapped = UserHistory(h.item.copy(), h.category, h.time, h.behavior, n)
-    swapped.item[[3, 4]] = swapped.item[[4, 3]]
-    assert swapped.item[3] == swapped.item[4] or history_fingerprint(swapped, 0, n) != full
 
 
 def test_state_memory_is_bounded_least_recently_used_first(data: PreparedData, tmp_path: Path) -> None:
@@ -99,11 +158,11 @@ def test_state_memory_is_bounded_least_recently_used_first(data: PreparedData, t
     store = open_store(f"lmdb://{tmp_path}/store", cap=LONG_LEN)
     items = data.vocab("item")["raw"].cast(str).to_list()
     for u in range(6):
-        store.append([Scorer(pkg, store).encode_event(f"u{u}", items[i], 1_700_000_000_000 + i, event_id=str(i))
+        store.append([Scorer(pkg, store).encode_event(f"u{u}", items[i], T0 + i, event_id=str(i))
                       for i in range(100)])
     unbounded = Scorer(pkg, store)
     one = unbounded.score("u0", items[:4]).logits
-    per_user = unbounded._states["u0"].nbytes
+    per_user = unbounded._sizes["u0"]
     assert per_user > 0 and unbounded._state_total == per_user
     small = Scorer(pkg, store, state_bytes=3 * per_user)
     for u in range(6):

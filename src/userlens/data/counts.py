@@ -35,6 +35,8 @@ values offline and online.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from userlens.batch import COUNT_BUCKETS
@@ -133,8 +135,15 @@ class UserIndexes:
 
     def __init__(self, item: np.ndarray, category: np.ndarray, time: np.ndarray) -> None:
         self.time = np.asarray(time, dtype=np.int64)
-        self.by_item = PositionIndex(item)
-        self.by_category = PositionIndex(category)
+        self.by_item: Any = PositionIndex(item)
+        self.by_category: Any = PositionIndex(category)
+
+    @classmethod
+    def of(cls, by_item: Any, by_category: Any, time: np.ndarray) -> UserIndexes:
+        """Indexes already built (a serving window's sliding ones: anything with ``count_last``)."""
+        out = cls.__new__(cls)
+        out.time, out.by_item, out.by_category = np.asarray(time, dtype=np.int64), by_item, by_category
+        return out
 
 
 def count_features(items: ItemCounts, users: UserIndexes, item: np.ndarray, category: np.ndarray,

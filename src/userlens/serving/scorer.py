@@ -11,17 +11,17 @@ vectorised across the candidates, with the very code training used. Replaying a
 log therefore gives the offline ``evaluate`` scores (``tests/serving`` proves it
 for every registered model).
 
-Per-user GSU state is kept between requests, not recomputed: SIM hard's
-category index and SDIM's per-round bucket sums live in a
-:class:`~userlens.serving.state.HistoryState` per user (least recently used first out
-beyond ``state_bytes``, 1 GiB by default: SIM's index is 16 bytes per behavior, 1.6 MB for a
-100K history; SDIM's sums 17 KB per user)
-and are extended with the behaviors appended since the previous request. The
-state is trusted while the stored history only grew at its end: same
-``version``, or an order-dependent fingerprint of the covered prefix unchanged
-(an out-of-order insert, a capped history dropping its oldest behaviors or a
-restored store rebuild it). After ``BehaviorStore.restore`` call
-:meth:`Scorer.clear_state`.
+Per-user state is kept between requests, not recomputed: the user's window of
+the store's log and the GSU parts over it (SIM hard's category index, SDIM's
+bucket sums, the history grouped by item, the counting features' indexes) live
+in a :class:`~userlens.serving.state.HistoryState` per user (least recently used
+first out beyond ``state_bytes``, 1 GiB by default; ~50 bytes per behavior, 5 MB
+for a 100K window). A request reads from the store only the rows appended since
+the state's end (``history(user, since=end, tag=tag)``) and slides every part
+with them (appended rows added, evicted rows removed); a new write tag (an
+out-of-order insert, a bulk load, a restore) rebuilds them. The read, the slide
+and the scoring run under the user's state lock, so concurrent requests for one
+user cannot interleave them.
 
 Cold start is explicit, never an error: an unknown user is scored with an empty
 history, an unknown candidate with the "unknown" item row (code 1); both are
@@ -63,30 +63,6 @@ class ScoreResult:
     explain: dict | None = None  # with ``explain=True``: see :meth:`Scorer.explanation`
 
 
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def history_fingerprint(h: UserHistory, start: int, stop: int) -> int:
-    """Order-dependent 64-bit hash of behaviors ``[start, stop)`` (item, category, time, position); additive
-    over adjacent ranges, so a prefix's fingerprint extends with its tail only."""
-    if stop <= start:
-        return 0
-    pos = np.arange(start, stop, dtype=np.uint64)
-    x = (h.item[start:stop].astype(np.uint64) * np.uint64(0x100000001B3)) ^ (
-        h.category[start:stop].astype(np.uint64) << np.uint64(40)) ^ h.time[start:stop].astype(np.uint64)
-    return int((x * (pos * _MIX | np.uint64(1))).sum(dtype=np.uint64))
-
-
-@dataclass
-class _UserState:
-    state: HistoryState
-    version: int
-    n: int
-    fingerprint: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    nbytes: int = 0  # the state's size when last accounted
-
-
 class Scorer:
     """Scores requests against one :class:`ModelPackage` and one :class:`BehaviorStore`.
 
@@ -101,49 +77,50 @@ class Scorer:
         self.fields = frozenset(getattr(self.model, "fields", ()))
         self.item_times = item_counts_from_csr(*package.item_times)  # behaviors per item before a time (all users)
         self.state_bytes = state_bytes
-        self._states: OrderedDict[str, _UserState] = OrderedDict()
+        self._states: OrderedDict[str, HistoryState] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # bytes of each user's state when last accounted
         self._state_total = 0  # bytes held by all users' states, as last measured
         self._states_lock = threading.Lock()
 
     def clear_state(self) -> None:
-        """Forget every user's GSU state (after the store was restored or replaced)."""
+        """Forget every user's state (not needed after a restore or bulk load: new write tags rebuild it)."""
         with self._states_lock:
             self._states.clear()
+            self._sizes.clear()
             self._state_total = 0
 
-    def _user_state(self, user_id: str, history: UserHistory) -> _UserState:
-        """The user's GSU state, valid for ``history`` (kept, extended, or rebuilt; see the module docstring)."""
+    @property
+    def state_stats(self) -> dict[str, int]:
+        """Users with state, their bytes, and how many syncs slid the state / rebuilt it (all users held)."""
         with self._states_lock:
-            entry = self._states.get(user_id)
-            if entry is not None:
-                self._states.move_to_end(user_id)
-        n = len(history)
-        if entry is not None and entry.version == history.version and entry.n == n:
-            return entry
-        if entry is not None and n >= entry.n and history_fingerprint(history, 0, entry.n) == entry.fingerprint:
-            with entry.lock:
-                entry.fingerprint += history_fingerprint(history, entry.n, n)
-                entry.fingerprint &= (1 << 64) - 1
-                entry.version, entry.n = history.version, n
-            return entry
-        entry = _UserState(HistoryState(), history.version, n, history_fingerprint(history, 0, n))
-        with self._states_lock:
-            old = self._states.pop(user_id, None)
-            self._state_total -= old.nbytes if old is not None else 0
-            self._states[user_id] = entry
-        return entry
+            states = list(self._states.values())
+            return {"users": len(states), "bytes": self._state_total, "slides": sum(s.slides for s in states),
+                    "rebuilds": sum(s.rebuilds for s in states)}
 
-    def _account(self, user_id: str, entry: _UserState) -> None:
+    def _state(self, user_id: str) -> HistoryState:
+        with self._states_lock:
+            state = self._states.get(user_id)
+            if state is None:
+                state = self._states[user_id] = HistoryState(self.package.long_len)
+            self._states.move_to_end(user_id)
+        return state
+
+    def _read(self, user_id: str, state: HistoryState) -> None:
+        """Sync ``state`` with the store (caller holds ``state.lock``): the rows since its end, or the window."""
+        rows = (self.store.history(user_id, since=state.end, tag=state.tag) if state.tag
+                else self.store.history(user_id))
+        state.sync(rows)
+
+    def _account(self, user_id: str, state: HistoryState, size: int) -> None:
         """Record the state's new size; evict least recently used users beyond ``state_bytes``."""
         with self._states_lock:
-            if self._states.get(user_id) is not entry:
-                return  # replaced or cleared meanwhile
-            size = entry.state.nbytes()
-            self._state_total += size - entry.nbytes
-            entry.nbytes = size
+            if self._states.get(user_id) is not state:
+                return  # evicted or cleared meanwhile
+            self._state_total += size - self._sizes.get(user_id, 0)
+            self._sizes[user_id] = size
             while self._state_total > self.state_bytes and len(self._states) > 1:
-                _, gone = self._states.popitem(last=False)
-                self._state_total -= gone.nbytes
+                gone, _ = self._states.popitem(last=False)
+                self._state_total -= self._sizes.pop(gone, 0)
 
     # ------------------------------------------------------------------ writes
 
@@ -175,18 +152,19 @@ class Scorer:
         if len(candidates) == 0:
             raise InputError("no candidates to score. Fix: send at least one item id in `candidates`.")
         t = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
-        history = self.store.history(str(user_id))
-        entry = self._user_state(str(user_id), history) if "long" in self.fields else None
-        with entry.lock if entry is not None else contextlib.nullcontext():
-            batch, n = self.batch(str(user_id), candidates, t, history, context or {},
-                                  entry.state if entry is not None else None)
+        user = str(user_id)
+        state = self._state(user)
+        with state.lock:
+            self._read(user, state)
+            history = state.history()
+            batch, n = self.batch(user, candidates, t, history, context or {}, state)
             with torch.inference_mode(), tracing() if explain else contextlib.nullcontext() as trace:
                 logits = self.model(batch).detach().cpu().double().numpy()
-            if entry is not None:
-                self._account(str(user_id), entry)
+            why = self.explanation(user, trace, history, n) if explain else None
+            size = state.nbytes()
+        self._account(user, state, size)
         scores = 1.0 / (1.0 + np.exp(-logits))
         unknown = [i for i, c in enumerate(batch.target["target_item"].tolist()) if c == UNKNOWN]
-        why = self.explanation(str(user_id), trace, history, n) if explain else None
         return ScoreResult(scores.tolist(), logits.tolist(), unknown, n == 0, n, t, why)
 
     def explanation(self, user_id: str, trace: dict[str, object] | None, history: UserHistory, n: int) -> dict:
@@ -220,7 +198,7 @@ class Scorer:
               context: dict[str, object], state: HistoryState | None = None) -> tuple[Batch, int]:
         """The request as a batch: one row per candidate, all sharing the user's history before ``t``.
 
-        ``state``: the user's GSU state (kept across requests); None scans the history afresh.
+        ``state``: the user's state over ``history`` (kept across requests); None scans the history afresh.
         """
         pkg = self.package
         b = len(candidates)
@@ -250,9 +228,8 @@ class Scorer:
         long = None
         if "long" in self.fields:
             index = None
-            if "long_category" in self.fields:  # over the whole stored history: searches are bounded by [lo, hi)
-                index = (state.category_index(history.category) if state is not None
-                         else CategoryIndex(np.asarray(timeline["category"])))
+            if "long_category" in self.fields:  # over the whole window: searches are bounded by [lo, hi)
+                index = state.category_index() if state is not None else CategoryIndex(np.asarray(timeline["category"]))
             lo = np.full(b, max(0, n - pkg.long_len), dtype=np.int64)
             long = LongHistory(timeline, lo, np.full(b, n, dtype=np.int64), pkg.item_category,
                                category_index=index, content=pkg.content if "long_content" in self.fields else None,
@@ -261,7 +238,8 @@ class Scorer:
                for c in pkg.manifest.get("context_columns", [])}
         counts = {}
         if COUNTS_FIELD in self.fields:  # the offline loader's function, over this user's window [lo, n)
-            users = UserIndexes(timeline["item"], timeline["category"], timeline["time"])
+            users = (UserIndexes.of(state.index("item"), state.index("category"), history.time) if state is not None
+                     else UserIndexes(timeline["item"], timeline["category"], timeline["time"]))
             raw = count_features(self.item_times, users, item, pkg.item_category[item],
                                  np.full(b, max(0, n - pkg.long_len), dtype=np.int64), np.full(b, n, dtype=np.int64),
                                  when)
@@ -269,4 +247,4 @@ class Scorer:
         return Batch(target, short, None, ctx, long, counts), n
 
 
-__all__ = ("ScoreResult", "Scorer", "history_fingerprint")
+__all__ = ("ScoreResult", "Scorer")

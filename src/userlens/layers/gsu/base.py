@@ -47,7 +47,7 @@ class SearchState(Protocol):
     Implemented by :class:`userlens.serving.state.HistoryState`; the GSUs only call
     these two methods (layers know nothing of serving), and only through
     :func:`serving_state`. Both answer None when the state cannot serve this
-    request (it covers more than the request's history): the caller scans instead.
+    request (the request's history stops before the user's window ends): the caller scans instead.
     """
 
     def item_topk(self, long: LongHistory, score: ItemScorer, k: int) -> Selection | None:
@@ -56,8 +56,9 @@ class SearchState(Protocol):
         ...
 
     def total(self, name: str, long: LongHistory,
-              add: Callable[[object | None, np.ndarray], object]) -> object | None:
-        """A running aggregate ``name`` over ``[0, hi)``, extended with ``add(acc, new_items)``."""
+              add: Callable[[object | None, np.ndarray, int], object]) -> object | None:
+        """A running aggregate ``name`` over ``[0, hi)``, kept with ``add(acc or None, items, sign)`` (sign 1:
+        appended behaviors, -1: evicted ones)."""
         ...
 
 

@@ -144,16 +144,20 @@ def _segment_bucket_sum(long: LongHistory, table: Tensor, codes: Tensor, query: 
     return (end - start).to(table.dtype)
 
 
-def _add_to_buckets(acc: Tensor | None, table: Tensor, codes: Tensor, items: np.ndarray) -> Tensor:
-    """``acc[r, v] += Σ table[i]`` over ``items`` whose round-``r`` code is ``v``: ``(rounds, codes, D)``."""
+def _add_to_buckets(acc: Tensor | None, table: Tensor, codes: Tensor, items: np.ndarray, sign: int = 1) -> Tensor:
+    """``acc[r, v] += sign · Σ table[i]`` over ``items`` whose round-``r`` code is ``v``: ``(rounds, codes, D)``
+    float64 (a serving window adds appended and subtracts evicted behaviors: no drift worth a float32 ulp)."""
     rounds = codes.shape[1]
     if acc is None:
-        acc = table.new_zeros(rounds, int(codes.max()) + 1 if codes.numel() else 1, table.shape[1])
-    for start in range(0, len(items), 1 << 16):
+        acc = table.new_zeros(rounds, int(codes.max()) + 1 if codes.numel() else 1, table.shape[1],
+                              dtype=torch.float64)
+    n_codes = acc.shape[1]
+    flat = acc.view(rounds * n_codes, -1)
+    shift = torch.arange(rounds, device=table.device) * n_codes
+    for start in range(0, len(items), 1 << 16):  # one index_add for every round: tiny ops pay per call
         ids = torch.from_numpy(items[start:start + (1 << 16)]).to(table.device)
-        rows = table[ids]
-        for r in range(rounds):
-            acc[r].index_add_(0, codes[ids, r], rows)
+        rows = table[ids].double() * sign
+        flat.index_add_(0, (codes[ids] + shift).reshape(-1), rows.repeat_interleave(rounds, 0))
     return acc
 
 
@@ -166,14 +170,15 @@ def bucket_sum(long: LongHistory, table: Tensor, codes: Tensor, query: Tensor,
         codes: ``(n_items, rounds)`` int64 bucket code of every item per hash round.
         query: ``(B, rounds)`` int64 bucket codes of the targets.
         key: name of the per-user running sums when serving
-            (:class:`~userlens.serving.state.HistoryState`): one user's request adds only the
-            behaviors appended since the last one, then reads ``B × rounds`` rows.
+            (:class:`~userlens.serving.state.HistoryState`): one user's request adds the behaviors
+            appended and subtracts those evicted since the last one, then reads ``B × rounds`` rows.
     """
     state = serving_state(long)
     if state is not None:  # one user's request: per-round bucket sums kept per user, extended on append
-        sums = state.total(key, long, lambda acc, items: _add_to_buckets(acc, table, codes, items))
+        sums = state.total(key, long, lambda acc, items, sign: _add_to_buckets(acc, table, codes, items, sign))
         if sums is not None:
-            return sums[torch.arange(codes.shape[1], device=query.device)[None, :], query]  # type: ignore[index]
+            rounds = torch.arange(codes.shape[1], device=query.device)[None, :]
+            return sums[rounds, query].to(table.dtype)  # type: ignore[index]
     if not len(long.lo) or long.longest == 0:
         return table.new_zeros(len(long.lo), codes.shape[1], table.shape[1])
     top = max(int(codes.max()) if codes.numel() else 0, int(query.max()) if query.numel() else 0)

@@ -26,17 +26,24 @@ class CategoryIndex:
     (33 bits past 2**32 behaviors), widened when :meth:`extend` crosses a power of
     two. Categories take the remaining bits; ids that do not fit raise instead of
     wrapping around into other categories' keys.
+
+    Sliding (serving): positions are absolute sequence numbers of a user's log;
+    :meth:`evict` drops those below a window's start and ``origin`` (the window's
+    first number) maps the callers' window-relative positions to them, so
+    :meth:`search` and :meth:`count_last` take and return positions relative to
+    the window (``origin = 0`` offline: nothing changes there).
     """
 
-    def __init__(self, category: np.ndarray) -> None:
+    def __init__(self, category: np.ndarray, start: int = 0) -> None:
         category = np.asarray(category)
         self.n = 0
+        self.origin = start  # absolute number of relative position 0 (see the class docstring)
         self.shift = 1
         self.top = -1  # the largest category indexed
-        self.reserve(len(category), category)
-        self.n = len(category)
-        self.positions = np.argsort(category, kind="stable").astype(np.int64)
-        self.keys = (category.astype(np.int64)[self.positions] << self.shift) | self.positions
+        self.reserve(start + len(category), category)
+        self.n = start + len(category)
+        self.positions = np.argsort(category, kind="stable").astype(np.int64) + start
+        self.keys = (category.astype(np.int64)[self.positions - start] << self.shift) | self.positions
 
     def reserve(self, n: int, category: np.ndarray | None = None) -> None:
         """Make the keys hold positions up to ``n`` and the ids of ``category`` (re-packing them when the
@@ -75,18 +82,40 @@ class CategoryIndex:
         self.positions = self.keys & ((1 << self.shift) - 1)
         self.n += m
 
+    def evict(self, below: int) -> None:
+        """Drop positions ``< below`` (a sliding window's oldest behaviors): one O(n) copy, no sort."""
+        if len(self.positions) and int(self.positions.min()) < below:
+            keep = self.positions >= below
+            self.keys, self.positions = self.keys[keep], self.positions[keep]
+
+    def _range(self, key: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index range ``[a, b)`` of ``self.keys`` holding ``key`` at relative positions ``[lo, hi)``."""
+        # a key outside the index matches nothing: clipped to just below or above every key's
+        base = np.clip(np.asarray(key, dtype=np.int64), -1, self.top + 1) << self.shift
+        a = np.searchsorted(self.keys, base + np.clip(np.asarray(lo) + self.origin, 0, self.n))
+        b = np.searchsorted(self.keys, base + np.clip(np.asarray(hi) + self.origin, 0, self.n))
+        return a, b
+
+    def count_last(self, key: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(count, last)`` of ``key[b]`` in positions ``[lo[b], hi[b])``; ``last`` = -1 where the count is 0
+        (what :class:`userlens.data.counts.PositionIndex` answers, for a serving window)."""
+        a, b = self._range(key, lo, hi)
+        count = (b - a).astype(np.int64)
+        if not len(self.positions):
+            return count, np.full(len(count), -1, dtype=np.int64)
+        last = self.positions[np.maximum(b - 1, 0)] - self.origin
+        return count, np.where(count > 0, last, -1).astype(np.int64)
+
     def search(self, category: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int) -> Selection:
         """The ``k`` most recent positions in ``[lo, hi)`` whose category equals ``category`` (per row)."""
-        # a category outside the index matches nothing: clipped to just below or above every key's
-        base = np.clip(np.asarray(category, dtype=np.int64), -1, self.top + 1) << self.shift
-        a = np.searchsorted(self.keys, base + np.clip(lo, 0, self.n))
-        b = np.searchsorted(self.keys, base + np.clip(hi, 0, self.n))
+        a, b = self._range(category, lo, hi)
         start = np.maximum(a, b - k)
         count = (b - start).astype(np.int64)
         ar = np.arange(k)
         valid = ar[None, :] < count[:, None]
         idx = np.where(valid, start[:, None] + ar[None, :], 0)
-        pos = np.where(valid, self.positions[np.minimum(idx, max(self.n - 1, 0))] if self.n else -1, -1)
+        size = len(self.positions)
+        pos = np.where(valid, self.positions[np.minimum(idx, max(size - 1, 0))] - self.origin if size else -1, -1)
         sel = Selection(pos.astype(np.int64), count)
         note("gsu", sel)
         return sel
