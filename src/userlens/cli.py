@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from userlens.errors import Interrupted, UserlensError
+from userlens.errors import InputError, Interrupted, UserlensError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Lifelong user-interest modeling: prepare logs, train CTR models, evaluate.")
@@ -130,7 +130,6 @@ def prepare(
     from userlens.data.prepare import PrepareOptions
     from userlens.data.prepare import prepare as do_prepare
     from userlens.data.prepare import sources_from_files
-    from userlens.errors import InputError
 
     def go() -> dict:
         if format:
@@ -239,7 +238,6 @@ def embed_items(
 ) -> None:
     """Write item content vectors (items/content*.npy) from item text (all-MiniLM-L6-v2) or from --vectors; prints JSON."""
     from userlens.data.content import build_content, import_vectors
-    from userlens.errors import InputError
 
     def go() -> dict:
         common = dict(pca_dim=pca_dim, dtype=dtype, normalize=normalize, seed=seed)
@@ -291,7 +289,7 @@ def load_store(
     import time
 
     from userlens.data.prepared import PreparedData
-    from userlens.serving.reload import package_store_info, store_info
+    from userlens.serving.reload import INFO_KEYS, package_store_info, store_info
     from userlens.serving.store import bulk_load_prepared, open_store
     from userlens.training.config import TrainConfig
 
@@ -309,6 +307,13 @@ def load_store(
             cap = pkg.long_len
             info = package_store_info(pkg, package=str(pkg.path.resolve()), **about)
         with open_store(store, cap=cap) as s:
+            old = s.read_info()
+            differ = [k for k in INFO_KEYS if old is not None and old.get(k) != info[k]]
+            if differ and s.stats()["users"]:
+                raise InputError(f"{store}: holds histories loaded for {old.get('package') or old.get('data')} "
+                                 f"with another {' and '.join(differ)}; users not in {data_dir} would keep them "
+                                 "(codes the new package misreads). Fix: load into a new store (another "
+                                 "directory or namespace), or delete this one first.")
             loaded = bulk_load_prepared(s, data)
             s.write_info(info)  # last: a load that failed half-way leaves the previous record
             stats = s.stats()

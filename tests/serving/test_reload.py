@@ -194,3 +194,15 @@ def test_a_reload_refused_is_refused_again_at_the_next_start(setup: dict, tmp_pa
     monkeypatch.setenv("USERLENS_STORE", url)
     with pytest.raises(InputError, match="userlens load-store"):
         app_from_env()
+
+
+def test_load_store_refuses_a_store_holding_histories_of_other_vocabularies(setup: dict, tmp_path: Path) -> None:
+    """Users absent from the new data would keep codes of the old vocabularies: a store mixing both is refused."""
+    export_package(setup["foreign"], tmp_path / "foreign", data_dir=setup["foreign_data"].path)
+    url = f"lmdb://{tmp_path}/store"
+    _load_store(setup["data"].path, url)
+    r = runner.invoke(cli, ["load-store", str(setup["foreign_data"].path), "--store", url, "--package",
+                            str(tmp_path / "foreign")])
+    assert r.exit_code == 1 and "users not in" in r.output and "Fix: load into a new store" in r.output
+    _load_store(setup["foreign_data"].path, f"lmdb://{tmp_path}/fresh", tmp_path / "foreign")  # a new store: fine
+    _load_store(setup["data"].path, url)  # the same data again: fine

@@ -441,3 +441,14 @@ def test_redis_without_fsync_always_is_refused(redis_server) -> None:
     finally:
         client.config_set("appendfsync", "always")
         client.close()
+
+
+def test_a_store_opened_with_a_lower_cap_reads_and_keeps_its_last_cap_behaviors(tmp_path: Path) -> None:
+    with LMDBStore(tmp_path / "s", cap=10) as store:
+        store.append([Event("u", "i", k, item=2 + k, category=2) for k in range(8)])
+    with LMDBStore(tmp_path / "s", cap=4) as store:
+        h = store.history("u")
+        assert (h.start, h.item.tolist()) == (4, [6, 7, 8, 9])
+        assert store.history("u", since=1, tag=h.tag).start == 4  # before the window: the window
+        store.append([Event("u", "i", 100, item=50, category=2)])
+        assert store.history("u").item.tolist() == [7, 8, 9, 50] and store.stats()["behaviors"] == 4

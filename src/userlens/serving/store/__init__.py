@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -32,7 +32,6 @@ def open_store(url: str, cap: int) -> BehaviorStore:
     if scheme == "lmdb":
         return LMDBStore(_lmdb_path(url), cap)
     if scheme in ("redis", "rediss"):
-        _check_redis_url(url)
         return RedisStore(url, cap)
     raise InputError(f"{url!r}: unknown store scheme {scheme!r}; expected lmdb://PATH or redis://HOST:PORT[/db].")
 
@@ -54,17 +53,6 @@ def _lmdb_path(url: str) -> str:
     if first.startswith("~"):
         raise InputError(f"{url!r}: '~' is not expanded (it would be a folder named {first!r}). {fix}")
     return path
-
-
-def _check_redis_url(url: str) -> None:
-    """Refuse what redis-py would read as another database than written (or silently as db 0)."""
-    parts = urlsplit(url)
-    fix = "Fix: redis://HOST:PORT/DB with DB a number (default 0), e.g. redis://localhost:6379/2."
-    db = parts.path[1:]
-    if db and not (db.isascii() and db.isdigit()):
-        raise InputError(f"{url!r}: the path {parts.path!r} is not a database number. {fix}")
-    if "db" in parse_qs(parts.query, keep_blank_values=True) or parts.fragment:
-        raise InputError(f"{url!r}: give the database once, as the path (no ?db=, no '#'). {fix}")
 
 
 def bulk_load_prepared(store: BehaviorStore, data: PreparedData) -> int:

@@ -212,7 +212,7 @@ class LMDBStore(BehaviorStore):
             meta = self._meta_of(txn, key)
             if meta is None:
                 return UserHistory.empty()
-            a = since if since is not None and tag == meta.tag and meta.base <= since <= meta.end else meta.base
+            a = record.read_from(meta, self.cap, since, tag)
             return record.to_history(self._rows(txn, key, meta, a, meta.end), a, meta.tag)
 
     def raw_ids(self, user_id: str, numbers: Sequence[int]) -> list[str]:

@@ -97,6 +97,13 @@ def hash_key(h: int) -> bytes:
     return int(h).to_bytes(8, "little")
 
 
+def read_from(meta: Meta, cap: int, since: int | None, tag: int | None) -> int:
+    """The first number a read returns: ``since`` while ``tag`` holds and ``since`` is inside the window, else the
+    window's start (its last ``cap`` rows: fewer than stored only when the store is opened with a lower cap)."""
+    lo = max(meta.base, meta.end - cap)
+    return since if since is not None and tag == meta.tag and lo <= since <= meta.end else lo
+
+
 def window_rows(meta: Meta, blocks: list[bytes | None], a: int | None = None, b: int | None = None) -> np.ndarray:
     """Rows ``[a, b)`` (default: the window) out of the values of blocks ``a // BLOCK …`` in order."""
     a = meta.base if a is None else a

@@ -35,6 +35,7 @@ import struct
 import time as _time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import redis
@@ -122,6 +123,17 @@ return nk
 """
 
 
+def check_url(url: str) -> None:
+    """Refuse what redis-py would read as another database than written (or silently as db 0)."""
+    parts = urlsplit(url)
+    fix = "Fix: redis://HOST:PORT/DB with DB a number (default 0), e.g. redis://localhost:6379/2."
+    db = parts.path[1:]
+    if db and not (db.isascii() and db.isdigit()):
+        raise InputError(f"{url!r}: the path {parts.path!r} is not a database number. {fix}")
+    if "db" in parse_qs(parts.query, keep_blank_values=True) or parts.fragment:
+        raise InputError(f"{url!r}: give the database once, as the path (no ?db=, no '#'). {fix}")
+
+
 def _glob_escape(s: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in s)
 
@@ -142,6 +154,7 @@ class RedisStore(BehaviorStore):
             raise InputError(f"cap={cap!r}: expected a positive integer (behaviors kept per user).")
         if not namespace or ":" in namespace:
             raise InputError(f"namespace={namespace!r}: expected a non-empty name without ':'.")
+        check_url(url)
         self.url, self.cap, self.namespace = url, cap, namespace
         self._prefix = f"{namespace}:{{".encode()
         self._stats_key = f"{namespace}:stats"
@@ -315,7 +328,7 @@ class RedisStore(BehaviorStore):
                 if raw is None:
                     return UserHistory.empty()
                 meta = record.Meta.unpack(raw)
-                a = since if since is not None and tag == meta.tag and meta.base <= since <= meta.end else meta.base
+                a = record.read_from(meta, self.cap, since, tag)
                 pipe = self.client.pipeline(transaction=True)  # the blocks and the meta, read at one instant
                 count = self._read_blocks(pipe, user_id, a, meta.end)
                 pipe.get(meta_key)
