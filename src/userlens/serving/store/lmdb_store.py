@@ -24,8 +24,10 @@ import json
 import os
 import shutil
 import struct
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lmdb
@@ -50,6 +52,16 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass
+class _Call:
+    """One caller's append waiting in a group commit."""
+
+    groups: dict[str, record.Batch]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: AppendResult | None = None
+    error: BaseException | None = None
 
 
 class LMDBStore(BehaviorStore):
@@ -96,6 +108,8 @@ class LMDBStore(BehaviorStore):
             raise UserlensError(f"{self.path}: cannot open the LMDB store ({e}). Fix: check the path and its "
                                 "permissions.") from None
         self._max_key = self.env.max_key_size()
+        self._queue: list[_Call] = []  # appends waiting for the next group commit
+        self._queue_lock, self._write_lock = threading.Lock(), threading.Lock()
 
     def _key(self, user_id: str) -> bytes:
         key = user_id.encode()
@@ -114,43 +128,76 @@ class LMDBStore(BehaviorStore):
         return list(STATS.unpack(raw)) if raw is not None else [0] * 5
 
     def append(self, events: Sequence[Event]) -> AppendResult:
-        groups = record.group(events)
-        res = AppendResult(users=len(groups))
-        if not groups:
-            return res
-        keys = {u: self._key(u) for u in groups}
+        """Group commit: concurrent calls (threads of one process) share one transaction and one fsync.
+
+        A caller queues its validated events; whoever then holds the write lock writes every queued
+        call in one transaction (each call's plans applied in turn, so calls for one user see each
+        other) and acknowledges them all on commit. Single-event appends from many request threads thus
+        cost one fsync per group instead of one each.
+        """
+        call = _Call(record.group(events))  # validation errors stay the caller's own
+        if not call.groups:
+            return AppendResult()
+        for user in call.groups:
+            self._key(user)  # a user id too long for a key: the caller's own error, before queueing
+        with self._queue_lock:
+            self._queue.append(call)
+        with self._write_lock:
+            if not call.done.is_set():
+                with self._queue_lock:
+                    calls, self._queue = self._queue, []
+                self._write(calls)
+        if call.error is not None:
+            raise call.error
+        assert call.result is not None
+        return call.result
+
+    def _write(self, calls: list[_Call]) -> None:
+        """Every call of the group in one write transaction (commit = fdatasync); each gets its result or error."""
         try:
-            with self.env.begin(write=True, db=self._users) as txn:  # commit = fdatasync, on leaving the block
+            with self.env.begin(write=True, db=self._users) as txn:
                 c = self._counters(txn)
-                for user, batch in groups.items():
-                    key = keys[user]
-                    meta = self._meta_of(txn, key)
-                    hashes = batch.rows["hash"].tolist()
-                    known = np.array([bool(h) and meta is not None and
-                                      txn.get(key + b"\0" + record.hash_key(h), db=self._ids) is not None
-                                      for h in hashes], dtype=bool)
-                    stored = record.Stored(meta, known)
-                    need = record.needs(meta, batch, known, self.cap)
-                    if need is not None:
-                        a, b, with_raw = need
-                        stored.rows, stored.rows_start = self._rows(txn, key, meta, a, b), a
-                        if with_raw:
-                            stored.raws = self._raws(txn, key, a, b)
-                    plan = record.plan_append(stored, batch, self.cap)
-                    self._apply(txn, key, plan)
-                    c[0] += meta is None and plan.meta is not None
-                    c[1] += plan.n_after - plan.n_before
-                    c[2] += plan.dropped
-                    c[3] += plan.duplicates
-                    c[4] += plan.unknown
-                    res.appended += plan.appended
-                    res.duplicates += plan.duplicates
-                    res.dropped_over_cap += plan.dropped
-                    res.unknown_items += plan.unknown
-                    res.versions[user] = plan.version if plan.meta is not None else (meta.end if meta else 0)
+                results = [self._append_in(txn, call.groups, c) for call in calls]
                 txn.put(b"stats", STATS.pack(*c), db=self._meta)
+            for call, res in zip(calls, results):
+                call.result = res
         except lmdb.MapFullError:
-            raise self._map_full() from None
+            for call in calls:
+                call.error = self._map_full()
+        except BaseException as e:  # noqa: BLE001 - every waiter learns the group failed, then the writer raises
+            for call in calls:
+                call.error = e
+        finally:
+            for call in calls:
+                call.done.set()
+
+    def _append_in(self, txn: lmdb.Transaction, groups: dict[str, record.Batch], c: list[int]) -> AppendResult:
+        res = AppendResult(users=len(groups))
+        for user, batch in groups.items():
+            key = self._key(user)
+            meta = self._meta_of(txn, key)
+            known = np.array([bool(h) and meta is not None and
+                              txn.get(key + b"\0" + record.hash_key(h), db=self._ids) is not None
+                              for h in batch.rows["hash"].tolist()], dtype=bool)
+            stored = record.Stored(meta, known)
+            need = record.needs(meta, batch, known, self.cap)
+            if need is not None:
+                a, b, with_raw = need
+                stored.rows, stored.rows_start = self._rows(txn, key, meta, a, b), a
+                if with_raw:
+                    stored.raws = self._raws(txn, key, a, b)
+            plan = record.plan_append(stored, batch, self.cap)
+            self._apply(txn, key, plan)
+            c[0] += meta is None and plan.meta is not None
+            c[1] += plan.n_after - plan.n_before
+            c[2] += plan.dropped
+            c[3] += plan.duplicates
+            c[4] += plan.unknown
+            res.appended += plan.appended
+            res.duplicates += plan.duplicates
+            res.dropped_over_cap += plan.dropped
+            res.unknown_items += plan.unknown
+            res.versions[user] = plan.version if plan.meta is not None else (meta.end if meta else 0)
         return res
 
     @staticmethod
