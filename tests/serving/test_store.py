@@ -452,3 +452,33 @@ def test_a_store_opened_with_a_lower_cap_reads_and_keeps_its_last_cap_behaviors(
         assert store.history("u", since=1, tag=h.tag).start == 4  # before the window: the window
         store.append([Event("u", "i", 100, item=50, category=2)])
         assert store.history("u").item.tolist() == [7, 8, 9, 50] and store.stats()["behaviors"] == 4
+
+
+def test_lmdb_group_commit_acknowledges_each_caller_with_its_own_result(tmp_path: Path) -> None:
+    """Threads appending at once share transactions: every event stored once, each caller its own counts,
+    a caller's bad event its own error."""
+    import threading
+
+    store = LMDBStore(tmp_path / "s", cap=50)
+    results: dict[int, list] = {}
+
+    def worker(w: int) -> None:
+        got = results.setdefault(w, [])
+        for i in range(40):
+            ev = Event(f"u{w % 3}", "i", 1000 * w + i, item=2 + i, category=2, event_id=f"{w}-{i}")
+            got.append(store.append([ev, ev]))  # the same id twice: one appended, one duplicate
+        try:
+            store.append([Event("", "i", 1, item=2, category=2)])
+        except InputError as e:
+            got.append(e)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for w, got in results.items():
+        assert all((r.appended, r.duplicates, r.users) == (1, 1, 1) for r in got[:40]), w
+        assert isinstance(got[40], InputError) and "user_id must be a non-empty string" in str(got[40])
+    s = store.stats()
+    assert (s["users"], s["duplicates"], s["behaviors"]) == (3, 240, 150)  # each user: 80 events, capped at 50
+    assert sorted(store.history("u0").time.tolist()) == store.history("u0").time.tolist()
+    store.close()
