@@ -41,6 +41,8 @@ SPLITS = ("train", "valid", "test")
 
 #: Timestamps outside this window are "absurd" (an epoch in the wrong unit, a 1900 default date ...).
 DEFAULT_MIN_TIME = datetime(1990, 1, 1, tzinfo=timezone.utc)
+#: how far past the latest allowed time (default: now) a timestamp may lie: clock skew between machines
+FUTURE_SLACK_MS = 86_400_000
 
 
 @dataclass
@@ -531,7 +533,7 @@ def validate(
             "use epoch seconds or milliseconds (integer or decimal), or ISO-8601 text like 2017-11-25T10:00:00",
         )
         hi = max_time or datetime.now(timezone.utc).replace(microsecond=0)
-        lo_ms, hi_ms = int(min_time.timestamp() * 1000), int(hi.timestamp() * 1000) + 86_400_000
+        lo_ms, hi_ms = int(min_time.timestamp() * 1000), int(hi.timestamp() * 1000) + FUTURE_SLACK_MS
         chk.flag(
             (ts < lo_ms) | (ts > hi_ms),
             "timestamp",

@@ -31,7 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema,
                       model_validator)
 
-from userlens.data.tables import DEFAULT_MIN_TIME
+from userlens.data.tables import DEFAULT_MIN_TIME, FUTURE_SLACK_MS
 from userlens.errors import UserlensError, did_you_mean
 from userlens.serving.reload import PackageReloader
 
@@ -40,8 +40,6 @@ STORE_ERRORS: tuple[type[Exception], ...] = (UserlensError, lmdb.Error, redis.Re
 
 #: the earliest event / score time accepted: `userlens prepare`'s bound for "absurd" timestamps
 MIN_TIMESTAMP = DEFAULT_MIN_TIME.timestamp()
-#: the latest is now plus this slack (clock skew between client and server), as `prepare` allows
-FUTURE_SLACK_SECONDS = 86_400
 
 
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
@@ -76,7 +74,7 @@ def _id(v: object) -> str:
 
 def _epoch_seconds(v: object) -> float:
     """Epoch seconds in the window `userlens prepare` accepts: NaN, 1e400 (inf), ``true`` and "soon" refused."""
-    hi = time.time() + FUTURE_SLACK_SECONDS
+    hi = time.time() + FUTURE_SLACK_MS / 1000  # as `prepare` allows
     number = isinstance(v, (int, float)) and not isinstance(v, bool)
     if not (number and MIN_TIMESTAMP <= v <= hi):  # type: ignore[operator]  # NaN fails it; no float(): 10**400
         raise ValueError(f"timestamp must be epoch seconds from {DEFAULT_MIN_TIME.date()} ({MIN_TIMESTAMP:.0f}) to "
