@@ -12,6 +12,7 @@ not rebuild it.
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from userlens.data.prepared import PreparedData
 from userlens.serving.package import export_package, load_package
 from userlens.serving.scorer import Scorer
-from userlens.serving.store import open_store
+from userlens.serving.store import RedisStore, open_store
 from userlens.training.config import resolve_config
 from userlens.training.trainer import fit
 
@@ -54,7 +55,7 @@ def stateless(scorer: Scorer, user: str, candidates: list[str], t: int) -> list[
 # model → the state part its requests build (beside the window itself)
 STATEFUL = {"sdim": "totals", "sim_hard": "category_index", "qin": "category_index", "sim_soft": "item_index",
             "twin": "item_index", "eta": "item_index", "dare": "item_index", "muse": "item_index",
-            "din+counts": "item_index"}
+            "din+counts": "item_index", "sim_soft@redis": "item_index"}
 
 
 class Gate:
@@ -75,11 +76,14 @@ class Gate:
         return getattr(self.store, name)
 
 
-@pytest.mark.parametrize("name", list(STATEFUL))
-def test_sliding_state_scores_as_a_stateless_scan(name: str, data: PreparedData, tmp_path: Path) -> None:
-    model, _, extra = name.partition("+")
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.redis) if n.endswith("@redis") else n
+                                  for n in STATEFUL])
+def test_sliding_state_scores_as_a_stateless_scan(name: str, data: PreparedData, tmp_path: Path,
+                                                  request: pytest.FixtureRequest) -> None:
+    model, _, extra = name.partition("@")[0].partition("+")
     pkg = load_package(_package(model, data, tmp_path, **({"count_features": "all"} if extra else {})))
-    store = open_store(f"lmdb://{tmp_path}/store", cap=LONG_LEN)
+    store = (RedisStore(request.getfixturevalue("redis_server").url, LONG_LEN, namespace=f"inc{uuid.uuid4().hex[:12]}")
+             if name.endswith("@redis") else open_store(f"lmdb://{tmp_path}/store", cap=LONG_LEN))
     gate = Gate(store)
     kept = Scorer(pkg, gate)  # type: ignore[arg-type]
     items = data.vocab("item")["raw"].cast(str).to_list()

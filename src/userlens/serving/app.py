@@ -39,13 +39,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from userlens.errors import ConfigError, InputError
 from userlens.serving.reload import PackageReloader
@@ -90,7 +90,7 @@ def create_app(scorer: Scorer, token: str | None = None, max_candidates: int = 1
     app.state.reloader = holder
     app.state.serving = ServingContext(holder, token, max_candidates, max_events, max_body_bytes, metrics,
                                        read_token, open_reads)
-    app.middleware("http")(limits_and_metrics)
+    app.add_middleware(LimitsAndMetrics)
     for router in ROUTERS:
         app.include_router(router)
     # what route_template matches against: the app's own routes (/openapi.json, /docs) and the routers' (FastAPI
@@ -115,36 +115,74 @@ def route_template(request: Request) -> str:
     return "unmatched"
 
 
-async def limits_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Refuse bodies over ``max_body_bytes`` (declared or, when chunked, counted while reading) with a 413;
-    turn an unexpected exception into a logged 500; count every request and time it, by route template."""
-    ctx: ServingContext = request.app.state.serving
-    limit, m = ctx.max_body_bytes, ctx.metrics
-    endpoint = route_template(request)
-    size = request.headers.get("content-length")
-    too_big = JSONResponse({"detail": f"request body exceeds the limit of {limit} bytes"}, status_code=413)
-    if size is not None and size.isdigit() and int(size) > limit:
-        m.requests.labels(endpoint, "413").inc()
-        return too_big
-    if size is None and request.method in ("POST", "PUT", "PATCH"):  # chunked upload: count while reading
-        body, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                m.requests.labels(endpoint, "413").inc()
-                return too_big
-            body.append(chunk)
-        request._body = b"".join(body)  # replayed to the endpoint by Starlette's cached request
-    t0 = time.perf_counter()
-    try:
-        response = await call_next(request)
-    except Exception:  # a bug, not the client's mistake: logged with its traceback, answered as JSON, counted
-        log.exception("%s %s failed", request.method, endpoint)
-        response = JSONResponse({"detail": "internal server error (logged by the server with its traceback); "
-                                           "report it if it persists"}, status_code=500)
-    m.latency.labels(endpoint).observe(time.perf_counter() - t0)
-    m.requests.labels(endpoint, str(response.status_code)).inc()
-    return response
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for an app after the body was read: the body once, then the client's own messages."""
+    done = False
+
+    async def again() -> Message:
+        nonlocal done
+        if done:
+            return await receive()
+        done = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
+
+
+class LimitsAndMetrics:
+    """Pure ASGI middleware (no task or stream per request, as Starlette's ``BaseHTTPMiddleware`` costs): refuse
+    bodies over ``max_body_bytes`` (declared or, when chunked, counted while reading) with a 413; turn an
+    unexpected exception into a logged 500; count every request and time it, by route template."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        ctx: ServingContext = scope["app"].state.serving
+        limit, m = ctx.max_body_bytes, ctx.metrics
+        endpoint = route_template(request)
+        size = request.headers.get("content-length")
+        too_big = JSONResponse({"detail": f"request body exceeds the limit of {limit} bytes"}, status_code=413)
+        if size is not None and size.isdigit() and int(size) > limit:
+            m.requests.labels(endpoint, "413").inc()
+            await too_big(scope, receive, send)
+            return
+        sent = {"status": 0}
+        if size is None and request.method in ("POST", "PUT", "PATCH"):  # chunked upload: counted while read
+            chunks, total, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                total += len(chunks[-1])
+                more = message.get("more_body", False)
+                if total > limit:
+                    m.requests.labels(endpoint, "413").inc()
+                    await too_big(scope, receive, send)
+                    return
+            receive = _replay(b"".join(chunks), receive)
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            await send(message)
+
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:  # a bug, not the client's mistake: logged with its traceback, answered as JSON, counted
+            log.exception("%s %s failed", request.method, endpoint)
+            if sent["status"]:
+                raise
+            await JSONResponse({"detail": "internal server error (logged by the server with its traceback); "
+                                          "report it if it persists"}, status_code=500)(scope, receive, watched)
+        m.latency.labels(endpoint).observe(time.perf_counter() - t0)
+        m.requests.labels(endpoint, str(sent["status"] or 500)).inc()
 
 
 def _printable(x: object) -> str:

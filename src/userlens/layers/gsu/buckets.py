@@ -154,10 +154,14 @@ def _add_to_buckets(acc: Tensor | None, table: Tensor, codes: Tensor, items: np.
     n_codes = acc.shape[1]
     flat = acc.view(rounds * n_codes, -1)
     shift = torch.arange(rounds, device=table.device) * n_codes
-    for start in range(0, len(items), 1 << 16):  # one index_add for every round: tiny ops pay per call
+    for start in range(0, len(items), 1 << 16):
         ids = torch.from_numpy(items[start:start + (1 << 16)]).to(table.device)
         rows = table[ids].double() * sign
-        flat.index_add_(0, (codes[ids] + shift).reshape(-1), rows.repeat_interleave(rounds, 0))
+        if len(ids) * rounds <= 1 << 12:  # a few appended / evicted rows: one call for every round (calls dominate)
+            flat.index_add_(0, (codes[ids] + shift).reshape(-1), rows.repeat_interleave(rounds, 0))
+        else:  # a whole window: one call per round, no (rows × rounds, D) copy
+            for r in range(rounds):
+                acc[r].index_add_(0, codes[ids, r], rows)
     return acc
 
 
