@@ -93,4 +93,11 @@ def test_sliding_parts_equal_parts_built_afresh() -> None:
         fresh = HistoryState.of(rows(max(0, end - cap), end), cap)
         assert parts(state) == parts(fresh), end
         assert len(state.index("item").keys) == min(end, cap) and state.start == max(0, end - cap)
+        h = state.history()  # a request cut 3 rows before the window's end: the total minus those rows
+        cut = LongHistory({"item": h.item, "category": h.category, "time": h.time}, np.zeros(1, np.int64),
+                          np.full(1, len(h) - 3, np.int64), np.zeros(40, np.int64), state=state)
+        assert state.total("n", cut, count).tolist() == np.bincount(h.item[:-3], minlength=32).tolist()
+        g = state.item_groups(cut)  # ... and the item groups of the rows before the cut
+        assert g.items.tolist() == np.unique(h.item[:-3]).tolist() and g.n == len(h) - 3
+        assert g.newest.tolist() == [int(np.flatnonzero(h.item[:-3] == i).max()) for i in g.items]
     assert state.rebuilds == 1 and state.slides > 100

@@ -21,13 +21,16 @@ Parts (built lazily, by what the package's model asks for):
 
 The GSUs reach the state only through the :class:`~userlens.layers.gsu.SearchState` protocol on
 ``LongHistory.state`` (layers know nothing of serving). A request whose history is cut before
-the window's end (a replay at an older time) is scanned instead; the indexes serve it too.
+the window's end (a replay at an older time, or events timestamped after the request) is served
+by the indexes (searches are bounded), by item groups of the rows before the cut and by the
+totals minus the rows after it (when those are under half the window).
 The caller holds :attr:`HistoryState.lock` from the store read to the end of scoring, so two
 requests for one user never interleave their reads and updates.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,11 +61,14 @@ class ItemGroups:
     (item, position)) in a few O(n) passes, no sort.
     """
 
-    def __init__(self, index: CategoryIndex) -> None:
-        keys = index.keys
+    def __init__(self, index: CategoryIndex, hi: int | None = None) -> None:
+        keys, positions = index.keys, index.positions - index.origin  # relative to the window
+        if hi is not None:  # only the behaviors before ``hi`` (a request cut before the window's end)
+            keep = positions < hi
+            keys, positions = keys[keep], positions[keep]
         self.n = len(keys)
         item = keys >> index.shift
-        self.positions = index.positions - index.origin  # relative to the window, ascending within an item
+        self.positions = positions  # ascending within an item
         cut = np.flatnonzero(item[1:] != item[:-1]) + 1
         self.offsets = np.concatenate([[0], cut, [self.n]]).astype(np.int64) if self.n else np.zeros(1, np.int64)
         self.counts = np.diff(self.offsets)
@@ -246,20 +252,21 @@ class HistoryState:
         """SIM hard search's (and QIN's) per-category positions over the whole window."""
         return self.index("category")
 
-    def _at_end(self, long: LongHistory) -> bool:
-        return int(long.hi[0]) == len(self.window)
-
     def item_groups(self, long: LongHistory) -> ItemGroups | None:
-        """The window grouped by item; None for a request cut before the window's end (the caller scans)."""
-        if not self._at_end(long):
+        """``[0, hi)`` of the window grouped by item: kept for the whole window, built for a request cut before
+        its end (one O(n) pass over the item index, no sort)."""
+        hi = int(long.hi[0])
+        if hi > len(self.window):
             return None
+        if hi < len(self.window):
+            return ItemGroups(self.index("item"), hi)
         if self._groups is None:
             self._groups = ItemGroups(self.index("item"))
         return self._groups
 
     def item_topk(self, long: LongHistory, score: ItemScorer, k: int) -> Selection | None:
-        """The top-``k`` behaviors of the window for an item-only score, each distinct item scored once
-        (:func:`grouped_topk`); None for a request before the window's end (the caller scans instead)."""
+        """The top-``k`` behaviors of ``[0, hi)`` for an item-only score, each distinct item scored once
+        (:func:`grouped_topk`)."""
         groups = self.item_groups(long)
         if groups is None:
             return None
@@ -267,14 +274,20 @@ class HistoryState:
         return grouped_topk(groups, scores, k, keys)
 
     def total(self, name: str, long: LongHistory, add: Adder) -> object | None:
-        """A running aggregate over the window (``add(acc, items, sign)``); None for a request before its end."""
-        if not self._at_end(long):
+        """A running aggregate over ``[0, hi)`` of the window (``add(acc, items, sign)``, in place). A request cut
+        before the window's end (a replay, or events timestamped after the request) gets the window's total
+        minus its last rows when they are under half the window; None otherwise (the caller scans)."""
+        hi, n = int(long.hi[0]), len(self.window)
+        if hi > n or n - hi > n // 2:
             return None
         total = self.totals.get(name)
         if total is None:
             items = np.asarray(self.window.column("item"), dtype=np.int64)
             total = self.totals[name] = _Total(add(None, items, 1), add)
-        return total.acc
+        if hi == n:
+            return total.acc
+        tail = np.asarray(self.window.column("item")[hi:], dtype=np.int64)
+        return add(copy.deepcopy(total.acc), tail, -1)
 
     def nbytes(self) -> int:
         """Memory held (window buffers, indexes, groups, totals), for the scorer's byte budget."""
