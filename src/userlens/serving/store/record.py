@@ -136,45 +136,60 @@ class Batch:
 
 
 def _int_column(values: list[int], dtype: str, what: str) -> np.ndarray:
+    """``values`` as ``dtype``; anything but an int in its range is refused, naming it."""
     info = np.iinfo(dtype)
-    if any(type(v) is not int or not info.min <= v <= info.max for v in values):
+    try:
+        out = np.array(values, dtype=np.int64)  # bool, float, str and out-of-int64 values fail below or here
+        ok = all(type(v) is int for v in values) and (out.min() >= info.min) and (out.max() <= info.max)
+    except (OverflowError, TypeError, ValueError):
+        ok = False
+    if not ok:
         bad = next(v for v in values if type(v) is not int or not info.min <= v <= info.max)
         raise InputError(f"an event's {what} is {bad!r}, not an integer in [{info.min}, {info.max}]. Fix: send "
                          "encoded codes and epoch-ms timestamps.")
-    return np.array(values, dtype=dtype)
+    return out.astype(dtype)
 
 
 def group(events: list[Event] | tuple[Event, ...]) -> dict[str, Batch]:
-    """Events by user (first-seen order), validated; the one per-event Python loop of an append."""
-    per: dict[str, list[Event]] = {}
+    """Events by user (first-seen order), validated, within-batch duplicates removed: one Python pass over the
+    events, the columns built once for the whole call and cut per user."""
+    users: dict[str, int] = {}
+    owner, keep, raw = [], [], []
+    hashes: list[int] = []
+    seen: set[tuple[int, int]] = set()
+    duplicates: dict[int, int] = {}
     for e in events:
-        evs = per.get(e.user_id)
-        if evs is None:
+        u = users.get(e.user_id)
+        if u is None:
             if not isinstance(e.user_id, str) or not e.user_id or "\0" in e.user_id:
                 raise InputError(f"event {e!r}: user_id must be a non-empty string without NUL. Fix: send the "
                                  "raw user id as text.")
-            evs = per[e.user_id] = []
+            u = users[e.user_id] = len(users)
         if e.item == UNKNOWN and "\0" in e.item_id:
             raise InputError(f"event {e!r}: item_id contains NUL. Fix: strip it from the raw id.")
-        evs.append(e)
-    out = {}
-    for user, evs in per.items():
-        seen: set[int] = set()
-        keep, dup = [], 0
-        for e in evs:
-            h = hash_event_id(e.event_id) if e.event_id is not None else 0
-            if h and h in seen:
-                dup += 1
+        h = hash_event_id(e.event_id) if e.event_id is not None else 0
+        if h:
+            if (u, h) in seen:
+                duplicates[u] = duplicates.get(u, 0) + 1
                 continue
-            seen.add(h)
-            keep.append((e, h))
-        rows = np.zeros(len(keep), ROW)
-        rows["time"] = _int_column([e.timestamp_ms for e, _ in keep], "<i8", "timestamp_ms")
-        rows["hash"] = np.array([h for _, h in keep], dtype=np.uint64)
-        rows["item"] = _int_column([e.item for e, _ in keep], "<i4", "item")
-        rows["category"] = _int_column([e.category for e, _ in keep], "<i4", "category")
-        rows["behavior"] = _int_column([e.behavior for e, _ in keep], "<i2", "behavior")
-        out[user] = Batch(rows, [e.item_id if e.item == UNKNOWN else None for e, _ in keep], dup)
+            seen.add((u, h))
+        owner.append(u)
+        keep.append(e)
+        hashes.append(h)
+        raw.append(e.item_id if e.item == UNKNOWN else None)
+    rows = np.zeros(len(keep), ROW)
+    rows["time"] = _int_column([e.timestamp_ms for e in keep], "<i8", "timestamp_ms")
+    rows["hash"] = np.array(hashes, dtype=np.uint64)
+    rows["item"] = _int_column([e.item for e in keep], "<i4", "item")
+    rows["category"] = _int_column([e.category for e in keep], "<i4", "category")
+    rows["behavior"] = _int_column([e.behavior for e in keep], "<i2", "behavior")
+    who = np.array(owner, dtype=np.int64)
+    order = np.argsort(who, kind="stable")  # each user's events together, in arrival order
+    cuts = np.searchsorted(who[order], np.arange(len(users) + 1))
+    out = {}
+    for user, u in users.items():
+        idx = order[cuts[u]:cuts[u + 1]]
+        out[user] = Batch(rows[idx], [raw[i] for i in idx.tolist()], duplicates.get(u, 0))
     return out
 
 
@@ -215,11 +230,16 @@ class Plan:
 
 def _fresh(batch: Batch, known: np.ndarray) -> tuple[np.ndarray, list[str | None], int]:
     """The batch without events already stored, sorted by time (stable: ties keep arrival order)."""
-    keep = ~known
-    rows = batch.rows[keep]
-    raw = [r for r, k in zip(batch.raw, keep.tolist()) if k]
-    order = np.argsort(rows["time"], kind="stable")
-    return rows[order], [raw[i] for i in order.tolist()], int(known.sum()) + batch.duplicates
+    duplicates = int(known.sum()) + batch.duplicates
+    rows, raw = batch.rows, batch.raw
+    if duplicates > batch.duplicates:
+        keep = ~known
+        rows = rows[keep]
+        raw = [r for r, k in zip(raw, keep.tolist()) if k]
+    if len(rows) > 1 and (np.diff(rows["time"]) < 0).any():
+        order = np.argsort(rows["time"], kind="stable")
+        rows, raw = rows[order], [raw[i] for i in order.tolist()]
+    return rows, raw, duplicates
 
 
 def needs(meta: Meta | None, batch: Batch, known: np.ndarray, cap: int) -> tuple[int, int, bool] | None:
@@ -230,11 +250,11 @@ def needs(meta: Meta | None, batch: Batch, known: np.ndarray, cap: int) -> tuple
     """
     if meta is None or meta.n == 0:
         return None
-    rows, _, _ = _fresh(batch, known)
-    if not len(rows):
+    times = batch.rows["time"][~known] if known.any() else batch.rows["time"]
+    if not len(times):
         return None
-    if int(rows["time"][0]) >= meta.last:
-        new_base = max(meta.base, meta.end + len(rows) - cap)
+    if int(times.min()) >= meta.last:
+        new_base = max(meta.base, meta.end + len(times) - cap)
         return (meta.base, min(new_base, meta.end), False) if new_base > meta.base else None
     return meta.base, meta.end, True
 
