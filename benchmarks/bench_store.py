@@ -11,7 +11,7 @@ here: AOF on, ``appendfsync always``, loopback, free port, data in a temp folder
    time instead of appending bytes.
 2. **Storage at 100K behaviors**: ``bulk_load`` of ``--big-users`` users x ``--big-len`` behaviors
    (the stores' cap is ``--big-len``); bytes per user and per behavior (``stats()["bytes"]``: LMDB
-   the data file on disk, Redis the stored values; for Redis also ``MEMORY USAGE`` of one user's key
+   the data file on disk, Redis the stored values; for Redis also ``MEMORY USAGE`` of one user's keys
    and the ``used_memory`` growth, which also counts the server's client and AOF buffers),
    then ``history(user)`` latency over ``--reads`` reads.
 3. **Append at the cap**: ``--cap-events`` new events to one of those users, ``--cap-batch`` per
@@ -184,7 +184,8 @@ def bench_big(backend: str, args: argparse.Namespace, work: Path, server: LocalR
         stored = u * length
         st = store.stats()
         if backend == "redis":
-            key_mem = store.client.memory_usage(f"bench:h:{user_ids[0]}", samples=0)
+            keys = store.client.keys(f"bench:{{{user_ids[0]}}}:*")  # one user's meta, blocks, ids (this benchmark's)
+            key_mem = sum(store.client.memory_usage(k, samples=0) or 0 for k in keys)
             grown = store.client.info("memory")["used_memory"] - mem0
             redis_cols = f"{key_mem:,} | {grown / u:,.0f}"
         else:
