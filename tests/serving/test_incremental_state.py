@@ -153,6 +153,8 @@ def test_sliding_state_scores_as_a_stateless_scan(name: str, data: PreparedData,
     for _ in range(3):
         append(1)
         check()
+        recent, n = kept.recent("u", 5)  # what the embedding endpoint reads, through the same state
+        assert recent.item.tolist() == store.history("u").item[-5:].tolist() and n == LONG_LEN
     store.close()
 
 

@@ -271,15 +271,14 @@ def user_embedding(body: EmbeddingIn, ctx: Context) -> dict[str, Any]:
         raise HTTPException(409, f"model {pkg.manifest['model']!r} has no item embeddings to build a user "
                                  "vector from")
     user_id = body.user_id
-    h = scorer.store.history(user_id)
-    k = min(len(h), pkg.short_len)
-    if k == 0:
+    h, n = scorer.recent(user_id, pkg.short_len)  # through the user's state: only new rows are read
+    if len(h) == 0:
         return {"user_id": user_id, "embedding": None, "history_length": 0, "cold_user": True}
     with torch.inference_mode():
-        items = torch.from_numpy(np.asarray(h.item[-k:], dtype=np.int64))
-        cats = torch.from_numpy(np.asarray(h.category[-k:], dtype=np.int64))
+        items = torch.from_numpy(np.asarray(h.item, dtype=np.int64))
+        cats = torch.from_numpy(np.asarray(h.category, dtype=np.int64))
         vec = emb.items(items, cats).mean(0)
-    return {"user_id": user_id, "embedding": vec.tolist(), "history_length": int(len(h)), "cold_user": False}
+    return {"user_id": user_id, "embedding": vec.tolist(), "history_length": n, "cold_user": False}
 
 
 @health.get("/healthz", response_model=None)

@@ -167,6 +167,21 @@ class Scorer:
         unknown = [i for i, c in enumerate(batch.target["target_item"].tolist()) if c == UNKNOWN]
         return ScoreResult(scores.tolist(), logits.tolist(), unknown, n == 0, n, t, why)
 
+    def recent(self, user_id: str, k: int) -> tuple[UserHistory, int]:
+        """The user's ``k`` most recent behaviors (a copy) and the window's length, read through the user's state
+        (like a score request: only the rows appended since are read from the store)."""
+        user = str(user_id)
+        state = self._state(user)
+        with state.lock:
+            self._read(user, state)
+            h = state.history()
+            a = max(0, len(h) - k)
+            out = UserHistory(h.item[a:].copy(), h.category[a:].copy(), h.time[a:].copy(), h.behavior[a:].copy(),
+                              start=h.start + a, tag=h.tag)
+            n, size = len(h), state.nbytes()
+        self._account(user, state, size)
+        return out, n
+
     def explanation(self, user_id: str, trace: dict[str, object] | None, history: UserHistory, n: int) -> dict:
         """Per candidate, the picked behaviors (raw item id, epoch seconds, weight), highest weight first.
 
