@@ -482,3 +482,15 @@ def test_lmdb_group_commit_acknowledges_each_caller_with_its_own_result(tmp_path
     assert (s["users"], s["duplicates"], s["behaviors"]) == (3, 240, 150)  # each user: 80 events, capped at 50
     assert sorted(store.history("u0").time.tolist()) == store.history("u0").time.tolist()
     store.close()
+
+
+def test_an_lmdb_store_of_the_single_value_format_is_refused_with_the_fix(tmp_path: Path) -> None:
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "old"), max_dbs=2)  # what userlens wrote before the log layout
+    meta = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        txn.put(b"format", b"userlens-history-1", db=meta)
+    env.close()
+    with pytest.raises(InputError, match=r"format b'userlens-history-1'.*Fix: delete .*userlens load-store"):
+        LMDBStore(tmp_path / "old", cap=5)

@@ -103,7 +103,8 @@ class LMDBStore(BehaviorStore):
                     txn.put(b"format", FORMAT, db=self._meta)
                 elif have != FORMAT:
                     raise InputError(f"{self.path}: a store of format {have!r}, this userlens reads {FORMAT!r}. "
-                                     "Fix: rebuild it with bulk_load_prepared, or use a matching userlens.")
+                                     f"Fix: delete {self.path} and load it again (`userlens load-store DATA_DIR "
+                                     f"--store lmdb://{self.path}`), or use the userlens that wrote it.")
         except lmdb.Error as e:
             raise UserlensError(f"{self.path}: cannot open the LMDB store ({e}). Fix: check the path and its "
                                 "permissions.") from None
