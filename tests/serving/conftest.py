@@ -36,6 +36,18 @@ def make_prepared(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pre
     return make
 
 
+def train_package(data: PreparedData, model: str, out: Path, **config: object) -> Path:
+    """A package of ``model`` trained one epoch on ``data`` (``config`` overrides), exported to ``out/pkg``."""
+    from userlens.serving.package import export_package
+    from userlens.training.config import resolve_config
+    from userlens.training.trainer import fit
+
+    fit(data, resolve_config(model, {"epochs": 1, "compile": False, **config}), out / "run", show_progress=False,
+        log=lambda s: None)
+    export_package(out / "run", out / "pkg")
+    return out / "pkg"
+
+
 def _need_redis() -> None:
     if shutil.which("redis-server") is None:
         pytest.skip(NO_REDIS)

@@ -12,12 +12,12 @@ from fastapi.testclient import TestClient
 
 from userlens.data.prepared import PreparedData
 from userlens.serving.app import create_app
-from userlens.serving.package import ModelPackage, export_package, load_package
+from userlens.serving.package import ModelPackage, load_package
 from userlens.serving.scorer import Scorer
 from userlens.serving.store import BehaviorStore, bulk_load_prepared, open_store
 from userlens.serving.store.local_redis import LocalRedis
-from userlens.training.config import resolve_config
-from userlens.training.trainer import fit
+
+from .conftest import train_package
 
 TOKEN, READ = "w-token", "r-token"
 WRITE_AUTH, READ_AUTH = {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": f"Bearer {READ}"}
@@ -31,10 +31,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, make_prepared: Callable[...
     d = tmp_path_factory.mktemp("strict")
     data = make_prepared(seed=5, n_users=20, n_items=100, n_categories=8, behaviors_per_user=40, recent=10,
                          impressions_per_user=4)
-    fit(data, resolve_config("sim_hard", {"epochs": 1, "compile": False}), d / "run", show_progress=False,
-        log=lambda s: None)
-    export_package(d / "run", d / "pkg")
-    return load_package(d / "pkg"), data
+    return load_package(train_package(data, "sim_hard", d)), data
 
 
 @pytest.fixture

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from userlens.serving.app import create_app
-from userlens.serving.package import export_package, load_package
+from userlens.serving.package import load_package
 from userlens.serving.scorer import Scorer
 from userlens.serving.store.base import AppendResult, UserHistory
-from userlens.training.config import resolve_config
-from userlens.training.trainer import fit
+
+from .conftest import train_package
 
 TOKEN = "s3cret"
 
@@ -62,10 +61,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, make_prepared) -> TestClien
     d = tmp_path_factory.mktemp("app")
     data = make_prepared(seed=1, n_users=40, n_items=200, n_categories=10, behaviors_per_user=80, recent=20,
                          impressions_per_user=6)
-    fit(data, resolve_config("sim_hard", {"epochs": 1, "compile": False}), d / "run", show_progress=False,
-        log=lambda s: None)
-    export_package(d / "run", d / "pkg")
-    app = create_app(Scorer(load_package(d / "pkg"), DictStore()), token=TOKEN, max_candidates=50)  # type: ignore[arg-type]
+    app = create_app(Scorer(load_package(train_package(data, "sim_hard", d)), DictStore()), token=TOKEN, max_candidates=50)  # type: ignore[arg-type]
     return TestClient(app, headers=AUTH)  # reads need a token too: the write token opens them
 
 

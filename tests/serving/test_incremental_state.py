@@ -20,28 +20,21 @@ import pytest
 import torch
 
 from userlens.data.prepared import PreparedData
-from userlens.serving.package import export_package, load_package
+from userlens.serving.package import load_package
 from userlens.serving.scorer import Scorer
 from userlens.serving.store import RedisStore, open_store
-from userlens.training.config import resolve_config
-from userlens.training.trainer import fit
+
+from .conftest import train_package
 
 LONG_LEN = 40
 T0 = 1_700_000_000_000
+CONFIG = {"batch_size": 64, "long_len": LONG_LEN, "short_len": 10}
 
 
 @pytest.fixture(scope="module")
 def data(make_prepared) -> PreparedData:  # type: ignore[no-untyped-def]
     return make_prepared(seed=5, n_users=20, n_items=200, n_categories=12, behaviors_per_user=80, recent=20,
                          impressions_per_user=4)
-
-
-def _package(name: str, data: PreparedData, tmp: Path, **extra: object) -> Path:
-    cfg = resolve_config(name, {"epochs": 1, "batch_size": 64, "compile": False, "long_len": LONG_LEN,
-                                "short_len": 10, **extra})
-    fit(data, cfg, tmp / "run", show_progress=False, log=lambda s: None)
-    export_package(tmp / "run", tmp / "pkg")
-    return tmp / "pkg"
 
 
 def stateless(scorer: Scorer, user: str, candidates: list[str], t: int) -> list[float]:
@@ -81,7 +74,7 @@ class Gate:
 def test_sliding_state_scores_as_a_stateless_scan(name: str, data: PreparedData, tmp_path: Path,
                                                   request: pytest.FixtureRequest) -> None:
     model, _, extra = name.partition("@")[0].partition("+")
-    pkg = load_package(_package(model, data, tmp_path, **({"count_features": "all"} if extra else {})))
+    pkg = load_package(train_package(data, model, tmp_path, **CONFIG, **({"count_features": "all"} if extra else {})))
     store = (RedisStore(request.getfixturevalue("redis_server").url, LONG_LEN, namespace=f"inc{uuid.uuid4().hex[:12]}")
              if name.endswith("@redis") else open_store(f"lmdb://{tmp_path}/store", cap=LONG_LEN))
     gate = Gate(store)
@@ -160,7 +153,7 @@ def test_sliding_state_scores_as_a_stateless_scan(name: str, data: PreparedData,
 
 def test_state_memory_is_bounded_least_recently_used_first(data: PreparedData, tmp_path: Path) -> None:
     """States beyond ``state_bytes`` are dropped oldest-used first; scores do not change."""
-    pkg = load_package(_package("sim_hard", data, tmp_path))
+    pkg = load_package(train_package(data, "sim_hard", tmp_path, **CONFIG))
     store = open_store(f"lmdb://{tmp_path}/store", cap=LONG_LEN)
     items = data.vocab("item")["raw"].cast(str).to_list()
     for u in range(6):

@@ -34,7 +34,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,11 +105,18 @@ class Scorer:
             self._states.move_to_end(user_id)
         return state
 
-    def _read(self, user_id: str, state: HistoryState) -> None:
-        """Sync ``state`` with the store (caller holds ``state.lock``): the rows since its end, or the window."""
-        rows = (self.store.history(user_id, since=state.end, tag=state.tag) if state.tag
-                else self.store.history(user_id))
-        state.sync(rows)
+    @contextlib.contextmanager
+    def _synced(self, user_id: str) -> Iterator[HistoryState]:
+        """The user's state, synced with the store and held under its lock (the read, the slide and whatever the
+        caller scores: no other request for the user interleaves); its size is accounted after."""
+        state = self._state(user_id)
+        with state.lock:
+            rows = (self.store.history(user_id, since=state.end, tag=state.tag) if state.tag
+                    else self.store.history(user_id))  # the rows since the state's end, or the whole window
+            state.sync(rows)
+            yield state
+            size = state.nbytes()
+        self._account(user_id, state, size)
 
     def _account(self, user_id: str, state: HistoryState, size: int) -> None:
         """Record the state's new size; evict least recently used users beyond ``state_bytes``."""
@@ -153,16 +160,12 @@ class Scorer:
             raise InputError("no candidates to score. Fix: send at least one item id in `candidates`.")
         t = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         user = str(user_id)
-        state = self._state(user)
-        with state.lock:
-            self._read(user, state)
+        with self._synced(user) as state:
             history = state.history()
             batch, n = self.batch(user, candidates, t, history, context or {}, state)
             with torch.inference_mode(), tracing() if explain else contextlib.nullcontext() as trace:
                 logits = self.model(batch).detach().cpu().double().numpy()
             why = self.explanation(user, trace, history, n) if explain else None
-            size = state.nbytes()
-        self._account(user, state, size)
         scores = 1.0 / (1.0 + np.exp(-logits))
         unknown = [i for i, c in enumerate(batch.target["target_item"].tolist()) if c == UNKNOWN]
         return ScoreResult(scores.tolist(), logits.tolist(), unknown, n == 0, n, t, why)
@@ -170,17 +173,12 @@ class Scorer:
     def recent(self, user_id: str, k: int) -> tuple[UserHistory, int]:
         """The user's ``k`` most recent behaviors (a copy) and the window's length, read through the user's state
         (like a score request: only the rows appended since are read from the store)."""
-        user = str(user_id)
-        state = self._state(user)
-        with state.lock:
-            self._read(user, state)
+        with self._synced(str(user_id)) as state:
             h = state.history()
             a = max(0, len(h) - k)
             out = UserHistory(h.item[a:].copy(), h.category[a:].copy(), h.time[a:].copy(), h.behavior[a:].copy(),
                               start=h.start + a, tag=h.tag)
-            n, size = len(h), state.nbytes()
-        self._account(user, state, size)
-        return out, n
+        return out, len(h)
 
     def explanation(self, user_id: str, trace: dict[str, object] | None, history: UserHistory, n: int) -> dict:
         """Per candidate, the picked behaviors (raw item id, epoch seconds, weight), highest weight first.
@@ -196,7 +194,8 @@ class Scorer:
             return {"supported": False, "reason": reason}
         weights = (trace or {}).get("esu_weights")
         vocab = self.package.vocabs["item"].raw
-        rows = [sel.positions[b, : sel.lengths[b]].tolist() for b in range(len(sel.lengths))]  # type: ignore[attr-defined]
+        positions, lengths = sel.positions, sel.lengths  # type: ignore[attr-defined]
+        rows = [positions[b, : lengths[b]].tolist() for b in range(len(lengths))]
         unknown = sorted({p for r in rows for p in r if history.item[p] == UNKNOWN})
         raw = dict(zip(unknown, self.store.raw_ids(user_id, [history.start + p for p in unknown])))
         out = []

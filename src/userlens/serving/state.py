@@ -75,11 +75,6 @@ class ItemGroups:
         self.items = item[self.offsets[:-1]]
         self.newest = self.positions[self.offsets[1:] - 1] if self.n else np.zeros(0, dtype=np.int64)
 
-    @classmethod
-    def of(cls, items: np.ndarray) -> ItemGroups:
-        """The groups of a plain item column (positions ``0 … n-1``)."""
-        return cls(CategoryIndex(np.asarray(items, dtype=np.int64)))
-
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.positions, self.counts, self.offsets, self.items, self.newest))

@@ -85,6 +85,13 @@ class Meta:
         """Block numbers holding the window's rows."""
         return range(self.base // BLOCK, -(-self.end // BLOCK)) if self.end > self.base else range(0)
 
+    def dead_blocks(self, base: int) -> range:
+        """Blocks of the window that lie wholly below ``base`` (deleted when the window moves there): no scan of
+        the window's blocks, an append at the cap touches one."""
+        if self.end <= self.base:
+            return range(0)
+        return range(self.base // BLOCK, min(base // BLOCK, -(-self.end // BLOCK)))
+
 
 def hash_event_id(event_id: str) -> int:
     """64-bit BLAKE2b of ``event_id`` (never 0: 0 marks a behavior without id)."""
@@ -308,7 +315,7 @@ def _evict(plan: Plan, stored: Stored, meta: Meta, base: int) -> None:
         gone = stored.rows[meta.base - stored.rows_start:gone_to - stored.rows_start]
         plan.ids_del += [hash_key(h) for h in gone["hash"].tolist() if h]
         plan.raw_del += [meta.base + int(i) for i in np.flatnonzero(gone["item"] == UNKNOWN)]
-    plan.deletes = [b for b in meta.blocks() if (b + 1) * BLOCK <= base]
+    plan.deletes = list(meta.dead_blocks(base))
 
 
 def _rewrite(stored: Stored, meta: Meta, rows: np.ndarray, raw: list[str | None], cap: int, plan: Plan) -> Plan:
@@ -339,7 +346,7 @@ def _rewrite(stored: Stored, meta: Meta, rows: np.ndarray, raw: list[str | None]
     b0 = frm // BLOCK
     write_from = max(b0 * BLOCK, base)  # rows below base in the first rewritten block are padded with zeros
     plan.puts = dict(_blocks_of(merged[write_from - meta.base:], write_from, b0 * BLOCK))
-    plan.deletes = [b for b in meta.blocks() if (b + 1) * BLOCK <= base]
+    plan.deletes = list(meta.dead_blocks(base))
     plan.ids_del = [hash_key(h) for h, nw in zip(merged["hash"][:d].tolist(), is_new[:d].tolist()) if h and not nw]
     plan.ids_add = [hash_key(h) for h, nw in zip(merged["hash"][d:].tolist(), is_new[d:].tolist()) if h and nw]
     plan.raw_del = [s for s in stored.raws if s >= frm or s < base]
