@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,8 +36,12 @@ import numpy as np
 import polars as pl
 
 from userlens.artifacts import check_output_path, describe, sha256_file, staged_directory, write_manifest
-from userlens.data.attributes import attribute_cutoff, item_categories
-from userlens.data.sampling import SAMPLERS, NegativeSampler, Sampler, stable_id_hash
+from userlens.data.attributes import CategoryReport, attribute_cutoff, item_categories
+from userlens.data.npyio import NpyWriter
+from userlens.data.samples import (CHUNK_ROWS, BehaviorSamples, SampleOptions, Timeline, assign_split, cutoffs,  # noqa: F401
+                                   earlier_counts,
+                                   split_warnings, time_thresholds)
+from userlens.data.sampling import SAMPLERS, Sampler, stable_id_hash
 from userlens.data.tables import (LINE, SPLITS, BadRowPolicy, RawTable, SkipReport, note_unicode_twins, unify_id_types,
                                   validate)
 from userlens.errors import InputError
@@ -174,24 +178,6 @@ def _encode(values: pl.Series, vocab: pl.DataFrame) -> np.ndarray:
     return values.replace_strict(vocab["raw"], vocab["index"], default=UNK, return_dtype=pl.Int32).to_numpy()
 
 
-def _cutoffs(offsets: np.ndarray, tl_time: np.ndarray, user: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Per sample: the timeline index of the user's first behavior with time >= t (history = [start, cutoff))."""
-    if len(tl_time) == 0:
-        return offsets[user].astype(np.int64)
-    tl_user = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
-    lo = int(min(tl_time.min(), t.min()))
-    span = int(max(tl_time.max(), t.max())) - lo + 1
-    if (len(offsets) + 1) * span < 2**62:
-        tl_key = tl_user * span + (tl_time - lo)
-        s_key = user.astype(np.int64) * span + (t - lo)
-    else:  # very long spans: compress times to dense ranks so the key cannot overflow
-        uniq, inv = np.unique(np.concatenate([tl_time, t]), return_inverse=True)
-        span = len(uniq)
-        tl_key = tl_user * span + inv[: len(tl_time)]
-        s_key = user.astype(np.int64) * span + inv[len(tl_time):]
-    return np.searchsorted(tl_key, s_key, side="left").astype(np.int64)
-
-
 def _save(dir_: Path, arrays: dict[str, np.ndarray]) -> None:
     dir_.mkdir(parents=True, exist_ok=True)
     for name, arr in arrays.items():
@@ -203,66 +189,7 @@ def _save(dir_: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def _time_split(t: np.ndarray, valid_fraction: float, test_fraction: float) -> np.ndarray:
     """0/1/2 = train/valid/test by global time quantiles, so train < valid < test in time."""
-    t1, t2 = np.quantile(t, [1 - valid_fraction - test_fraction, 1 - test_fraction], method="lower")
-    split = np.zeros(len(t), dtype=np.int8)
-    split[t >= t1] = 1
-    split[t >= t2] = 2
-    if valid_fraction == 0:
-        split[split == 1] = 0
-    return split
-
-
-def earlier_counts(offsets: np.ndarray, tl_time: np.ndarray) -> np.ndarray:
-    """Per timeline position: how many of the user's behaviors are **strictly** earlier in time.
-
-    Behaviors sharing a timestamp (day-resolution data) do not count for one another.
-    """
-    n = len(tl_time)
-    tl_user = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
-    new_run = np.ones(n, dtype=bool)
-    new_run[1:] = (tl_user[1:] != tl_user[:-1]) | (tl_time[1:] != tl_time[:-1])
-    run_start = np.maximum.accumulate(np.where(new_run, np.arange(n), 0)) if n else np.zeros(0, dtype=np.int64)
-    return run_start - offsets[tl_user]
-
-
-def _behavior_positives(offsets: np.ndarray, tl_item: np.ndarray, tl_time: np.ndarray,
-                        opt: PrepareOptions) -> dict[str, np.ndarray]:
-    """Each behavior with at least ``min_history`` strictly earlier behaviors is a positive; split it."""
-    tl_user = np.repeat(np.arange(len(offsets) - 1, dtype=np.int32), np.diff(offsets))
-    earlier = earlier_counts(offsets, tl_time)
-    pos_idx = np.flatnonzero(earlier >= opt.min_history)
-    if len(pos_idx) == 0:
-        raise InputError(
-            f"no samples: no behavior has --min-history {opt.min_history} strictly earlier behaviors of its user "
-            f"(most: {int(earlier.max()) if len(earlier) else 0}). Fix: lower --min-history or provide impressions."
-        )
-    user, item, t = tl_user[pos_idx], tl_item[pos_idx], tl_time[pos_idx]
-    if opt.split == "leave-last-out":
-        from_end = (offsets[user + 1] - 1) - pos_idx  # 0 = user's last behavior
-        split = np.where(from_end == 0, 2, np.where(from_end == 1, 1, 0)).astype(np.int8)
-    else:
-        split = _time_split(t, opt.valid_fraction, opt.test_fraction)
-    return {"user": user, "item": item, "time": t, "label": np.ones(len(user), dtype=np.int8), "split": split,
-            "rank": pos_idx - offsets[user]}
-
-
-def _add_negatives(s: dict[str, np.ndarray], sampler: NegativeSampler, opt: PrepareOptions,
-                   report: SkipReport) -> tuple[dict[str, np.ndarray], dict]:
-    """Append ``opt.negatives`` sampled negatives per positive (same user, time, split)."""
-    neg, rep = sampler.draw(s["user"], s["rank"], s["time"], s["item"], opt.negatives,
-                            opt.negative_sampler, opt.negative_alpha)
-    got = neg >= 0  # (S, n_neg)
-    src = np.repeat(np.arange(len(s["user"])), opt.negatives)[got.ravel()]
-    out = {k: np.concatenate([s[k], s[k][src]]) for k in ("user", "time", "split")}
-    out["item"] = np.concatenate([s["item"], neg.ravel()[got.ravel()].astype(s["item"].dtype)])
-    out["label"] = np.concatenate([s["label"], np.zeros(len(src), dtype=np.int8)])
-    if rep.positives_without_negative:
-        report.notes.append(f"{rep.positives_without_negative} positives have fewer than {opt.negatives} negatives: "
-                            "every item seen before them was already the user's")
-    if rep.category_fallbacks:
-        report.notes.append(f"{rep.category_fallbacks} category negatives fell back to uniform: no other item of "
-                            "the positive's category had been seen before it")
-    return out, rep.to_json()
+    return assign_split(t, *time_thresholds(t, valid_fraction, test_fraction), valid_fraction)
 
 
 def _impression_samples(imp: pl.DataFrame, user_v: pl.DataFrame, item_v: pl.DataFrame,
@@ -376,19 +303,23 @@ def _item_table(item_v: pl.DataFrame, cats: pl.DataFrame, has_categories: bool) 
     return item_cat, cat_v
 
 
-def _write(out: Path, vocabs: dict[str, pl.DataFrame], offsets: np.ndarray, tl: dict[str, np.ndarray],
-           item_cat: np.ndarray, s: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
-    """Every array and vocabulary into ``out`` (a staged directory); meta.json is written after, last."""
+def _write_tables(out: Path, vocabs: dict[str, pl.DataFrame], offsets: np.ndarray, tl: dict[str, np.ndarray],
+                 item_cat: np.ndarray) -> None:
+    """Vocabularies, timeline and item table into ``out`` (a staged directory); meta.json is written after, last."""
     (out / "vocab").mkdir(parents=True, exist_ok=True)
     for name, v in vocabs.items():
         v.write_parquet(out / "vocab" / f"{file_stem(name)}.parquet")
     _save(out / "timeline", {"offsets": offsets, **tl})
     _save(out / "items", {"category": item_cat})
+
+
+def _write_samples(out: Path, s: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    """Impression samples, split by split in (user, time, label desc) order."""
     split_counts: dict[str, dict[str, int]] = {}
     order = np.lexsort((-s["label"], s["time"], s["user"], s["split"]))
     for k, name in enumerate(SPLITS):
         idx = order[s["split"][order] == k]
-        _save(out / "samples" / name, {key: s[key][idx] for key in s if key not in ("split", "rank")})
+        _save(out / "samples" / name, {key: s[key][idx] for key in s if key != "split"})
         split_counts[name] = {"samples": int(len(idx)), "positives": int(s["label"][idx].sum())}
     return split_counts
 
@@ -427,17 +358,6 @@ def fingerprint(vocabs: dict[str, pl.DataFrame]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _split_warnings(s: dict[str, np.ndarray], report: SkipReport) -> None:
-    """Notes for splits that make results meaningless or fragile: empty, or one class only."""
-    for k, name in enumerate(SPLITS):
-        lab = s["label"][s["split"] == k]
-        if len(lab) == 0:
-            report.notes.append(f"warning: the {name} split is empty" + (
-                "; training is impossible" if name == "train" else f"; `evaluate --split {name}` will refuse it"))
-        elif lab.min() == lab.max():
-            report.notes.append(f"warning: the {name} split has only label {int(lab[0])}: AUC is undefined there")
-
-
 def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = None,
             log: callable = print, force: bool = False) -> dict:  # type: ignore[valid-type]
     """Validate, encode and write a prepared directory; returns the meta dict (also in ``out/meta.json``).
@@ -465,58 +385,117 @@ def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = 
     beh_v = _vocab(beh["behavior"].cast(pl.Utf8)) if "behavior" in beh.columns else _vocab(pl.Series([], dtype=pl.Utf8))
     offsets, tl = _timeline(beh, user_v, item_v, beh_v)
 
-    if imp is not None:
-        s, ctx_vocabs, split_how = _impression_samples(imp, user_v, item_v, opt)
-        source_of_samples = "impressions"
-    else:
-        s, ctx_vocabs, split_how = _behavior_positives(offsets, tl["item"], tl["time"], opt), {}, opt.split
-        source_of_samples = (f"behaviors (min_history {opt.min_history} strictly earlier, {opt.negatives} "
-                             f"{opt.negative_sampler} negatives, seed {opt.seed})")
+    def categories(cutoff_ms: int | None) -> tuple[pl.DataFrame, CategoryReport, bool]:
+        cats, cat_report = item_categories(items, [beh, imp], sources.item_tags, cutoff_ms)
+        has_cat = bool(cats.height) or sources.item_tags is not None or any(
+            f is not None and "category" in f.columns for f in (items, beh, imp))
+        return cats, cat_report, has_cat
 
-    # Item attributes need the split (what is "before the validation period"); negatives need the attributes.
-    cutoff_ms = attribute_cutoff(s["time"], s["split"])
-    cats, cat_report = item_categories(items, [beh, imp], sources.item_tags, cutoff_ms)
-    has_cat = bool(cats.height) or sources.item_tags is not None or any(
-        f is not None and "category" in f.columns for f in (items, beh, imp))
+    if imp is None:
+        enc = Encoded(user_v, item_v, beh_v, Timeline(offsets, tl), categories, dropped)
+        return finish_behaviors(sources, enc, out, opt, report, log, force, started, engine="polars")
+
+    s, ctx_vocabs, split_how = _impression_samples(imp, user_v, item_v, opt)
+    # Item attributes need the split (what is "before the validation period").
+    cats, cat_report, has_cat = categories(attribute_cutoff(s["time"], s["split"]))
     item_cat, cat_v = _item_table(item_v, cats, has_cat)
     tl["category"] = item_cat[tl["item"]]
     report.notes.extend(cat_report.notes)
-    negatives = None
-    if imp is None and opt.negatives > 0:
-        user_hash = stable_id_hash([None, None, *user_v["raw"].to_list()])
-        sampler = NegativeSampler(offsets, tl["item"], tl["time"], item_cat, user_hash, opt.seed)
-        s, negatives = _add_negatives(s, sampler, opt, report)
-    s.pop("rank", None)
-    s["cutoff"] = _cutoffs(offsets, tl["time"], s["user"], s["time"])
-
+    s["cutoff"] = cutoffs(offsets, tl["time"], s["user"], s["time"])
     vocabs = {"user": user_v, "item": item_v, "category": cat_v, "behavior": beh_v,
               **{f"ctx_{c}": v for c, v in ctx_vocabs.items()}}
-    _split_warnings(s, report)
-    if imp is not None:
-        dup = imp.drop(LINE).is_duplicated()
-        if dup.any():
-            report.notes.append(f"warning: {int(dup.sum())} impression rows are exact duplicates of another row "
-                                "(kept: each is a sample)")
+    dup = imp.drop(LINE).is_duplicated()
+    if dup.any():
+        report.notes.append(f"warning: {int(dup.sum())} impression rows are exact duplicates of another row "
+                            "(kept: each is a sample)")
     with staged_directory(out, "prepared directory", "meta.json", force) as staged:
-        split_counts = _write(staged, vocabs, offsets, tl, item_cat, s)
-        meta = _meta(sources, opt, report, offsets, item_cat, has_cat, vocabs, ctx_vocabs, split_counts,
-                     source_of_samples, split_how, cat_report.to_json(), negatives, dropped, started)
-        names = sorted(str(f.relative_to(staged)) for f in staged.rglob("*") if f.is_file())
-        meta["files"] = describe(staged, names)
-        meta = write_manifest(staged / "meta.json", meta)
+        _write_tables(staged, vocabs, offsets, tl, item_cat)
+        split_counts = _write_samples(staged, s)
+        report.notes.extend(split_warnings(split_counts))
+        meta = _meta(sources, opt, report, offsets, item_cat, has_cat, vocabs, split_counts,
+                     "impressions", split_how, cat_report.to_json(), None, dropped, started, "polars")
+        meta = _seal(staged, meta)
+    _log_report(report, log)
+    return meta
+
+
+@dataclass
+class Encoded:
+    """What an engine's relational part hands to :func:`finish_behaviors`: vocabularies, the sorted timeline
+    (in memory, or ``.npy`` files already in the staged directory) and the rule for item categories."""
+
+    user_v: pl.DataFrame
+    item_v: pl.DataFrame
+    behavior_v: pl.DataFrame
+    timeline: Timeline  # columns item, time, behavior
+    categories: Callable[[int | None], tuple[pl.DataFrame, CategoryReport, bool]]
+    dropped: dict[str, int]
+
+
+def finish_behaviors(sources: Sources, enc: Encoded, out: Path, opt: PrepareOptions, report: SkipReport,
+                     log: Callable[[str], None], force: bool, started: float, engine: str,
+                     staged: Path | None = None, chunk_rows: int = CHUNK_ROWS) -> dict:
+    """Samples from behaviors (:mod:`userlens.data.samples`), item table, vocabularies and meta.json.
+
+    The one code path both engines share: ``staged`` is the DuckDB engine's staged directory (its timeline
+    files already written there); without it the in-memory timeline is written into a new staged directory.
+    """
+    if staged is None:
+        with staged_directory(out, "prepared directory", "meta.json", force) as new:
+            _save(new / "timeline", {"offsets": enc.timeline.offsets,
+                                     **{k: np.asarray(v) for k, v in enc.timeline.columns.items()}})
+            meta = finish_behaviors(sources, enc, out, opt, report, log, force, started, engine, new, chunk_rows)
+        _log_report(report, log)
+        return meta
+    n_items = len(enc.item_v) + FIRST_INDEX
+    sample_opt = SampleOptions(opt.min_history, opt.split, opt.valid_fraction, opt.test_fraction, opt.negatives,
+                               opt.negative_sampler, opt.negative_alpha, opt.seed)
+    bs = BehaviorSamples(enc.timeline, sample_opt, n_items, chunk_rows)
+    # Item attributes need the split (what is "before the validation period"); negatives need the attributes.
+    cats, cat_report, has_cat = enc.categories(bs.plan())
+    item_cat, cat_v = _item_table(enc.item_v, cats, has_cat)
+    report.notes.extend(cat_report.notes)
+    user_hash = (stable_id_hash([None, None, *enc.user_v["raw"].to_list()]) if opt.negatives > 0
+                 else np.zeros(len(enc.user_v) + FIRST_INDEX, dtype=np.uint64))
+    category = NpyWriter(staged / "timeline" / "category.npy", np.int32)
+    try:
+        result = bs.write(staged, item_cat, user_hash, category)
+    finally:
+        category.close()
+    report.notes.extend(result.notes)
+    report.notes.extend(split_warnings(result.split_counts))
+    vocabs = {"user": enc.user_v, "item": enc.item_v, "category": cat_v, "behavior": enc.behavior_v}
+    (staged / "vocab").mkdir(parents=True, exist_ok=True)
+    for name, v in vocabs.items():
+        v.write_parquet(staged / "vocab" / f"{file_stem(name)}.parquet")
+    _save(staged / "items", {"category": item_cat})
+    how = (f"behaviors (min_history {opt.min_history} strictly earlier, {opt.negatives} "
+           f"{opt.negative_sampler} negatives, seed {opt.seed})")
+    negatives = result.negatives.to_json() if result.negatives is not None else None
+    meta = _meta(sources, opt, report, enc.timeline.offsets, item_cat, has_cat, vocabs, result.split_counts, how,
+                 opt.split, cat_report.to_json(), negatives, enc.dropped, started, engine)
+    return _seal(staged, meta)
+
+
+def _seal(staged: Path, meta: dict) -> dict:
+    """meta.json, last: the size and checksum of every file written."""
+    names = sorted(str(f.relative_to(staged)) for f in staged.rglob("*") if f.is_file())
+    meta["files"] = describe(staged, names)
+    return write_manifest(staged / "meta.json", meta)
+
+
+def _log_report(report: SkipReport, log: Callable[[str], None]) -> None:
     if report.total:
         log(f"skipped {report.total} defective rows:")
         for k, v in report.counts.items():
             log(f"  {v:>8}  {k} (first at line {report.first_line[k]})")
     for note in report.notes:
         log(f"note: {note}")
-    return meta
 
 
 def _meta(sources: Sources, opt: PrepareOptions, report: SkipReport, offsets: np.ndarray, item_cat: np.ndarray,
-          has_cat: bool, vocabs: dict[str, pl.DataFrame], ctx_vocabs: dict[str, pl.DataFrame],
-          split_counts: dict, source_of_samples: str, split_how: str, item_attributes: dict, negatives: dict | None,
-          dropped: dict[str, int], started: float) -> dict:
+          has_cat: bool, vocabs: dict[str, pl.DataFrame], split_counts: dict, source_of_samples: str, split_how: str,
+          item_attributes: dict, negatives: dict | None, dropped: dict[str, int], started: float, engine: str) -> dict:
     hist_len = np.diff(offsets)
     n_items = len(vocabs["item"]) + FIRST_INDEX
     return {
@@ -538,7 +517,7 @@ def _meta(sources: Sources, opt: PrepareOptions, report: SkipReport, offsets: np
         "vocab_sizes": {"user": len(vocabs["user"]) + FIRST_INDEX, "item": n_items,
                         "category": len(vocabs["category"]) + FIRST_INDEX,
                         "behavior": len(vocabs["behavior"]) + FIRST_INDEX,
-                        **{f"ctx_{c}": len(v) + FIRST_INDEX for c, v in ctx_vocabs.items()}},
+                        **{k: len(v) + FIRST_INDEX for k, v in vocabs.items() if k.startswith("ctx_")}},
         "context_columns": list(opt.context_columns),
         "samples": {"source": source_of_samples, "split": split_how, **split_counts},
         "item_attributes": item_attributes,
@@ -547,6 +526,7 @@ def _meta(sources: Sources, opt: PrepareOptions, report: SkipReport, offsets: np
         "sources": {str(p): sha256_file(p) for p in sources.files},
         "bad_rows": report.to_json(),
         "prepare_seconds": round(time.perf_counter() - started, 3),
+        "engine": engine,  # polars (in memory) or duckdb (out of core); the arrays are equal either way
     }
 
 

@@ -107,10 +107,10 @@ class ItemCounts:
     """How often each item occurred in the timeline (any user) strictly before a given time.
 
     The timeline is grouped by user, not sorted by time; this index sorts it once by
-    (item, time) into one int64 key per behavior, ``item · T + time_rank`` (``T`` =
-    number of distinct timestamps + 1), so a batch query is three ``searchsorted``
-    calls whatever the history sizes. Memory: 8 bytes per behavior plus the distinct
-    timestamps.
+    (item, time) into one int64 key per behavior, ``item · T + (time − t₀)`` (``T`` = the
+    time span + 2), so a batch query is two ``searchsorted`` calls whatever the history
+    sizes. Spans too wide for that key use dense time ranks instead (``T`` = number of
+    distinct timestamps + 1). Memory: 8 bytes per behavior.
 
     Example:
         >>> c = ItemCounts(np.array([5, 5, 6, 5]), np.array([10, 30, 10, 20]))
@@ -119,18 +119,34 @@ class ItemCounts:
     """
 
     def __init__(self, item: np.ndarray, time: np.ndarray) -> None:
-        self.times, rank = np.unique(np.asarray(time, dtype=np.int64), return_inverse=True)
-        self.span = len(self.times) + 1
+        time = np.asarray(time, dtype=np.int64)
         n_items = int(np.max(item)) + 1 if len(item) else 1
+        self.t0 = int(time.min()) if len(time) else 0
+        self.span = (int(time.max()) - self.t0 + 2) if len(time) else 2
+        self.times: np.ndarray | None = None  # dense ranks: only when the span overflows the key
+        if n_items * self.span >= 2**63:
+            self.times, rank = np.unique(time, return_inverse=True)
+            self.span = len(self.times) + 1
+            offset = rank.reshape(-1)
+        else:
+            offset = time - self.t0
         if n_items * self.span >= 2**63:
             raise ValueError(f"{n_items} items × {self.span} timestamps overflow the int64 (item, time) keys")
-        self.keys = np.sort(np.asarray(item, dtype=np.int64) * self.span + rank.reshape(-1))
+        self.keys = np.asarray(item, dtype=np.int64) * self.span + offset
+        self.keys.sort()
+
+    def _offset(self, time: np.ndarray) -> np.ndarray:
+        """Key offset of the first timestamp ``>= time`` (so keys below it are the times ``< time``)."""
+        t = np.asarray(time, dtype=np.int64)
+        if self.times is not None:
+            return np.searchsorted(self.times, t, side="left")
+        return np.clip(t - self.t0, 0, self.span - 1)
 
     def before(self, item: np.ndarray, time: np.ndarray) -> np.ndarray:
         """``(B,)`` int64: behaviors of ``item[b]`` with a timestamp ``< time[b]``."""
         base = np.asarray(item, dtype=np.int64) * self.span
-        rank = np.searchsorted(self.times, np.asarray(time, dtype=np.int64), side="left")  # times < t
-        return (np.searchsorted(self.keys, base + rank) - np.searchsorted(self.keys, base)).astype(np.int64)
+        return (np.searchsorted(self.keys, base + self._offset(time))
+                - np.searchsorted(self.keys, base)).astype(np.int64)
 
 
 def _pick(pool: np.ndarray, start: np.ndarray | int, n: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -141,63 +157,105 @@ def _pick(pool: np.ndarray, start: np.ndarray | int, n: np.ndarray, u: np.ndarra
     return np.where(n > 0, pool[np.clip(idx, 0, len(pool) - 1)], -1)
 
 
-class NegativeSampler:
-    """Indexes of the timeline that every sampler reads, built once.
+NEVER = np.iinfo(np.int64).max  # first time of an item never seen
+
+
+def first_times(item: np.ndarray, time: np.ndarray, n_items: int, into: np.ndarray | None = None) -> np.ndarray:
+    """``(n_items,)`` int64: each item's earliest behavior time (:data:`NEVER` if none), folded into ``into``.
+
+    Called once per chunk of the timeline, it builds :class:`ItemPast`'s input without the whole timeline.
+    """
+    first = np.full(n_items, NEVER, dtype=np.int64) if into is None else into
+    if len(item):
+        order = np.lexsort((time, item))
+        it = np.asarray(item)[order]
+        head = np.ones(len(it), dtype=bool)
+        head[1:] = it[1:] != it[:-1]
+        np.minimum.at(first, it[head].astype(np.int64), np.asarray(time, dtype=np.int64)[order][head])
+    return first
+
+
+class ItemPast:
+    """What every sampler knows about items at a time ``t``: which were seen before it (by anyone), per
+    category, and (popularity) the events before it. Global, item-level, built once; user-level facts live in
+    :class:`NegativeSampler`, which may cover only a slice of the users (the out-of-core prepare).
 
     Args:
-        offsets: (n_users + 1,) CSR offsets of the timeline (sorted by user, time, input order).
-        item, time: (N,) timeline item index and epoch ms.
-        item_category: (n_items,) category index of every item (leakage-free item table).
-        user_hash: (n_users,) :func:`stable_id_hash` of each user's raw id.
-        seed: sampling seed.
+        first: ``(n_items,)`` earliest behavior time per item (:func:`first_times`).
+        item_category: ``(n_items,)`` category index of every item (leakage-free item table).
+        events: returns the whole timeline's ``(item, time)`` in timeline order; called once, only by the
+            popularity sampler.
     """
 
-    def __init__(self, offsets: np.ndarray, item: np.ndarray, time: np.ndarray, item_category: np.ndarray,
-                 user_hash: np.ndarray, seed: int) -> None:
-        self.offsets, self.item, self.time = offsets, item.astype(np.int64), time.astype(np.int64)
-        self.item_category = item_category.astype(np.int64)
-        self.user_hash, self.seed = user_hash, seed
-        n_items = len(item_category)
-        self.n_items = n_items
-        n_users = len(offsets) - 1
-        self.tl_user = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(offsets))
-        # dense time ranks keep every composite key far from int64 overflow
-        self.times = np.unique(self.time)
-        self.span = len(self.times) + 1
-        # items by first appearance (ties: item index = raw-id order), for "seen before t"
-        first = np.full(n_items, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(first, self.item, self.time)
-        seen = np.flatnonzero(first != np.iinfo(np.int64).max)
-        order = np.lexsort((seen, first[seen]))
+    def __init__(self, first: np.ndarray, item_category: np.ndarray,
+                 events: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+        self.item_category = np.asarray(item_category).astype(np.int64)
+        self.n_items = len(self.item_category)
+        seen = np.flatnonzero(first != NEVER)
+        order = np.lexsort((seen, first[seen]))  # by first appearance; ties: item index (= raw-id order)
         self.by_first = seen[order]
         self.first_sorted = first[self.by_first]
-        # the same per category: key (category, first-time rank)
-        first_rank = np.searchsorted(self.times, first[self.by_first])
+        # the same per category, keyed (category, rank of the first time among all first times)
+        self.firsts = np.unique(self.first_sorted)
+        self.span = len(self.firsts) + 1
+        first_rank = np.searchsorted(self.firsts, self.first_sorted)
         cat = self.item_category[self.by_first]
         corder = np.lexsort((first_rank, cat))
         self.cat_items = self.by_first[corder]
         self.cat_keys = cat[corder] * self.span + first_rank[corder]
-        # (user, item) → time of the user's first interaction with the item
-        pair = self.tl_user * n_items + self.item
-        porder = np.lexsort((self.time, pair))
-        keys = pair[porder]
-        firsts = np.ones(len(keys), dtype=bool)
-        firsts[1:] = keys[1:] != keys[:-1]
-        self.pair_keys, self.pair_first = keys[firsts], self.time[porder][firsts]
-        # events in time order (popularity) and each item's event times (counts before t)
-        eorder = np.lexsort((np.arange(len(self.time)), self.time))
-        self.ev_time, self.ev_item = self.time[eorder], self.item[eorder]
-        self.counts = ItemCounts(self.item, self.time)
+        self._events = events
+        self._popular: tuple[np.ndarray, np.ndarray, ItemCounts] | None = None
+
+    @classmethod
+    def from_timeline(cls, item: np.ndarray, time: np.ndarray, item_category: np.ndarray) -> ItemPast:
+        return cls(first_times(item, time, len(item_category)), item_category, lambda: (item, time))
+
+    def rank_of(self, t: np.ndarray) -> np.ndarray:
+        """How many distinct first-appearance times lie strictly before each ``t``."""
+        return np.searchsorted(self.firsts, t, side="left")
+
+    def popular(self) -> tuple[np.ndarray, np.ndarray, ItemCounts]:
+        """Events in time order (ties: timeline order) and the per-item counts; built on first use."""
+        if self._popular is None:
+            if self._events is None:
+                raise ValueError("the popularity sampler needs the timeline's events")
+            item, time = self._events()
+            time = np.asarray(time, dtype=np.int64)
+            order = np.argsort(time, kind="stable")
+            self._popular = (time[order], np.asarray(item)[order].astype(np.int64), ItemCounts(item, time))
+        return self._popular
+
+
+class NegativeSampler:
+    """Negatives for the positives of a set of users (all users, or a slice of them, user indices local).
+
+    Args:
+        offsets: (n_users + 1,) CSR offsets of these users' timeline (sorted by user, time, input order).
+        item, time: their timeline item index and epoch ms.
+        item_category: (n_items,) category index of every item; unused when ``past`` is given.
+        user_hash: (n_users,) :func:`stable_id_hash` of each user's raw id.
+        seed: sampling seed.
+        past: the global :class:`ItemPast` (default: built from this timeline, which must then be all of it).
+    """
+
+    def __init__(self, offsets: np.ndarray, item: np.ndarray, time: np.ndarray, item_category: np.ndarray | None,
+                 user_hash: np.ndarray, seed: int, past: ItemPast | None = None) -> None:
+        self.offsets, self.item, self.time = offsets, item.astype(np.int64), time.astype(np.int64)
+        self.past = past if past is not None else ItemPast.from_timeline(self.item, self.time, item_category)
+        self.user_hash, self.seed = user_hash, seed
+        self.n_items = self.past.n_items
+        # (user, item) → time of the user's first interaction with the item (stable sort: the first occurrence
+        # in timeline order is the earliest, since each user's rows are sorted by time)
+        tl_user = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+        pair = tl_user * self.n_items + self.item
+        keys, first = np.unique(pair, return_index=True)
+        self.pair_keys, self.pair_first = keys, self.time[first]
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _rank_of(self, t: np.ndarray) -> np.ndarray:
-        """Dense rank of each time among the timeline's (times before all of them get 0)."""
-        return np.searchsorted(self.times, t, side="left")
-
     def count_before(self, item: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Behaviors of ``item`` (by anyone) strictly before ``t``."""
-        return self.counts.before(item, t)
+        return self.past.popular()[2].before(item, t)
 
     def touched(self, user: np.ndarray, item: np.ndarray, t: np.ndarray) -> np.ndarray:
         """True where ``user`` interacted with ``item`` at or before ``t``."""
@@ -210,31 +268,35 @@ class NegativeSampler:
     # ------------------------------------------------------------------ proposals: -1 = nothing to draw from
 
     def _uniform(self, t: np.ndarray, cat: np.ndarray, u1: np.ndarray, u2: np.ndarray, alpha: float) -> np.ndarray:
-        return _pick(self.by_first, 0, np.searchsorted(self.first_sorted, t, side="left"), u1)
+        p = self.past
+        return _pick(p.by_first, 0, np.searchsorted(p.first_sorted, t, side="left"), u1)
 
     def _popularity(self, t: np.ndarray, cat: np.ndarray, u1: np.ndarray, u2: np.ndarray,
                     alpha: float) -> np.ndarray:
         # An event drawn uniformly among those before t picks item i with probability ∝ count_i;
         # accepting it with probability count_i^(alpha-1) leaves ∝ count_i^alpha (alpha in [0, 1]).
-        item = _pick(self.ev_item, 0, np.searchsorted(self.ev_time, t, side="left"), u1)
+        ev_time, ev_item, _ = self.past.popular()
+        item = _pick(ev_item, 0, np.searchsorted(ev_time, t, side="left"), u1)
         if alpha < 1.0:
             c = np.maximum(self.count_before(np.maximum(item, 0), t), 1).astype(np.float64)
             item = np.where((item < 0) | (u2 < c ** (alpha - 1.0)), item, -2)  # -2 = rejected, draw again
         return item
 
     def _category(self, t: np.ndarray, cat: np.ndarray, u1: np.ndarray, u2: np.ndarray, alpha: float) -> np.ndarray:
-        lo = np.searchsorted(self.cat_keys, cat * self.span)
-        n = np.searchsorted(self.cat_keys, cat * self.span + self._rank_of(t)) - lo
-        return _pick(self.cat_items, lo, np.where(cat > 1, n, 0), u1)  # pad / unknown category: no "same category"
+        p = self.past
+        lo = np.searchsorted(p.cat_keys, cat * p.span)
+        n = np.searchsorted(p.cat_keys, cat * p.span + p.rank_of(t)) - lo
+        return _pick(p.cat_items, lo, np.where(cat > 1, n, 0), u1)  # pad / unknown category: no "same category"
 
     def _candidates(self, sampler: str, user: int, t: int, cat: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
         """Exact fallback: every allowed item for one draw and its weight."""
+        p = self.past
         if sampler == "category":
-            lo = np.searchsorted(self.cat_keys, cat * self.span)
-            hi = np.searchsorted(self.cat_keys, cat * self.span + self._rank_of(np.array([t]))[0])
-            pool = np.sort(self.cat_items[lo:hi]) if cat > 1 else np.zeros(0, dtype=np.int64)
+            lo = np.searchsorted(p.cat_keys, cat * p.span)
+            hi = np.searchsorted(p.cat_keys, cat * p.span + p.rank_of(np.array([t]))[0])
+            pool = np.sort(p.cat_items[lo:hi]) if cat > 1 else np.zeros(0, dtype=np.int64)
         else:
-            pool = np.sort(self.by_first[: np.searchsorted(self.first_sorted, t, side="left")])
+            pool = np.sort(p.by_first[: np.searchsorted(p.first_sorted, t, side="left")])
         a, b = self.offsets[user], self.offsets[user + 1]
         mine = self.item[a:b][self.time[a:b] <= t]
         pool = pool[~np.isin(pool, mine)]
@@ -251,8 +313,8 @@ class NegativeSampler:
         """``(S, n_neg)`` negative item indices (``-1`` = none possible) for ``S`` positives.
 
         Args:
-            user: (S,) user index; rank: (S,) position of the positive in its user's timeline;
-            t: (S,) the positive's time (epoch ms); positive: (S,) its item index.
+            user: (S,) user index (local to this sampler's users); rank: (S,) position of the positive in its
+            user's timeline; t: (S,) the positive's time (epoch ms); positive: (S,) its item index.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown negative sampler {sampler!r}; known: {list(SAMPLERS)}")
@@ -263,12 +325,12 @@ class NegativeSampler:
             return out, report
         u = np.repeat(user.astype(np.int64), n_neg)
         tt = np.repeat(t.astype(np.int64), n_neg)
-        cat = np.repeat(self.item_category[positive.astype(np.int64)], n_neg)
+        cat = np.repeat(self.past.item_category[positive.astype(np.int64)], n_neg)
         j = np.tile(np.arange(n_neg, dtype=np.int64), s)
         key = (self.seed, np.repeat(self.user_hash[user], n_neg), np.repeat(rank.astype(np.int64), n_neg), j)
-        propose: dict[str, Callable] = {"uniform": self._uniform, "popularity": self._popularity,
-                                        "category": self._category}
-        mode = np.full(len(u), sampler, dtype=object)
+        propose: list[Callable] = [getattr(self, f"_{name}") for name in SAMPLERS]
+        uniform, category = SAMPLERS.index("uniform"), SAMPLERS.index("category")
+        mode = np.full(len(u), SAMPLERS.index(sampler), dtype=np.int8)
         result = np.full(len(u), -1, dtype=np.int64)
         todo = np.arange(len(u))
         for r in range(ROUNDS):
@@ -277,22 +339,23 @@ class NegativeSampler:
             k = tuple(a[todo] if isinstance(a, np.ndarray) else a for a in key)
             u1, u2 = counter_uniform(*k, 2 * r), counter_uniform(*k, 2 * r + 1)
             cand = np.full(len(todo), -2, dtype=np.int64)
-            for name in np.unique(mode[todo]):
-                m = mode[todo] == name
-                cand[m] = propose[name](tt[todo][m], cat[todo][m], u1[m], u2[m], alpha)
+            mt, tt_todo, cat_todo = mode[todo], tt[todo], cat[todo]
+            for code in np.unique(mt):
+                m = mt == code
+                cand[m] = propose[code](tt_todo[m], cat_todo[m], u1[m], u2[m], alpha)
             empty = cand == -1  # nothing of that kind seen before t
-            switch = empty & (mode[todo] == "category")  # no item of the category yet: uniform instead
-            mode[todo[switch]] = "uniform"
+            switch = empty & (mt == category)  # no item of the category yet: uniform instead
+            mode[todo[switch]] = uniform
             report.category_fallbacks += int(switch.sum())
             give_up = empty & ~switch  # no item at all seen before t: no negative possible
             ok = cand >= 0
-            ok[ok] = ~self.touched(u[todo][ok], cand[ok], tt[todo][ok])
+            ok[ok] = ~self.touched(u[todo][ok], cand[ok], tt_todo[ok])
             result[todo[ok]] = cand[ok]
             todo = todo[~ok & ~give_up]
         for i in todo:  # rare: rejected ROUNDS times; enumerate the allowed items exactly
             report.draws_enumerated_after_rejections += 1
-            pool, w = self._candidates(mode[i], int(u[i]), int(tt[i]), int(cat[i]), alpha)
-            if len(pool) == 0 and mode[i] == "category":
+            pool, w = self._candidates(SAMPLERS[mode[i]], int(u[i]), int(tt[i]), int(cat[i]), alpha)
+            if len(pool) == 0 and mode[i] == category:
                 report.category_fallbacks += 1
                 pool, w = self._candidates("uniform", int(u[i]), int(tt[i]), int(cat[i]), alpha)
             if len(pool) == 0 or w.sum() <= 0:
@@ -306,4 +369,5 @@ class NegativeSampler:
         return out, report
 
 
-__all__ = ("SAMPLERS", "ItemCounts", "NegativeReport", "NegativeSampler", "counter_uniform", "stable_id_hash")
+__all__ = ("SAMPLERS", "ItemCounts", "ItemPast", "NegativeReport", "NegativeSampler", "counter_uniform", "first_times",
+           "stable_id_hash")
