@@ -125,22 +125,24 @@ def prepare(
     negative_alpha: Annotated[float, typer.Option(help="popularity sampler exponent in [0, 1]")] = 0.75,
     seed: Annotated[int, typer.Option(help="negative-sampling seed")] = 2024,
     force: Annotated[bool, typer.Option(help="replace an existing prepared directory at --out")] = False,
+    engine: Annotated[str, typer.Option(help="auto | polars (in memory) | duckdb (out of core, behaviors-only; "
+                                              "auto picks it for inputs of 1 GiB+ or Parquet directories / globs)")] = "auto",
+    memory_limit: Annotated[Optional[str], typer.Option(help="duckdb engine: memory cap before spilling to disk under "
+                                                             "--out (default: 8GiB or 60% of RAM, the smaller)")] = None,
 ) -> None:
-    """Validate raw logs and write a prepared directory (vocabularies, timeline, samples, meta.json)."""
+    """Validate raw logs and write a prepared directory (vocabularies, timeline, samples, meta.json).
+
+    --behaviors may be a CSV / TSV / Parquet file, or (duckdb engine) a directory or glob of Parquet files."""
     from userlens.data.prepare import PrepareOptions
     from userlens.data.prepare import prepare as do_prepare
     from userlens.data.prepare import sources_from_files
 
     def go() -> dict:
-        if format:
-            from userlens.data.adapters import load_adapter
+        from userlens.data.outofcore import choose_engine, prepare_out_of_core, scan_sources
 
-            if source is None or behaviors is not None:
-                raise InputError("--format needs --source DIR and no --behaviors. Fix: use one or the other.")
-            sources = load_adapter(format, source)
-        elif behaviors is not None:
-            sources = sources_from_files(behaviors, impressions, items)
-        else:
+        if format and (source is None or behaviors is not None):
+            raise InputError("--format needs --source DIR and no --behaviors. Fix: use one or the other.")
+        if not format and behaviors is None:
             raise InputError("give --behaviors FILE (with optional --impressions/--items) or --format NAME --source DIR")
         opts = PrepareOptions(
             on_bad_rows=on_bad_rows, timestamp_unit=timestamp_unit, context_columns=tuple(context or ()),  # type: ignore[arg-type]
@@ -148,6 +150,19 @@ def prepare(
             split=split, min_history=min_history, negatives=negatives, seed=seed,  # type: ignore[arg-type]
             negative_sampler=negative_sampler, negative_alpha=negative_alpha,  # type: ignore[arg-type]
         )
+        chosen = choose_engine(engine, format, source, behaviors, impressions, tuple(context or ()))
+        if chosen == "duckdb":
+            _say(f"engine: duckdb (out of core, memory limit {memory_limit or 'default'})")
+            return prepare_out_of_core(scan_sources(format, source, behaviors, items), out, opts, log=_say,
+                                       force=force, memory_limit=memory_limit)
+        if memory_limit is not None:
+            raise InputError("--memory-limit applies to the duckdb engine. Fix: add --engine duckdb or drop it.")
+        if format:
+            from userlens.data.adapters import load_adapter
+
+            sources = load_adapter(format, source)
+        else:
+            sources = sources_from_files(behaviors, impressions, items)  # type: ignore[arg-type]
         return do_prepare(sources, out, opts, log=_say, force=force)
 
     meta = _run(go)

@@ -204,12 +204,31 @@ def taobao(source: Path) -> Sources:
     ``category`` stays a behaviors column (the dataset has no item table). A truncated line keeps its
     row with a null timestamp so ``validate`` reports it (or counts it under ``on_bad_rows="skip"``).
     """
-    path = source if source.is_file() else _require(source, "taobao", ["UserBehavior.csv"])[0]
-    raw = _read(path, sep=",", names=["user_id", "item_id", "category", "behavior", "timestamp"])
+    path = _taobao_file(source)
+    raw = _read(path, sep=",", names=TAOBAO_FIELDS)
     beh = raw.select(LINE, "user_id", "item_id", "timestamp", "behavior", "category")
-    return Sources(behaviors=_raw(beh, path), files=[path],
-                   notes=["taobao: behavior = behavior_type (pv/cart/fav/buy); category = category_id"],
-                   name="taobao")
+    return Sources(behaviors=_raw(beh, path), files=[path], notes=[TAOBAO_NOTE], name="taobao")
+
+
+TAOBAO_FIELDS = ("user_id", "item_id", "category", "behavior", "timestamp")
+TAOBAO_NOTE = "taobao: behavior = behavior_type (pv/cart/fav/buy); category = category_id"
+
+
+def _taobao_file(source: Path) -> Path:
+    return source if source.is_file() else _require(source, "taobao", ["UserBehavior.csv"])[0]
+
+
+def taobao_scan(source: Path):  # type: ignore[no-untyped-def]
+    """The Taobao file as a streaming scan (``prepare --engine duckdb``): the full 100M-row file never sits in memory."""
+    from userlens.data.outofcore import CsvScan, ScanSources
+
+    path = _taobao_file(source)
+    return ScanSources(CsvScan(path, ",", TAOBAO_FIELDS, quote=None, lossy=True), files=[path], notes=[TAOBAO_NOTE],
+                       name="taobao")
+
+
+#: adapters whose main table can be streamed; the others are read in memory and handed to the engine as tables
+SCANS = {"taobao": taobao_scan}
 
 
 # --------------------------------------------------------------------------- amazon (ReChorus)

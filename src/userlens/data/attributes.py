@@ -96,6 +96,7 @@ def item_categories(
     events: list[pl.DataFrame],
     tags: pl.DataFrame | None,
     cutoff_ms: int | None,
+    carried: tuple[pl.DataFrame, int] | None = None,
 ) -> tuple[pl.DataFrame, CategoryReport]:
     """``(item_id (text), category (text))`` for every item that has one, and how it was decided.
 
@@ -104,13 +105,19 @@ def item_categories(
         events: validated behaviors / impressions frames that may carry a ``category`` column.
         tags: ``item_id, tag, timestamp_ms`` rows of user-produced item attributes, or None.
         cutoff_ms: :func:`attribute_cutoff`.
+        carried: each item's earliest event category and the number of items with several, when computed
+            elsewhere (the out-of-core engine, in SQL); ``events`` are then not read.
     """
     rep = CategoryReport(cutoff_ms)
     empty = pl.DataFrame(schema={"item_id": pl.Utf8, "category": pl.Utf8})
     static = (_as_text(items.select("item_id", "category")).drop_nulls("category")
               if items is not None and "category" in items.columns else empty)
     derived = _tag_mode(tags, cutoff_ms, rep) if tags is not None else empty
-    carried = _earliest_event_category([e for e in events if e is not None and "category" in e.columns], rep)
+    if carried is None:
+        carried = _earliest_event_category([e for e in events if e is not None and "category" in e.columns], rep)
+    else:
+        carried, conflicts = carried
+        rep.conflicts += conflicts
     if static.height and carried.height:  # the table and the events disagree
         both = static.join(carried, on="item_id", suffix="_ev").filter(pl.col("category") != pl.col("category_ev"))
         rep.conflicts += both.height

@@ -120,29 +120,39 @@ def _header(p: Path, sep: str) -> list[str]:
         return next(csv.reader(fh, delimiter=sep), [])
 
 
-def _read_csv(p: Path, sep: str) -> pl.DataFrame:
-    """A delimited text file with a header, every value as text, ``LINE`` = the physical line of each record."""
+def csv_header_check(p: Path, sep: str) -> None:
+    """Refuse a header that names a column twice (which column would a reader take?)."""
     head = _header(p, sep)
     dup = sorted({c for c in head if head.count(c) > 1})
     if dup:
         cols = [i + 1 for i, c in enumerate(head) if c == dup[0]]
         raise InputError(f"{p}:line 1: duplicate column {dup[0]!r} in the header (columns {cols}). "
                          "Fix: give every column a distinct name.")
+
+
+def csv_read_error(p: Path, sep: str, exc: Exception) -> InputError:
+    """What polars' refusal to read ``p`` means, with the line: not UTF-8, an unclosed quote, a ragged line."""
+    bad = first_non_utf8(p)
+    if bad is not None:
+        return not_utf8(p, *bad)
+    _, unclosed = _record_lines(p, sep)
+    if unclosed is not None:
+        return InputError(f"{p}:line {unclosed}: a quote (\") opens a value that is never closed. "
+                          "Fix: close the quote, or double quotes inside quoted values (\"\").")
+    return InputError(f"{p}:line {_first_ragged_line(p, sep)}: cannot read the file as CSV "
+                      f"({str(exc).splitlines()[0]}). Fix: make every line have the header's fields "
+                      f"(quote values that contain {sep!r}).")
+
+
+def _read_csv(p: Path, sep: str) -> pl.DataFrame:
+    """A delimited text file with a header, every value as text, ``LINE`` = the physical line of each record."""
+    csv_header_check(p, sep)
     try:
         frame = pl.read_csv(p, separator=sep, infer_schema=False)
     except pl.exceptions.NoDataError:
         raise InputError(f"{p}: the file is empty. Fix: point to a file with a header and rows.") from None
     except pl.exceptions.ComputeError as exc:
-        bad = first_non_utf8(p)
-        if bad is not None:
-            raise not_utf8(p, *bad) from None
-        _, unclosed = _record_lines(p, sep)
-        if unclosed is not None:
-            raise InputError(f"{p}:line {unclosed}: a quote (\") opens a value that is never closed. "
-                             "Fix: close the quote, or double quotes inside quoted values (\"\").") from None
-        raise InputError(f"{p}:line {_first_ragged_line(p, sep)}: cannot read the file as CSV "
-                         f"({str(exc).splitlines()[0]}). Fix: make every line have the header's fields "
-                         f"(quote values that contain {sep!r}).") from None
+        raise csv_read_error(p, sep, exc) from None
     lines = None
     if frame.height and p.stat().st_size < (1 << 31):  # a quoted newline shifts every later record's line
         with open(p, "rb") as fh:
