@@ -38,7 +38,8 @@ import polars as pl
 from userlens.artifacts import check_output_path, describe, sha256_file, staged_directory, write_manifest
 from userlens.data.attributes import CategoryReport, attribute_cutoff, item_categories
 from userlens.data.npyio import NpyWriter
-from userlens.data.samples import (CHUNK_ROWS, BehaviorSamples, SampleOptions, Timeline, assign_split, cutoffs,  # noqa: F401
+from userlens.data import samples as samples_module
+from userlens.data.samples import (BehaviorSamples, SampleOptions, Timeline, assign_split, cutoffs,  # noqa: F401
                                    earlier_counts,
                                    split_warnings, time_thresholds)
 from userlens.data.sampling import SAMPLERS, Sampler, stable_id_hash
@@ -434,7 +435,7 @@ class Encoded:
 
 def finish_behaviors(sources: Sources, enc: Encoded, out: Path, opt: PrepareOptions, report: SkipReport,
                      log: Callable[[str], None], force: bool, started: float, engine: str,
-                     staged: Path | None = None, chunk_rows: int = CHUNK_ROWS) -> dict:
+                     staged: Path | None = None, chunk_rows: int | None = None) -> dict:
     """Samples from behaviors (:mod:`userlens.data.samples`), item table, vocabularies and meta.json.
 
     The one code path both engines share: ``staged`` is the DuckDB engine's staged directory (its timeline
@@ -450,7 +451,7 @@ def finish_behaviors(sources: Sources, enc: Encoded, out: Path, opt: PrepareOpti
     n_items = len(enc.item_v) + FIRST_INDEX
     sample_opt = SampleOptions(opt.min_history, opt.split, opt.valid_fraction, opt.test_fraction, opt.negatives,
                                opt.negative_sampler, opt.negative_alpha, opt.seed)
-    bs = BehaviorSamples(enc.timeline, sample_opt, n_items, chunk_rows)
+    bs = BehaviorSamples(enc.timeline, sample_opt, n_items, chunk_rows or samples_module.CHUNK_ROWS)
     # Item attributes need the split (what is "before the validation period"); negatives need the attributes.
     cats, cat_report, has_cat = enc.categories(bs.plan())
     item_cat, cat_v = _item_table(enc.item_v, cats, has_cat)
