@@ -173,7 +173,10 @@ def _check_line_numbers(con, name: str, scan: CsvScan) -> None:  # type: ignore[
 
 # --------------------------------------------------------------------------- validation (mirrors tables.validate)
 
-_WS = r"[\t\n\x{0B}\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]"
+#: Unicode White_Space (what polars' ``strip_chars()`` removes), as an RE2 class (DuckDB's trim with a set of
+#: characters took 20× as long as this regex)
+_WS = (r"[\t\n\x{0B}\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}"
+       r"\x{3000}]")
 _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "HUGEINT"}
 _FLOAT_TYPES = {"FLOAT", "DOUBLE"}
 _TIME_TYPES = ("DATE", "TIMESTAMP")
@@ -184,6 +187,11 @@ _ISO_NAIVE = ["%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y
 
 def _strip(x: str) -> str:
     return f"regexp_replace({x}, '^{_WS}+|{_WS}+$', '', 'g')"
+
+
+def _canonical_int(x: str) -> str:
+    """True where ``x`` is the decimal text of an int64 exactly as int64 prints it (so ``007`` stays text)."""
+    return f"coalesce(CAST(TRY_CAST({x} AS BIGINT) AS VARCHAR) = {x}, false)"
 
 
 def _q(name: str) -> str:
@@ -219,6 +227,19 @@ class _TableSQL:
 
     # ------------------------------------------------------------------ ids
 
+    def prescan_ids(self, columns: list[str]) -> None:
+        """One scan for every text id column: rows changed by stripping, and whether all are canonical ints."""
+        text = [c for c in columns if self.types[c].upper() == "VARCHAR"]
+        aggs = []
+        for c in text:
+            raw, s = _q(c), _strip(_q(c))
+            empty = f"({raw} IS NULL OR {s} = '' OR lower({s}) = 'nan')"
+            aggs += [f"count(*) FILTER (WHERE {s} != {raw} AND NOT {empty})",
+                     f"coalesce(bool_and({_canonical_int(s)}) FILTER (WHERE {s} IS NOT NULL AND {s} NOT IN "
+                     "('', 'NaN', 'nan', 'NAN')), true)"]
+        got = self.one(f"SELECT {', '.join(aggs)} FROM {self.name}") if aggs else ()
+        self.prescan = {c: (got[2 * k], got[2 * k + 1]) for k, c in enumerate(text)}
+
     def ids(self, c: str) -> None:
         dtype, raw = self.types[c].upper(), _q(c)
         fix = f"give every row a {c}"
@@ -227,13 +248,11 @@ class _TableSQL:
             self.helpers[s] = _strip(raw)
             empty = f"({raw} IS NULL OR {s} = '' OR lower({s}) = 'nan')"
             self.checks.append(_Check(c, EMPTY_ID, fix, empty))
-            changed, merged, as_int = self.one(
-                f"SELECT count(*) FILTER (WHERE {s} != {raw} AND NOT {empty}), "
-                f"count(DISTINCT {raw}) FILTER (WHERE NOT {empty}) - count(DISTINCT {s}) FILTER (WHERE NOT {empty}), "
-                f"coalesce(bool_and(TRY_CAST({s} AS BIGINT) IS NOT NULL AND CAST(TRY_CAST({s} AS BIGINT) AS VARCHAR) "
-                f"= {s}) FILTER (WHERE {s} IS NOT NULL AND {s} NOT IN ('', 'NaN', 'nan', 'NAN')), true) "
-                f"FROM (SELECT {raw}, {_strip(raw)} AS {s} FROM {self.name})")
+            changed, as_int = self.prescan[c]
             if changed:
+                merged = self.one(f"SELECT count(DISTINCT {raw}) FILTER (WHERE NOT {empty}) - count(DISTINCT {s}) "
+                                  f"FILTER (WHERE NOT {empty}) FROM (SELECT {raw}, {_strip(raw)} AS {s} "
+                                  f"FROM {self.name})")[0]
                 self.report.notes.append(f"{self.source}: {changed} {c}s had leading/trailing whitespace, removed"
                                          + (f"; {merged} distinct raw ids became equal to another id" if merged else ""))
             self.select[c] = f"TRY_CAST({s} AS BIGINT)" if as_int else f"nullif({s}, '')"
@@ -274,11 +293,16 @@ class _TableSQL:
         if unit != "auto":
             return unit
         med = self.one(f"SELECT median(abs({values})) FILTER (WHERE {where} AND isfinite({values})) "
-                       f"FROM (SELECT *, {self._helper_list()} FROM {self.name})")[0]
+                       f"FROM ({self._with_helpers()})")[0]
         return "ms" if med is not None and float(med) > 1e11 else "s"
 
-    def _helper_list(self) -> str:
-        return ", ".join(f"{e} AS {k}" for k, e in self.helpers.items()) or "1 AS _none"
+    def _with_helpers(self) -> str:
+        """The raw table with every helper column, one nested projection each: a helper is computed once per
+        row however often later expressions name it (a lateral alias would be expanded at every use)."""
+        sql = f"SELECT * FROM {self.name}"
+        for k, e in self.helpers.items():
+            sql = f"SELECT *, {e} AS {k} FROM ({sql})"
+        return sql
 
     def timestamps(self, unit: str, min_time: datetime, max_time: datetime | None) -> None:
         c, dtype, raw = "timestamp", self.types["timestamp"].upper(), _q("timestamp")
@@ -289,10 +313,20 @@ class _TableSQL:
             missing = f"({raw} IS NULL OR {text} = '')" if dtype == "VARCHAR" else f"({raw} IS NULL)"
             self.helpers["_t_m"] = f"regexp_extract({text}, '{_DECIMAL}', ['sign', 'whole', 'frac'])"
             self.helpers["_t_f"] = f"TRY_CAST({text} AS DOUBLE)"
-            exact = (f"coalesce(regexp_full_match({text}, '{_DECIMAL}') AND (length(_t_m['whole']) > 0 OR "
-                     "length(_t_m['frac']) > 0), false)")
-            floaty = f"(NOT {exact} AND _t_f IS NOT NULL)"
-            u = self._unit("_t_f", f"({exact} OR {floaty})", unit)
+            # no match leaves every group empty, so a non-empty group means the text is plain decimal
+            self.helpers["_t_exact"] = "coalesce(length(_t_m['whole']) > 0 OR length(_t_m['frac']) > 0, false)"
+            self.helpers["_t_floaty"] = "(NOT _t_exact AND _t_f IS NOT NULL)"
+            exact, floaty = "_t_exact", "_t_floaty"
+            iso = (f"regexp_replace(regexp_replace({text}, '^([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}) ', '\\1T'), "
+                   f"'[Zz]$', '+00:00')")
+            self.helpers["_t_us"] = (f"CASE WHEN NOT {exact} AND NOT {floaty} THEN coalesce("
+                                     f"epoch_us(try_strptime({iso}, {_ISO_TZ})), "
+                                     f"epoch_us(try_strptime({iso}, {_ISO_NAIVE}))) END")
+            med, has_num, has_iso = self.one(
+                f"SELECT median(abs(_t_f)) FILTER (WHERE ({exact} OR {floaty}) AND isfinite(_t_f)), "
+                f"coalesce(bool_or({exact} OR {floaty}), false), coalesce(bool_or(_t_us IS NOT NULL), false) "
+                f"FROM ({self._with_helpers()})")
+            u = unit if unit != "auto" else ("ms" if med is not None and float(med) > 1e11 else "s")
             factor, digits = (1000, 3) if u == "s" else (1, 0)
             kept = "CAST(rpad(left(_t_m['frac'], 3), 3, '0') AS BIGINT)" if digits else "0"
             rest = f"substr(_t_m['frac'], {digits + 1})"
@@ -301,21 +335,14 @@ class _TableSQL:
             d_big = f"(_t_w IS NULL OR _t_w > {INT64_MAX // factor - 1})"
             mag = f"(_t_w * {factor} + {kept} + CASE WHEN left({rest}, 1) IN ('5','6','7','8','9') THEN 1 ELSE 0 END)"
             d_ms = f"CASE WHEN NOT {d_big} THEN CASE WHEN _t_m['sign'] = '-' THEN -{mag} ELSE {mag} END END"
-            d_round = f"regexp_matches({rest}, '[1-9]')"
+            d_round = f"replace({rest}, '0', '') != ''"  # the dropped digits are not all zeros
             f_ms, f_big, f_round = self._float_ms("_t_f", factor)
-            iso = (f"regexp_replace(regexp_replace({text}, '^([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}) ', '\\1T'), "
-                   f"'[Zz]$', '+00:00')")
-            self.helpers["_t_us"] = (f"CASE WHEN NOT {exact} AND NOT {floaty} THEN coalesce("
-                                     f"epoch_us(try_strptime({iso}, {_ISO_TZ})), "
-                                     f"epoch_us(try_strptime({iso}, {_ISO_NAIVE}))) END")
             iso_ms = "CAST(floor((_t_us + 500) / 1000) AS BIGINT)"
+            self.helpers["_t_big"] = f"CASE WHEN {exact} THEN {d_big} WHEN {floaty} THEN {f_big} ELSE false END"
             ms = f"CASE WHEN {exact} THEN {d_ms} WHEN {floaty} THEN {f_ms} ELSE {iso_ms} END"
-            too_large = f"CASE WHEN {exact} THEN {d_big} WHEN {floaty} THEN {f_big} ELSE false END"
+            too_large = "_t_big"
             rounded = (f"CASE WHEN {exact} THEN {d_round} WHEN {floaty} THEN {f_round} "
                        "ELSE coalesce(_t_us % 1000 != 0, false) END")
-            has_num, has_iso = self.one(f"SELECT coalesce(bool_or({exact} OR {floaty}), false), coalesce(bool_or("
-                                        f"_t_us IS NOT NULL), false) FROM (SELECT *, {self._helper_list()} "
-                                        f"FROM {self.name})")
             label = f"iso+{u}" if has_num and has_iso else ("iso" if has_iso else u)
         elif dtype in _INT_TYPES or dtype == "UBIGINT":
             missing = f"({raw} IS NULL)"
@@ -377,7 +404,7 @@ class _TableSQL:
         """Flag rows in check order (a row counts for its first problem only); raise or drop and count."""
         problem = "CASE " + " ".join(f"WHEN {k.sql} THEN {i}" for i, k in enumerate(self.checks)) + " END"
         windowed = any("OVER" in k.sql for k in self.checks)
-        inner = f"SELECT *, {self._helper_list()} FROM {self.name}"
+        inner = self._with_helpers()
         if windowed:  # a window cannot sit in a CASE with other windows' inputs: compute the flag first
             inner = f"SELECT *, row_number() OVER (PARTITION BY {_q('event_id')} ORDER BY {LINE}) AS _eid_n FROM ({inner})"
             problem = problem.replace(f"row_number() OVER (PARTITION BY {_q('event_id')} ORDER BY {LINE})", "_eid_n")
@@ -522,7 +549,7 @@ def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force
                                  "4GiB or 8000MiB.") from None
             try:
                 con.execute("SET TimeZone = 'UTC'")
-                enc = _encode(con, src, staged, opt, report)
+                enc = _encode(con, src, staged, opt, report, log)
             finally:
                 con.close()
         finally:
@@ -534,12 +561,26 @@ def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force
     return meta
 
 
-def _encode(con, src: ScanSources, staged: Path, opt, report: SkipReport):  # type: ignore[no-untyped-def]
+class Stopwatch:
+    """Logs how long each stage of a long prepare took (``stage: 12.3 s``), so a user sees where time goes."""
+
+    def __init__(self, log) -> None:  # type: ignore[no-untyped-def]
+        self.log, self.last = log, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        now = time.perf_counter()
+        self.log(f"{what}: {now - self.last:.1f} s")
+        self.last = now
+
+
+def _encode(con, src: ScanSources, staged: Path, opt, report: SkipReport, log=print):  # type: ignore[no-untyped-def]
     from userlens.data.prepare import Encoded
     from userlens.data.tables import OPTIONAL, REQUIRED, validate
     from userlens.errors import did_you_mean
 
+    lap = Stopwatch(log)
     source, line_label = ingest(con, "beh_raw", src.behaviors)
+    lap("read")
     t = _TableSQL(con, "beh_raw", source, line_label, report)
     if not t.one("SELECT count(*) FROM beh_raw")[0]:
         raise InputError(f"{source}: the file has a header but no rows. Fix: point to a file with data.")
@@ -554,12 +595,14 @@ def _encode(con, src: ScanSources, staged: Path, opt, report: SkipReport):  # ty
         if d.endswith("]") or d.startswith(("STRUCT", "MAP", "BLOB", "INTERVAL", "UNION")):
             raise t.type_error(c, "a single value per row (text, number, boolean, date)",
                                "write one value per row (text or number)")
+    t.prescan_ids(["user_id", "item_id"])
     t.ids("user_id")
     t.ids("item_id")
     t.timestamps(opt.timestamp_unit, DEFAULT_MIN_TIME, None)
     if "event_id" in extra:
         t.event_ids()
     t.run(opt.on_bad_rows, "beh", [c for c in extra if c != "event_id"])
+    lap("validated")
     items = (validate(src.items, "items", policy=opt.on_bad_rows, report=report, timestamp_unit=opt.timestamp_unit)
              if src.items is not None else None)
     has_cat = "category" in extra or (items is not None and "category" in items.columns) or src.item_tags is not None
@@ -586,7 +629,9 @@ def _encode(con, src: ScanSources, staged: Path, opt, report: SkipReport):  # ty
                     f"AS INTEGER) AS idx FROM (SELECT DISTINCT raw FROM ({sql}) WHERE raw IS NOT NULL)")
     vocab = {n: pl.from_arrow(con.sql(f"SELECT raw, idx AS index FROM {n} ORDER BY idx").to_arrow_table())
              for n in ("uv", "iv", "bv")}
+    lap("vocabularies")
     offsets = _export_timeline(con, staged / "timeline", len(vocab["uv"]) + FIRST_INDEX, "behavior" in extra)
+    lap("timeline sorted by (user, time)")
     carried = _event_categories(con, report) if "category" in extra else None
     tags = src.item_tags
 

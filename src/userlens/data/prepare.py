@@ -448,12 +448,16 @@ def finish_behaviors(sources: Sources, enc: Encoded, out: Path, opt: PrepareOpti
             meta = finish_behaviors(sources, enc, out, opt, report, log, force, started, engine, new, chunk_rows)
         _log_report(report, log)
         return meta
+    from userlens.data.outofcore import Stopwatch
+
     n_items = len(enc.item_v) + FIRST_INDEX
     sample_opt = SampleOptions(opt.min_history, opt.split, opt.valid_fraction, opt.test_fraction, opt.negatives,
                                opt.negative_sampler, opt.negative_alpha, opt.seed)
     bs = BehaviorSamples(enc.timeline, sample_opt, n_items, chunk_rows or samples_module.CHUNK_ROWS)
     # Item attributes need the split (what is "before the validation period"); negatives need the attributes.
+    lap = Stopwatch(log if engine == "duckdb" else lambda _: None)
     cats, cat_report, has_cat = enc.categories(bs.plan())
+    lap("positives and split")
     item_cat, cat_v = _item_table(enc.item_v, cats, has_cat)
     report.notes.extend(cat_report.notes)
     user_hash = (stable_id_hash([None, None, *enc.user_v["raw"].to_list()]) if opt.negatives > 0
@@ -463,6 +467,7 @@ def finish_behaviors(sources: Sources, enc: Encoded, out: Path, opt: PrepareOpti
         result = bs.write(staged, item_cat, user_hash, category)
     finally:
         category.close()
+    lap("negatives and samples written")
     report.notes.extend(result.notes)
     report.notes.extend(split_warnings(result.split_counts))
     vocabs = {"user": enc.user_v, "item": enc.item_v, "category": cat_v, "behavior": enc.behavior_v}
@@ -475,7 +480,9 @@ def finish_behaviors(sources: Sources, enc: Encoded, out: Path, opt: PrepareOpti
     negatives = result.negatives.to_json() if result.negatives is not None else None
     meta = _meta(sources, opt, report, enc.timeline.offsets, item_cat, has_cat, vocabs, result.split_counts, how,
                  opt.split, cat_report.to_json(), negatives, enc.dropped, started, engine)
-    return _seal(staged, meta)
+    sealed = _seal(staged, meta)
+    lap("checksums and meta.json")
+    return sealed
 
 
 def _seal(staged: Path, meta: dict) -> dict:

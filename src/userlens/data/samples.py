@@ -217,7 +217,8 @@ class BehaviorSamples:
                 if category_writer is not None:
                     category_writer.append(item_category[p["tl_item"]])
                 s = {"user": p["user"], "item": p["item"].astype(np.int32), "time": p["time"],
-                     "label": np.ones(len(p["user"]), dtype=np.int8), "split": self._split(off, p)}
+                     "label": np.ones(len(p["user"]), dtype=np.int8), "split": self._split(off, p),
+                     "key": _group_keys(p["user"], p["time"])}
                 if report is not None and len(p["user"]):
                     sampler = NegativeSampler(off - off[0], p["tl_item"], p["tl_time"], None, user_hash[u0:u1],
                                               o.seed, past=past)
@@ -229,9 +230,11 @@ class BehaviorSamples:
                     s = {k: np.concatenate([v, v[src]]) for k, v in s.items()}
                     s["item"][len(p["user"]):] = neg.ravel()[got.ravel()]
                     s["label"][len(p["user"]):] = 0
+                    s["key"][len(p["user"]):] += 1  # a negative follows the positives of its (user, time)
                 local = s["user"].astype(np.int64) - u0
                 s["cutoff"] = cutoffs(off, p["tl_time"], local, s["time"])
-                order = np.lexsort((-s["label"], s["time"], s["user"], s["split"]))
+                # (user, time, label desc), ties in input order: one stable sort of two sorted runs
+                order = np.argsort(s["key"], kind="stable")
                 split = s["split"][order]
                 for k, name in enumerate(SPLITS):
                     idx = order[split == k]
@@ -251,6 +254,14 @@ class BehaviorSamples:
             notes.append(f"{report.category_fallbacks} category negatives fell back to uniform: no other item of "
                          "the positive's category had been seen before it")
         return SampleResult(counts, report, notes)
+
+
+def _group_keys(user: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """``2 · g`` per positive, ``g`` = rank of its (user, time) among the chunk's positives (in timeline order, so
+    already sorted); a negative's key is its positive's plus one, so sorting by key orders label 1 before 0."""
+    new = np.ones(len(user), dtype=bool)
+    new[1:] = (user[1:] != user[:-1]) | (time[1:] != time[:-1])
+    return (np.cumsum(new) - 1) * 2
 
 
 def _add(total: NegativeReport, part: NegativeReport) -> None:

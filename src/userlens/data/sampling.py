@@ -166,12 +166,7 @@ def first_times(item: np.ndarray, time: np.ndarray, n_items: int, into: np.ndarr
     Called once per chunk of the timeline, it builds :class:`ItemPast`'s input without the whole timeline.
     """
     first = np.full(n_items, NEVER, dtype=np.int64) if into is None else into
-    if len(item):
-        order = np.lexsort((time, item))
-        it = np.asarray(item)[order]
-        head = np.ones(len(it), dtype=bool)
-        head[1:] = it[1:] != it[:-1]
-        np.minimum.at(first, it[head].astype(np.int64), np.asarray(time, dtype=np.int64)[order][head])
+    np.minimum.at(first, np.asarray(item, dtype=np.intp), np.asarray(time, dtype=np.int64))
     return first
 
 
