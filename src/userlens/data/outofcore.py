@@ -113,18 +113,22 @@ def _csv_batches(scan: CsvScan) -> tuple[list[str], pa.RecordBatchReader]:
         lf = pl.scan_csv(scan.path, infer_schema=False, **kw)
     lf = lf.with_row_index(LINE, offset=first).with_columns(pl.col(LINE).cast(pl.Int64))
     columns = lf.collect_schema().names()
-    schema = pa.schema([(LINE, pa.int64())] + [(c, pa.large_string()) for c in columns if c != LINE])
 
     def batches():
         try:
             for df in lf.collect_batches(chunk_size=BATCH_ROWS):
-                yield from df.to_arrow().cast(schema).to_batches()
+                yield from df.to_arrow().to_batches()  # polars' own string layout: no cast, no copy
         except pl.exceptions.NoDataError:
             raise InputError(f"{scan.path}: the file is empty. Fix: point to a file with a header and rows.") from None
         except pl.exceptions.ComputeError as exc:
             raise csv_read_error(scan.path, scan.sep, exc) from None
 
-    return columns, pa.RecordBatchReader.from_batches(schema, batches())
+    it = batches()
+    head = next(it, None)
+    if head is None:
+        empty = pl.DataFrame(schema={LINE: pl.Int64, **{c: pl.Utf8 for c in columns if c != LINE}}).to_arrow()
+        return columns, pa.RecordBatchReader.from_batches(empty.schema, iter(()))
+    return columns, pa.RecordBatchReader.from_batches(head.schema, (b for part in ([head], it) for b in part))
 
 
 def ingest(con, name: str, scan: Scan) -> tuple[str, str]:  # type: ignore[no-untyped-def]
