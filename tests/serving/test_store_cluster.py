@@ -105,3 +105,25 @@ def test_the_cluster_scripts_survive_a_flushed_script_cache(redis_cluster: Local
             subprocess.run(["redis-cli", "-p", str(n.port), "script", "flush"], check=True, capture_output=True)
         assert store.append(_events(["s-1", "s-2", "s-3"])).appended == 6
         assert store.stats()["users"] == 3
+
+
+def test_a_snapshot_of_one_server_restores_into_a_cluster_and_back(redis_server: LocalRedis,
+                                                                   redis_cluster: LocalRedisCluster,
+                                                                   tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from userlens.serving.store import RedisStore
+
+    users = [f"m-{k}" for k in range(20)]
+    single = RedisStore(redis_server.url, 10, namespace=f"s{uuid.uuid4().hex[:12]}")
+    single.append(_events(users) + _events(users[:5]))  # 5 users' events twice: duplicates counted
+    cluster = _store(redis_cluster)
+    cluster.append(_events(["stale"]))
+    assert cluster.restore(single.snapshot(tmp_path / "one")) == 20
+    assert cluster.stats() == single.stats() and len(cluster.history("stale")) == 0
+    for u in users:
+        assert cluster.history(u).item.tolist() == single.history(u).item.tolist()
+        assert cluster.raw_ids(u, [cluster.history(u).start]) == [f"raw-{u}"]
+    back = RedisStore(redis_server.url, 10, namespace=f"s{uuid.uuid4().hex[:12]}")
+    assert back.restore(cluster.snapshot(tmp_path / "many")) == 20
+    assert back.stats() == single.stats() and back.history(users[0]).item.tolist() == [UNKNOWN, 7]
+    for s in (single, cluster, back):
+        s.close()
