@@ -215,7 +215,8 @@ class RedisStore(BehaviorStore):
         self._stats_key = f"{namespace}:stats".encode()
         self._info_key = f"{namespace}:info"
         self._pattern = _glob_escape(namespace) + ":{*"  # every user's keys
-        self._threads: ThreadPoolExecutor | None = None  # for writes that span several servers (a cluster)
+        # writes that span several servers (a cluster); threads start only when used
+        self._threads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="userlens-redis")
         self.client = self._connect(url)
         with self._errors():
             self.client.ping()
@@ -358,8 +359,6 @@ class RedisStore(BehaviorStore):
         """``work``'s calls, one per server, at once: each server fsyncs (and waits for its replicas) in parallel."""
         if len(work) == 1:
             return {name: call() for name, call in work.items()}
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="userlens-redis")
         futures = {name: self._threads.submit(call) for name, call in work.items()}
         return {name: f.result() for name, f in futures.items()}
 
@@ -667,6 +666,5 @@ class RedisStore(BehaviorStore):
         return out
 
     def close(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown()
+        self._threads.shutdown()
         self.client.close()
