@@ -1,8 +1,12 @@
-"""Behavior-store benchmark: append throughput, storage and read latency of LMDB and Redis, durability on.
+"""Behavior-store benchmark: append throughput, storage and read latency of LMDB, Redis and Redis Cluster,
+durability on.
 
-Both stores run as shipped: an LMDB append is one write transaction synced before it returns, a
+Every store runs as shipped: an LMDB append is one write transaction synced before it returns, a
 Redis append is acknowledged after the server fsynced its AOF (a private ``redis-server`` started
-here: AOF on, ``appendfsync always``, loopback, free port, data in a temp folder). Three tables:
+here: AOF on, ``appendfsync always``, loopback, free port, data in a temp folder); ``redis-cluster``
+is a private cluster of 3 such primaries (``--cluster-replicas N``: N replicas each, and every write
+then waits for N of them: ``?replicas=N``), one user per hash slot, a batch's users written to their
+primaries in parallel. Three tables:
 
 1. **Append, batched**: events/s and p50 / p99 latency per ``append`` call for each batch size; a
    fresh store per row, events spread at random over ``--users`` users, increasing timestamps,
@@ -30,7 +34,7 @@ newest behavior. Per cap, each row against its target:
 * **Redis AOF per event**: ``--aof-events`` single-event appends; the growth of the files in the
   server's data folder (``appendonly.aof``, or Redis 7's ``appendonlydir``) per event (≤ 1 KB),
   automatic AOF rewrites switched off first and any rewrite during the measurement counted (it
-  fails the row).
+  fails the row); for ``redis-cluster`` the same over every node's folder.
 
 Each row is also appended to ``--results`` (``benchmarks/results/store-streaming.jsonl``).
 
@@ -44,6 +48,7 @@ goes to stderr, the Markdown tables to stdout.
     .venv/bin/python benchmarks/bench_store.py --streaming                     # ~2 min on 2 idle cores
     .venv/bin/python benchmarks/bench_store.py --streaming --quick             # 1K cap, 10 users, ~20 s
     .venv/bin/python benchmarks/bench_store.py --streaming --lengths 100000 --users 1000 --requests 10000
+    .venv/bin/python benchmarks/bench_store.py --backends redis,redis-cluster --quick
 """
 
 from __future__ import annotations
@@ -69,11 +74,12 @@ import numpy as np
 
 from records import ROOT, append_row, commit, machine_note, now
 from streaming import HEADERS, met, serve_process
-from userlens.serving.store import BehaviorStore, LMDBStore, RedisStore, open_store
+from userlens.serving.store import BehaviorStore, LMDBStore, RedisClusterStore, RedisStore, open_store
 from userlens.serving.store.base import Event
-from userlens.serving.store.local_redis import LocalRedis
+from userlens.serving.store.local_redis import LocalRedis, LocalRedisCluster
 
-BACKENDS = ("lmdb", "redis")
+BACKENDS = ("lmdb", "redis", "redis-cluster")
+Servers = dict[str, "LocalRedis | LocalRedisCluster"]  # backend → its private server(s)
 STREAM_RESULTS = ROOT / "benchmarks" / "results" / "store-streaming.jsonl"
 T0 = 1_700_000_000_000  # epoch ms of the first generated event
 # settings left unset on the command line take these values (--quick: the second)
@@ -89,8 +95,9 @@ STREAM_TARGETS = {"lmdb": ("≥ 50,000 events/s", 50_000), "http": ("≥ 5,000 r
 
 
 @contextmanager
-def fresh_store(backend: str, cap: int, work: Path, server: LocalRedis | None) -> Iterator[BehaviorStore]:
-    """An empty store, deleted afterwards (LMDB: a new directory; Redis: the private server's db, flushed)."""
+def fresh_store(backend: str, cap: int, work: Path, urls: dict[str, str]) -> Iterator[BehaviorStore]:
+    """An empty store, deleted afterwards (LMDB: a new directory; Redis: the private server's (cluster's) db,
+    flushed)."""
     if backend == "lmdb":
         path = Path(tempfile.mkdtemp(prefix="lmdb-", dir=work))
         store: BehaviorStore = LMDBStore(path, cap)
@@ -100,8 +107,9 @@ def fresh_store(backend: str, cap: int, work: Path, server: LocalRedis | None) -
             store.close()
             shutil.rmtree(path, ignore_errors=True)
     else:
-        store = RedisStore(server.url, cap, namespace="bench")
-        store.client.flushdb()
+        store = (RedisStore(urls[backend], cap, namespace="bench") if backend == "redis" else
+                 RedisClusterStore(urls[backend], cap, namespace="bench"))
+        store.client.flushdb()  # a cluster client sends it to every primary
         try:
             yield store
         finally:
@@ -155,7 +163,7 @@ def p(ms: np.ndarray, q: float) -> str:
     return f"{np.percentile(ms, q):.2f}"
 
 
-def bench_append(backend: str, args: argparse.Namespace, work: Path, server: LocalRedis | None,
+def bench_append(backend: str, args: argparse.Namespace, work: Path, urls: dict[str, str],
                  events_for: Callable[[int, bool], list[Event]]) -> list[str]:
     rows = []
     plan = [(b, True) for b in args.batches] + [(1000, False)]
@@ -163,7 +171,7 @@ def bench_append(backend: str, args: argparse.Namespace, work: Path, server: Loc
         n = min(args.events, args.max_calls * batch)
         events = events_for(n, ordered)
         _progress(f"{backend}: append {n:,} events, batch {batch:,}, {'in order' if ordered else 'random times'}")
-        with fresh_store(backend, args.big_len, work, server) as store:
+        with fresh_store(backend, args.big_len, work, urls) as store:
             rate, ms, _ = timed_appends(store, events, batch)
             users = store.stats()["users"]
         rows.append(f"| {backend} | {batch:,} | {'increasing' if ordered else 'random'} | {n:,} | {len(ms):,} | "
@@ -171,14 +179,13 @@ def bench_append(backend: str, args: argparse.Namespace, work: Path, server: Loc
     return rows
 
 
-def bench_big(backend: str, args: argparse.Namespace, work: Path, server: LocalRedis | None
-              ) -> tuple[str, str]:
+def bench_big(backend: str, args: argparse.Namespace, work: Path, urls: dict[str, str]) -> tuple[str, str]:
     """Sections 2 and 3 on one store: bulk-load the big users, read them, then append at the cap."""
     rng = np.random.default_rng([args.seed, 2])  # the same data for every backend
     u, length = args.big_users, args.big_len
     _progress(f"{backend}: bulk-load {u} users x {length:,} behaviors, {args.reads} history reads, "
               f"{args.cap_events:,} appends at the cap")
-    with fresh_store(backend, length, work, server) as store:
+    with fresh_store(backend, length, work, urls) as store:
         mem0 = store.client.info("memory")["used_memory"] if backend == "redis" else 0
         user_ids, newest, load_s = load_full(store, u, length, rng)
         stored = u * length
@@ -323,37 +330,52 @@ def aof_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
-def stream_redis_aof(length: int, args: argparse.Namespace, server: LocalRedis) -> dict:
+def stream_redis_aof(length: int, args: argparse.Namespace, backend: str, server: LocalRedis | LocalRedisCluster,
+                     url: str) -> dict:
     """AOF growth per single-event append into users at the cap (automatic AOF rewrites off; counted anyway)."""
     import redis
 
     rng = np.random.default_rng([args.seed, length, 5])
-    _progress(f"redis: {args.users} users at the cap {length:,}, {args.aof_events:,} single-event appends")
-    admin = redis.Redis.from_url(server.url)
-    admin.config_set("auto-aof-rewrite-percentage", 0)  # a rewrite would shrink the AOF mid-measurement
-    admin.flushdb()
+    _progress(f"{backend}: {args.users} users at the cap {length:,}, {args.aof_events:,} single-event appends")
+    nodes = server.nodes if isinstance(server, LocalRedisCluster) else [server]
+    admins = [redis.Redis(host="127.0.0.1", port=n.port) for n in nodes]
+    for admin in admins:
+        admin.config_set("auto-aof-rewrite-percentage", 0)  # a rewrite would shrink the AOF mid-measurement
+        if admin.info("replication")["role"] == "master":
+            admin.flushdb()
+
+    def persistence() -> list[dict]:
+        return [admin.info("persistence") for admin in admins]
+
     try:
-        with open_store(server.url, length) as store:
+        with open_store(url, length) as store:
             _, newest, _ = load_full(store, args.users, length, rng)
             events = make_events(args.aof_events, args.users, True, rng, t_start=newest + 1000)
-            while admin.info("persistence")["aof_rewrite_in_progress"]:
+            while any(i["aof_rewrite_in_progress"] for i in persistence()):
                 time.sleep(0.1)
-            info0, size0 = admin.info("persistence"), aof_bytes(server.dir)
+            info0, size0 = persistence(), aof_bytes(server.dir)
             rate, ms, dropped = timed_appends(store, events, 1)
-            info1, size1 = admin.info("persistence"), aof_bytes(server.dir)
+            info1, size1 = persistence(), aof_bytes(server.dir)
+            store.client.flushdb()
     finally:
-        admin.flushdb()
-        admin.close()
-    rewrites = (info1.get("aof_rewrites", 0) - info0.get("aof_rewrites", 0)
-                + info1["aof_rewrite_in_progress"] + info1["aof_rewrite_scheduled"])
+        for admin in admins:
+            admin.close()
+    rewrites = sum(b.get("aof_rewrites", 0) - a.get("aof_rewrites", 0) + b["aof_rewrite_in_progress"]
+                   + b["aof_rewrite_scheduled"] for a, b in zip(info0, info1))
     growth = (size1 - size0) / len(events)
-    return {"measurement": "Redis single-event appends (AOF, fsync always)", "calls": len(ms), "rate": rate,
+    what = "Redis" if backend == "redis" else f"Redis Cluster, 3 primaries{cluster_note(args)}"
+    return {"measurement": f"{what} single-event appends (AOF, fsync always)", "calls": len(ms), "rate": rate,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "dropped": dropped,
             "aof_growth_per_event": growth, "aof_rewrites_during": rewrites, "target": STREAM_TARGETS["aof"][0],
             "met": bool(growth <= STREAM_TARGETS["aof"][1] and rewrites == 0)}
 
 
-def streaming(args: argparse.Namespace, work: Path, backends: list[str], server: LocalRedis | None) -> None:
+def cluster_note(args: argparse.Namespace) -> str:
+    return f" x {1 + args.cluster_replicas} nodes, WAIT {args.cluster_replicas}" if args.cluster_replicas else ""
+
+
+def streaming(args: argparse.Namespace, work: Path, backends: list[str], servers: Servers, urls: dict[str, str]
+              ) -> None:
     """The ``--streaming`` table: per length, the measurements of the backends asked for, each against its target."""
     meta = {"date": now(), "machine": machine_note(args.note), "commit": commit(), "users": args.users}
     lines, notes, verdicts = [], [], []
@@ -362,8 +384,7 @@ def streaming(args: argparse.Namespace, work: Path, backends: list[str], server:
         if "lmdb" in backends:
             rows.append(stream_lmdb_batches(length, args, work))
             rows += [stream_http(length, w, args, work) for w in args.http_workers]
-        if server is not None:
-            rows.append(stream_redis_aof(length, args, server))
+        rows += [stream_redis_aof(length, args, backend, server, urls[backend]) for backend, server in servers.items()]
         for r in rows:
             append_row(args.results, {**meta, "L": length, **r})
             verdicts.append(r["met"])
@@ -423,6 +444,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--results", default=str(STREAM_RESULTS), help="--streaming: append one JSON row per "
                                                                    "measurement here")
     ap.add_argument("--note", default="", help="--streaming: machine note stored with each row, e.g. 'idle'")
+    ap.add_argument("--cluster-replicas", type=int, default=0, help="redis-cluster: replicas per primary; every "
+                    "write then waits for that many (?replicas=N)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmpdir", default=None, help="where the stores live (default: the system temp folder)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (seconds); explicit options still win")
@@ -444,6 +467,8 @@ def parse_args() -> argparse.Namespace:
     small = {k: v for k, v in counts.items() if v < (0 if k == "warmup" else 1)}
     lists = {k: getattr(args, k) for k in ("batches", "lengths", "http_workers")
              if getattr(args, k) and min(getattr(args, k)) < 1}
+    if args.cluster_replicas < 0:
+        small["cluster_replicas"] = args.cluster_replicas
     if small or lists:
         ap.error(f"expected positive counts, got {small | lists}")
     return args
@@ -480,22 +505,31 @@ def main() -> None:
         work = Path(tmp)
         print(header(args, work), flush=True)
         backends = list(args.backends)
-        if "redis" in backends and shutil.which("redis-server") is None:
-            print("\n> redis skipped: `redis-server` is not on PATH (install it, e.g. apt-get install redis-server)")
-            backends.remove("redis")
-        server = stack.enter_context(LocalRedis(work / "redis")) if "redis" in backends else None
+        for b, tool in (("redis", "redis-server"), ("redis-cluster", "redis-cli")):
+            if b in backends and not (shutil.which("redis-server") and shutil.which(tool)):
+                print(f"\n> {b} skipped: `{tool}` is not on PATH (install it, e.g. apt-get install redis-server)")
+                backends.remove(b)
+        servers: Servers = {}
+        if "redis" in backends:
+            servers["redis"] = stack.enter_context(LocalRedis(work / "redis"))
+        if "redis-cluster" in backends:
+            servers["redis-cluster"] = stack.enter_context(
+                LocalRedisCluster(work / "cluster", primaries=3, replicas=args.cluster_replicas))
+        urls = {b: server.url for b, server in servers.items()}
+        if args.cluster_replicas and "redis-cluster" in urls:
+            urls["redis-cluster"] += f"?replicas={args.cluster_replicas}"
         if args.streaming:
-            streaming(args, work, backends, server)
+            streaming(args, work, backends, servers, urls)
             return
 
-        append_rows = [row for b in backends for row in bench_append(b, args, work, server, events_for)]
+        append_rows = [row for b in backends for row in bench_append(b, args, work, urls, events_for)]
         print("\n## 1. Append, durable on return (fresh store per row)\n")
         print("| backend | batch | timestamps | events | calls | users | events/s | p50 ms/call | p99 ms/call |")
         print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(append_rows), flush=True)
         cache.clear()
 
-        big_rows = [bench_big(b, args, work, server) for b in backends]
+        big_rows = [bench_big(b, args, work, urls) for b in backends]
         print(f"\n## 2. Storage and history reads at {args.big_len:,} behaviors per user ({args.reads} reads)\n")
         print("| backend | users x behaviors | bulk load behaviors/s | stored bytes/user | bytes/behavior | "
               "Redis MEMORY USAGE/user | Redis used_memory growth/user | history p50 ms | history p99 ms |")

@@ -22,7 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # soft_wrap: a message is one line even when stderr is a file (Rich would wrap at 80 columns)
 err = Console(stderr=True, soft_wrap=True)
 # no "[/DB]": option help is Rich markup, where it is a closing tag and crashed `--help`
-STORE_HELP = "behavior store: lmdb://PATH or redis://HOST:PORT/DB (/DB optional)"
+STORE_HELP = ("behavior store: lmdb://PATH, redis://HOST:PORT/DB (/DB optional) or "
+              "redis-cluster://HOST:PORT[,HOST:PORT...][?replicas=N&wait_ms=MS]")
 
 
 def _say(line: str) -> None:

@@ -1,4 +1,5 @@
-"""Serving fixtures: small prepared logs, a throwaway redis-server (AOF, fsync always), a fresh store per test."""
+"""Serving fixtures: small prepared logs, a throwaway redis-server and Redis Cluster (AOF, fsync always), a fresh
+store per test."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ import pytest
 
 from userlens.data.prepare import prepare, sources_from_files
 from userlens.data.prepared import PreparedData
-from userlens.serving.store import BehaviorStore, LMDBStore, RedisStore
-from userlens.serving.store.local_redis import LocalRedis
+from userlens.serving.store import (
+    BehaviorStore,
+    LMDBStore,
+    RedisClusterStore,
+    RedisStore,
+)
+from userlens.serving.store.local_redis import LocalRedis, LocalRedisCluster
 
 NO_REDIS = "redis-server is not on PATH (CI installs it: `bash .ci/run`; locally: apt-get install redis-server)"
+NO_REDIS_CLI = "redis-cli is not on PATH (it ships with redis-server: `bash .ci/run`; apt-get install redis-server)"
 
 RedisServer = LocalRedis  # the fixtures' name for it
 
@@ -76,7 +83,40 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture(params=["lmdb", pytest.param("redis", marks=pytest.mark.redis)])
+def _need_redis_cluster() -> None:
+    _need_redis()
+    if shutil.which("redis-cli") is None:
+        pytest.skip(NO_REDIS_CLI)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """3 primaries with a replica each (~2 s to start), shared by the session: tests use namespaces of their own
+    and leave every node running (tests that stop nodes start their own with ``cluster_factory``)."""
+    _need_redis_cluster()
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("cluster"), primaries=3, replicas=1).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., LocalRedisCluster]]:
+    """``cluster_factory(replicas=0)``: a cluster of one's own (3 primaries), stopped at teardown."""
+    _need_redis_cluster()
+    clusters: list[LocalRedisCluster] = []
+
+    def make(replicas: int = 0) -> LocalRedisCluster:
+        clusters.append(LocalRedisCluster(tmp_path / f"cluster{len(clusters)}", primaries=3, replicas=replicas)
+                        .start())
+        return clusters[-1]
+
+    yield make
+    for c in clusters:
+        c.stop()
+
+
+@pytest.fixture(params=["lmdb", pytest.param("redis", marks=pytest.mark.redis),
+                        pytest.param("cluster", marks=pytest.mark.redis)])
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -84,21 +124,25 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def make_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path
                ) -> Iterator[Callable[..., BehaviorStore]]:
-    """``make_store(cap)`` opens the test's own store (LMDB: ``tmp_path/store``; Redis: a namespace of its own
-    on the session's server); every call opens the same one (close an LMDB store before opening it again)."""
+    """``make_store(cap)`` opens the test's own store (LMDB: ``tmp_path/store``; Redis, Redis Cluster: a namespace
+    of its own on the session's server / cluster); every call opens the same one (close an LMDB store before
+    opening it again)."""
     opened: list[BehaviorStore] = []
-    server = request.getfixturevalue("redis_server") if backend == "redis" else None
+    server = {"redis": "redis_server", "cluster": "redis_cluster"}.get(backend)
+    location = request.getfixturevalue(server).url if server else str(tmp_path / "store")
     namespace = f"t{uuid.uuid4().hex[:12]}"
 
     def make(cap: int = 1000) -> BehaviorStore:
         if backend == "lmdb":
-            store: BehaviorStore = LMDBStore(tmp_path / "store", cap)
+            store: BehaviorStore = LMDBStore(location, cap)
+        elif backend == "redis":
+            store = RedisStore(location, cap, namespace=namespace)
         else:
-            store = RedisStore(server.url, cap, namespace=namespace)
+            store = RedisClusterStore(location, cap, namespace=namespace)
         opened.append(store)
         return store
 
-    make.location = str(tmp_path / "store") if backend == "lmdb" else server.url  # type: ignore[attr-defined]
+    make.location = location  # type: ignore[attr-defined]
     make.namespace = namespace  # type: ignore[attr-defined]
     yield make
     for s in opened:

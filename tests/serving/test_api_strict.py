@@ -15,7 +15,7 @@ from userlens.serving.app import create_app
 from userlens.serving.package import ModelPackage, load_package
 from userlens.serving.scorer import Scorer
 from userlens.serving.store import BehaviorStore, bulk_load_prepared, open_store
-from userlens.serving.store.local_redis import LocalRedis
+from userlens.serving.store.local_redis import LocalRedis, LocalRedisCluster
 
 from .conftest import train_package
 
@@ -171,6 +171,32 @@ def test_an_input_error_from_the_store_is_a_422_not_a_503(make_client: MakeClien
     assert r.status_code == 422 and "LMDB keys hold at most" in r.json()["detail"]
     r = c.post("/v1/score", json={"user_id": long_id, "candidates": [1]}, headers=READ_AUTH)
     assert r.status_code == 422 and "shorter user ids" in r.json()["detail"]
+
+
+@pytest.mark.redis
+def test_a_redis_cluster_store_loaded_by_the_cli_serves_as_lmdb_does(make_client: MakeClient, served: Served,
+                                                                      redis_cluster: LocalRedisCluster) -> None:
+    """``load-store --store redis-cluster://…``, then scores, events and ``/healthz`` over the cluster."""
+    from typer.testing import CliRunner
+
+    from userlens.cli import app
+
+    pkg, data = served
+    url = redis_cluster.url + "?replicas=1"
+    r = CliRunner().invoke(app, ["load-store", str(data.path), "--store", url, "--package", str(pkg.path)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["users"] == len(data.vocab("user"))
+    store = open_store(url, cap=pkg.long_len)
+    cluster, lmdb = make_client(store), make_client()
+    body = {"user_id": _user(served), "candidates": [1, 2, 3]}
+    scores = cluster.post("/v1/score", json=body, headers=READ_AUTH).json()["scores"]
+    assert scores == pytest.approx(lmdb.post("/v1/score", json=body, headers=READ_AUTH).json()["scores"], abs=1e-6)
+    ev = {"events": [{"user_id": _user(served), "item_id": 1, "timestamp": 1_700_000_000, "event_id": "c1"}]}
+    assert cluster.post("/v1/events", json=ev, headers=WRITE_AUTH).json()["appended"] == 1
+    assert cluster.post("/v1/score", json=body, headers=READ_AUTH).json()["scores"] != scores
+    health = cluster.get("/healthz").json()
+    assert (health["status"], health["store"]) == ("ok", "RedisClusterStore")
+    store.close()
 
 
 @pytest.mark.redis

@@ -20,7 +20,8 @@ import pytest
 from userlens.data.prepare import PrepareOptions, prepare, sources_from_files
 from userlens.data.prepared import PreparedData
 from userlens.errors import InputError, UserlensError
-from userlens.serving.store import UNKNOWN, Event, LMDBStore, RedisStore, bulk_load_prepared, open_store, record
+from userlens.serving.store import (UNKNOWN, Event, LMDBStore, RedisClusterStore, RedisStore, bulk_load_prepared,
+                                    open_store, record)
 from userlens.synthetic import leakage_log
 
 # --------------------------------------------------------------------------- a reference store
@@ -321,9 +322,11 @@ def test_snapshot_and_restore(make_store, backend: str, tmp_path: Path) -> None:
 
 WRITER = textwrap.dedent("""
     import sys
-    from userlens.serving.store import Event, LMDBStore, RedisStore
+    from userlens.serving.store import Event, LMDBStore, RedisClusterStore, RedisStore
     backend, where, namespace, worker, batches, users = sys.argv[1:7]
-    store = LMDBStore(where, 1_000_000) if backend == "lmdb" else RedisStore(where, 1_000_000, namespace=namespace)
+    store = (LMDBStore(where, 1_000_000) if backend == "lmdb" else
+             RedisStore(where, 1_000_000, namespace=namespace) if backend == "redis" else
+             RedisClusterStore(where, 1_000_000, namespace=namespace))
     n = 0
     for b in range(int(batches)):
         events = [Event(f"u{(n + j) % int(users)}", "i", n + j, item=n + j + 2, category=2,
@@ -344,8 +347,16 @@ def _items(store, users: int) -> list[int]:
     return sorted(x for u in range(users) for x in store.history(f"u{u}").item.tolist())
 
 
+def _open(backend: str, where: str, cap: int, namespace: str):  # type: ignore[no-untyped-def]
+    if backend == "lmdb":
+        return LMDBStore(where, cap)
+    return (RedisStore if backend == "redis" else RedisClusterStore)(where, cap, namespace=namespace)
+
+
 def test_acknowledged_appends_survive_kill_9(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    server = request.getfixturevalue("redis_factory")() if backend == "redis" else None
+    """The writer, then the server (every primary of a cluster) killed with -9 right after an acknowledged append."""
+    server = {"lmdb": None, "redis": "redis_factory", "cluster": "cluster_factory"}[backend]
+    server = request.getfixturevalue(server)() if server else None
     where = str(tmp_path / "store") if backend == "lmdb" else server.url
     proc = _writer(backend, where, "kill", "w", batches=10_000, users=7)
     acknowledged = 0
@@ -356,10 +367,16 @@ def test_acknowledged_appends_survive_kill_9(backend: str, tmp_path: Path, reque
             break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and acknowledged >= 400
-    if server is not None:  # the server dies too: only its AOF survives
+    if backend == "redis":  # the server dies too: only its AOF survives
         server.kill()
         server.start()
-    store = LMDBStore(where, 1_000_000) if backend == "lmdb" else RedisStore(where, 1_000_000, namespace="kill")
+    if backend == "cluster":  # every primary at once (no replicas: nothing fails over), each back from its AOF
+        for node in server.nodes:
+            node.kill()
+        for node in server.nodes:
+            node.start()
+        server.wait_ready()
+    store = _open(backend, where, 1_000_000, "kill")
     try:
         found = set(_items(store, 7))
         lost = set(range(2, acknowledged + 2)) - found
@@ -389,7 +406,8 @@ def test_concurrent_appenders_lose_no_events(make_store, backend: str) -> None:
 def test_open_store_by_url(tmp_path: Path) -> None:
     with open_store(f"lmdb://{tmp_path / 's'}", cap=5) as store:
         assert isinstance(store, LMDBStore) and store.cap == 5
-    with pytest.raises(InputError, match=r"unknown store scheme 'sqlite'; expected lmdb://PATH or redis://"):
+    with pytest.raises(InputError, match=r"unknown store scheme 'sqlite'; expected lmdb://PATH, redis://.* or "
+                                         "redis-cluster://HOST:PORT"):
         open_store("sqlite:///x.db", cap=5)
     with pytest.raises(InputError, match="no path"):
         open_store("lmdb://", cap=5)

@@ -31,6 +31,18 @@ def test_lmdb_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.Mo
     ("redis://localhost:6379/2/3", "the path '/2/3' is not a database number"),  # redis-py: db 23
     ("redis://localhost:6379/2?db=3", r"give the database once, as the path \(no \?db="),
     ("redis://localhost:6379?db=3", "give the database once"),
+    ("redis-cluster://h:7000/2", "a Redis Cluster has database 0 only"),
+    ("redis-cluster://h:7000#x", "a Redis Cluster has database 0 only"),
+    ("redis-cluster://h:7000?replica=1", r"unknown parameter 'replica' \(known: replicas, wait_ms\)"),
+    ("redis-cluster://h:7000?replicas=one", "replicas='one': expected one non-negative integer"),
+    ("redis-cluster://h:7000?replicas=-1", "replicas='-1': expected one non-negative integer"),
+    ("redis-cluster://h:7000?replicas=1&replicas=2", "replicas='1&2': expected one non-negative integer"),
+    ("redis-cluster://h:7000?replicas=", "replicas='': expected one non-negative integer"),
+    ("redis-cluster://h:7000?wait_ms=0", "wait_ms=0 would make WAIT block forever"),
+    ("redis-cluster://h?replicas=1", "'h' is not HOST:PORT"),
+    ("redis-cluster://h:7000,", "'' is not HOST:PORT"),
+    ("redis-cluster://h:99999", "'h:99999' is not HOST:PORT"),
+    ("redis-cluster://", "'' is not HOST:PORT"),
 ])
 def test_ambiguous_store_urls_are_refused_with_the_fix(url: str, match: str, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,6 +51,14 @@ def test_ambiguous_store_urls_are_refused_with_the_fix(url: str, match: str, tmp
         open_store(url, cap=5)
     assert "Fix: " in str(e.value)
     assert not any(tmp_path.iterdir()), "nothing may be created for a refused URL"
+
+
+def test_a_cluster_url_names_seeds_credentials_and_acknowledgement() -> None:
+    from userlens.serving.store.redis_cluster import ClusterURL, parse_cluster_url
+
+    got = parse_cluster_url("redis-cluster://app:p%40ss@10.0.0.1:7000,[::1]:7001?replicas=2&wait_ms=50")
+    assert got == ClusterURL((("10.0.0.1", 7000), ("::1", 7001)), "app", "p@ss", replicas=2, wait_ms=50)
+    assert parse_cluster_url("redis-cluster://h:1/") == ClusterURL((("h", 1),))
 
 
 @pytest.mark.redis

@@ -36,7 +36,8 @@ from userlens.errors import UserlensError, did_you_mean
 from userlens.serving.reload import PackageReloader
 
 #: what a failing behavior store raises: the backends' own errors are wrapped in UserlensError, these are not
-STORE_ERRORS: tuple[type[Exception], ...] = (UserlensError, lmdb.Error, redis.RedisError)
+STORE_ERRORS: tuple[type[Exception], ...] = (UserlensError, lmdb.Error, redis.RedisError,
+                                              redis.exceptions.RedisClusterException)  # not a RedisError
 
 #: the earliest event / score time accepted: `userlens prepare`'s bound for "absurd" timestamps
 MIN_TIMESTAMP = DEFAULT_MIN_TIME.timestamp()

@@ -1,7 +1,8 @@
 """Behavior stores: a user's recent behaviors as arrays, durable on append (see ``base.py`` for the contract).
 
-Backends: :class:`LMDBStore` (embedded, one directory) and :class:`RedisStore` (shared by several
-scorers); both keep one packed value per user (:mod:`userlens.serving.store.record`).
+Backends: :class:`LMDBStore` (embedded, one directory), :class:`RedisStore` (shared by several
+scorers) and :class:`RedisClusterStore` (the same, over a Redis Cluster); all keep each user's history
+as the log of :mod:`userlens.serving.store.record`.
 
 Example:
     >>> from userlens.serving.store import open_store, bulk_load_prepared  # doctest: +SKIP
@@ -19,11 +20,13 @@ from userlens.data.prepared import PreparedData
 from userlens.errors import InputError
 from userlens.serving.store.base import UNKNOWN, AppendResult, BehaviorStore, Event, UserHistory
 from userlens.serving.store.lmdb_store import LMDBStore
+from userlens.serving.store.redis_cluster import RedisClusterStore
 from userlens.serving.store.redis_store import RedisStore
 
 
 def open_store(url: str, cap: int) -> BehaviorStore:
-    """``lmdb://relative/path``, ``lmdb:///abs/path`` or ``redis[s]://[:PASSWORD@]HOST:PORT[/DB]``, read strictly.
+    """``lmdb://relative/path``, ``lmdb:///abs/path``, ``redis[s]://[:PASSWORD@]HOST:PORT[/DB]`` or
+    ``redis-cluster://HOST:PORT[,HOST:PORT…][?replicas=N&wait_ms=MS]``, read strictly.
 
     Anything else is refused with the fix, never guessed: ``lmdb:relative`` once opened a folder
     ``lative``, ``redis://host/2/3`` reached db 23 and ``redis://host/x`` db 0 (redis-py's own parsing).
@@ -33,7 +36,10 @@ def open_store(url: str, cap: int) -> BehaviorStore:
         return LMDBStore(_lmdb_path(url), cap)
     if scheme in ("redis", "rediss"):
         return RedisStore(url, cap)
-    raise InputError(f"{url!r}: unknown store scheme {scheme!r}; expected lmdb://PATH or redis://HOST:PORT[/db].")
+    if scheme == "redis-cluster":
+        return RedisClusterStore(url, cap)
+    raise InputError(f"{url!r}: unknown store scheme {scheme!r}; expected lmdb://PATH, redis://HOST:PORT[/db] or "
+                     "redis-cluster://HOST:PORT[,HOST:PORT...].")
 
 
 def _lmdb_path(url: str) -> str:
@@ -73,5 +79,5 @@ def bulk_load_prepared(store: BehaviorStore, data: PreparedData) -> int:
     return store.bulk_load(ids[first:], offsets[first:], tl["item"], tl["category"], tl["time"], tl["behavior"])
 
 
-__all__ = ("UNKNOWN", "AppendResult", "BehaviorStore", "Event", "LMDBStore", "RedisStore", "UserHistory",
-           "bulk_load_prepared", "open_store")
+__all__ = ("UNKNOWN", "AppendResult", "BehaviorStore", "Event", "LMDBStore", "RedisClusterStore", "RedisStore",
+           "UserHistory", "bulk_load_prepared", "open_store")

@@ -4,7 +4,9 @@ Keys (``ns`` = the namespace, ``u`` = the user id) hold the log of :mod:`userlen
 ``ns:{u}:m`` → the 40-byte meta, ``ns:{u}:b:N`` → block ``N``'s rows, ``ns:{u}:e`` → a hash of the
 window's event hashes, ``ns:{u}:r`` → a hash sequence number → raw item id; ``ns:stats`` → the
 counters (``users``, ``behaviors``, ``dropped_over_cap``, ``duplicates``, ``unknown_items``), ``ns:info``
-→ what the store was loaded for. An in-order append ``APPEND`` s its rows to the tail block, so the
+→ what the store was loaded for. A Redis Cluster store (:mod:`~userlens.serving.store.redis_cluster`) is
+this class with one rule changed: the counters live in one hash per slot, so that every script touches
+keys of one slot only. An in-order append ``APPEND`` s its rows to the tail block, so the
 AOF grows by the few commands of that append (~0.5 KB for one event at the cap), not by the history.
 
 Durability: the server must run with ``appendonly yes`` and ``appendfsync always`` (checked when the
@@ -12,10 +14,15 @@ store opens): Redis then fsyncs the AOF before it replies to a write, so an ackn
 survives a crash of the server or the machine. Start one with
 ``redis-server --appendonly yes --appendfsync always --dir DIR``.
 
+Replication: with ``replicas=N`` every write is followed, on the same connection, by ``WAIT N
+wait_ms``; fewer acknowledgements raise :class:`~userlens.errors.UserlensError` (an HTTP 503): the
+write is on the primary, but a failover now could lose it.
+
 Concurrency: an append reads the users' metas and what its plan needs (pipelined), plans in
-Python, then applies every user's plan with one Lua script that, per user, compares the stored meta
-(which holds the write tag and the end) with the one it read and writes only when they are equal;
-the users whose meta changed in between are read and planned again. Scripts run atomically, so
+Python, then applies every user's plan with one Lua script per stats key (one call on one server)
+that, per user, compares the stored meta (which holds the write tag and the end) with the one it
+read and writes only when they are equal; the users whose meta changed in between are read and
+planned again. Scripts run atomically, so
 concurrent appenders never lose each other's events, and only the contended users are retried.
 A read takes the meta and the blocks it names in one ``MULTI`` and checks the meta again.
 
@@ -27,14 +34,18 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import random
 import struct
 import time as _time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -48,12 +59,14 @@ from userlens.serving.store.csr import segments
 
 STAT_NAMES = ("users", "behaviors", "dropped_over_cap", "duplicates", "unknown_items")
 SNAPSHOT_MAGIC = b"ULRSNAP2"
+T = TypeVar("T")
 MAX_ROUNDS = 64  # compare-and-set rounds before an append gives up on a user written continuously by others
 CHUNK_BYTES = 64 << 20  # values per script call (bulk loads)
 
-# KEYS[1] = stats hash, then every key the plans touch. ARGV: number of users, then per user: index of its
+# KEYS[1] = the stats hash, then every key the writes touch. ARGV: number of users, then per user: index of its
 # meta key, the meta it was planned on ("" = absent), number of ops, ops as (code, key index, a, b), its 5
-# counter deltas; then 5 deltas always applied. Codes: A = APPEND, S = SET, D = DEL, H = HSET, X = HDEL.
+# counter deltas. Codes: A = APPEND, S = SET, D = DEL, H = HSET, X = HDEL. A user whose meta changed writes
+# nothing and counts nothing: it is returned, to be read and planned again.
 _APPLY = """
 local i = 2
 local tot = {0, 0, 0, 0, 0}
@@ -83,26 +96,35 @@ for u = 1, tonumber(ARGV[1]) do
 end
 local names = {'users', 'behaviors', 'dropped_over_cap', 'duplicates', 'unknown_items'}
 for j = 1, 5 do
-  tot[j] = tot[j] + tonumber(ARGV[i + j - 1])
   if tot[j] ~= 0 then redis.call('HINCRBY', KEYS[1], names[j], string.format('%.0f', tot[j])) end
 end
 return conflicts
 """
 
-# One atomic read of the namespace (DUMP: any key type): no write can interleave with a script.
+# One atomic read of the namespace on one server (DUMP: any key type): no write can interleave with a script.
+# ARGV[1] = scan pattern, ARGV[2] = the stats hash ("" = none here); per-slot stats hashes (``}:s``, a cluster's)
+# are returned as counters, not as keys.
 _DUMP = """
-local out = {}
+local stats, out = {}, {}
+if ARGV[2] ~= '' then stats = redis.call('HGETALL', ARGV[2]) end
 local cursor = '0'
 repeat
   local r = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
   cursor = r[1]
-  for _, k in ipairs(r[2]) do out[#out + 1] = k; out[#out + 1] = redis.call('DUMP', k) end
+  for _, k in ipairs(r[2]) do
+    if string.sub(k, -3) == '}:s' then
+      for _, x in ipairs(redis.call('HGETALL', k)) do stats[#stats + 1] = x end
+    else
+      out[#out + 1] = k; out[#out + 1] = redis.call('DUMP', k)
+    end
+  end
 until cursor == '0'
-return {redis.call('HGETALL', KEYS[1]), out}
+return {stats, out}
 """
 
-# KEYS[1] = stats hash; ARGV[1] = scan pattern, ARGV[2] = number of stats field/value pairs, the pairs,
-# then the number of (key, DUMP payload) pairs, the pairs, then (meta key, new tag) pairs.
+# The namespace on one server replaced. ARGV[1] = scan pattern, ARGV[2] = the stats hash to delete and fill
+# ("" = none here), ARGV[3] = number of stats field/value pairs, the pairs, then the number of (key, DUMP
+# payload) pairs, the pairs, then (meta key, new tag) pairs.
 _RESTORE = """
 local old = {}
 local cursor = '0'
@@ -112,15 +134,45 @@ repeat
   for _, k in ipairs(r[2]) do old[#old + 1] = k end
 until cursor == '0'
 for _, k in ipairs(old) do redis.call('DEL', k) end
-redis.call('DEL', KEYS[1])
-local ns = tonumber(ARGV[2])
-for i = 3, 2 + 2 * ns, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local at = 3 + 2 * ns
+local ns = tonumber(ARGV[3])
+if ARGV[2] ~= '' then
+  redis.call('DEL', ARGV[2])
+  for i = 4, 3 + 2 * ns, 2 do redis.call('HSET', ARGV[2], ARGV[i], ARGV[i + 1]) end
+end
+local at = 4 + 2 * ns
 local nk = tonumber(ARGV[at])
 for i = at + 1, at + 2 * nk, 2 do redis.call('RESTORE', ARGV[i], 0, ARGV[i + 1]) end
 for i = at + 1 + 2 * nk, #ARGV, 2 do redis.call('SETRANGE', ARGV[i], 24, ARGV[i + 1]) end
 return nk
 """
+# The counters hashes ARGV summed, on one server (a cluster has 16,384 of them: one call, not 16,384 reads).
+_SUM = """
+local tot, names, out = {}, {}, {}
+for _, k in ipairs(ARGV) do
+  local kv = redis.call('HGETALL', k)
+  for i = 1, #kv, 2 do
+    if tot[kv[i]] == nil then tot[kv[i]] = 0; names[#names + 1] = kv[i] end
+    tot[kv[i]] = tot[kv[i]] + tonumber(kv[i + 1])
+  end
+end
+for _, n in ipairs(names) do out[#out + 1] = n; out[#out + 1] = string.format('%.0f', tot[n]) end
+return out
+"""
+_SHA = {src: hashlib.sha1(src.encode()).hexdigest() for src in (_APPLY, _DUMP, _RESTORE, _SUM)}
+#: answers that mean "this call did not run here": the slot moved (cluster) or the server lost its scripts
+_NOT_RUN = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.NoScriptError)
+
+Op = tuple[str, bytes, "bytes | str", "bytes | str"]
+
+
+@dataclass
+class Write:
+    """One user's compare-and-set: ``ops`` apply (and ``deltas`` count) only if its meta is still ``expected``."""
+
+    user: str
+    expected: bytes  # the meta it was planned on (b"" = absent)
+    ops: list[Op]  # empty: nothing to write, only counters (duplicates, events dropped at once)
+    deltas: list[int]  # users, behaviors, dropped_over_cap, duplicates, unknown_items
 
 
 def check_url(url: str) -> None:
@@ -147,30 +199,66 @@ class RedisStore(BehaviorStore):
         namespace: key prefix, so several stores (packages) share one server.
         require_fsync: refuse a server whose AOF is not fsynced on every write (acknowledged appends
             would not be durable); pass False only when the server's durability is managed elsewhere.
+        replicas: after every write, ``WAIT`` until this many replicas have it (0: no wait).
+        wait_ms: how long that wait may take before the write is reported as not acknowledged.
     """
 
-    def __init__(self, url: str, cap: int, namespace: str = "userlens", require_fsync: bool = True) -> None:
+    def __init__(self, url: str, cap: int, namespace: str = "userlens", require_fsync: bool = True,
+                 replicas: int = 0, wait_ms: int = 1000) -> None:
         if not isinstance(cap, int) or cap < 1:
             raise InputError(f"cap={cap!r}: expected a positive integer (behaviors kept per user).")
         if not namespace or ":" in namespace:
             raise InputError(f"namespace={namespace!r}: expected a non-empty name without ':'.")
-        check_url(url)
         self.url, self.cap, self.namespace = url, cap, namespace
+        self.replicas, self.wait_ms = replicas, wait_ms
         self._prefix = f"{namespace}:{{".encode()
-        self._stats_key = f"{namespace}:stats"
+        self._stats_key = f"{namespace}:stats".encode()
         self._info_key = f"{namespace}:info"
         self._pattern = _glob_escape(namespace) + ":{*"  # every user's keys
-        try:
-            self.client = redis.Redis.from_url(url, socket_connect_timeout=5)
-        except ValueError as e:
-            raise InputError(f"{url}: not a Redis URL ({e}). Fix: use redis://HOST:PORT[/db].") from None
+        # writes that span several servers (a cluster); threads start only when used
+        self._threads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="userlens-redis")
+        self.client = self._connect(url)
         with self._errors():
             self.client.ping()
-            if require_fsync:
-                self._check_fsync()
-        self._apply = self.client.register_script(_APPLY)
-        self._dump = self.client.register_script(_DUMP)
-        self._restore = self.client.register_script(_RESTORE)
+            for name, node in self._primaries():
+                if require_fsync:
+                    self._check_fsync(name, node)
+                for src in _SHA:
+                    node.script_load(src)
+
+    # ------------------------------------------------------------------ what a cluster store changes
+
+    def _connect(self, url: str) -> redis.Redis:
+        check_url(url)
+        try:
+            return redis.Redis.from_url(url, socket_connect_timeout=5)
+        except ValueError as e:
+            raise InputError(f"{url}: not a Redis URL ({e}). Fix: use redis://HOST:PORT[/db].") from None
+
+    def _primaries(self) -> list[tuple[str, redis.Redis]]:
+        """``(name, client)`` of every server that holds a part of the store."""
+        return [(self.url, self.client)]
+
+    def _node(self, key: bytes | str) -> tuple[str, redis.Redis]:
+        """The server that holds ``key``."""
+        return self.url, self.client
+
+    def _stats_of(self, user: str) -> bytes:
+        """The counters a write of ``user`` updates (in one script with the user's keys)."""
+        return self._stats_key
+
+    def _stats_by_node(self) -> list[tuple[str, redis.Redis, list[bytes]]]:
+        """Every counters hash, by server (``(name, client, keys)``); :meth:`stats` sums them."""
+        return [(self.url, self.client, [self._stats_key])]
+
+    def _probes(self) -> list[tuple[str, redis.Redis, str]]:
+        """A key per server for :meth:`check` to write."""
+        return [(self.url, self.client, f"{self.namespace}:probe")]
+
+    def _refresh(self) -> None:
+        """Re-read where keys live (a cluster's slots moved); nothing to do on one server."""
+
+    # ------------------------------------------------------------------ shared machinery
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -179,21 +267,58 @@ class RedisStore(BehaviorStore):
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             raise UserlensError(f"{self.url}: Redis not reachable ({e}). Fix: start it (redis-server --appendonly "
                                 "yes --appendfsync always) or correct the URL.") from None
+        except (redis.exceptions.ClusterError, redis.exceptions.RedisClusterException) as e:
+            raise UserlensError(f"{self.url}: the Redis Cluster cannot serve the request ({e}). Fix: check that "
+                                "every slot has a live primary (redis-cli --cluster check HOST:PORT).") from None
         except redis.exceptions.ResponseError as e:
             raise UserlensError(f"{self.url}: Redis refused a command ({e}). Fix: check the server's "
                                 "configuration (memory limit, ACL, read-only replica).") from None
 
-    def _check_fsync(self) -> None:
+    def _check_fsync(self, name: str, node: redis.Redis) -> None:
         try:
-            cfg = self.client.config_get("append*")
+            cfg = node.config_get("append*")
         except redis.exceptions.ResponseError:
-            raise UserlensError(f"{self.url}: cannot read the server's CONFIG to check that appends are durable. "
+            raise UserlensError(f"{name}: cannot read the server's CONFIG to check that appends are durable. "
                                 "Fix: allow CONFIG GET, or pass require_fsync=False if the server runs with "
                                 "appendonly yes and appendfsync always.") from None
         if cfg.get("appendonly") != "yes" or cfg.get("appendfsync") != "always":
-            raise UserlensError(f"{self.url}: appendonly={cfg.get('appendonly')}, appendfsync="
+            raise UserlensError(f"{name}: appendonly={cfg.get('appendonly')}, appendfsync="
                                 f"{cfg.get('appendfsync')}: acknowledged appends would not be durable. Fix: run "
                                 "redis-server --appendonly yes --appendfsync always (or CONFIG SET both).")
+
+    def _acked(self, name: str, node: redis.Redis, commands: list[tuple], wait: bool = True) -> list:
+        """Run ``commands`` on one connection of ``node`` (answers or exceptions, in order), then, with ``replicas``,
+        ``WAIT`` on that same connection: it counts the replicas that have this connection's writes."""
+        pipe = node.pipeline(transaction=False)
+        for c in commands:
+            pipe.execute_command(*c)
+        wait = wait and self.replicas > 0
+        if wait:
+            pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+        got = pipe.execute(raise_on_error=False)
+        if wait:
+            acked = got.pop()
+            if isinstance(acked, Exception):
+                raise acked
+            if acked < self.replicas:
+                raise UserlensError(f"{self.url}: the write is on the primary {name} (AOF fsynced) but only {acked} "
+                                    f"of replicas={self.replicas} acknowledged it within wait_ms={self.wait_ms}: a "
+                                    "failover now could lose it. Fix: bring the primary's replicas back (redis-cli "
+                                    "--cluster check), then retry (appends with event ids are idempotent); or lower "
+                                    "replicas=.")
+        return got
+
+    def _scripted(self, name: str, node: redis.Redis, src: str, calls: list[list], wait: bool = True) -> list:
+        """``EVALSHA`` of ``src`` per call (``numkeys, keys…, args…``) via :meth:`_acked`; a server that lost its
+        scripts (a restart) is given them again and runs the calls that had failed."""
+        got = self._acked(name, node, [("EVALSHA", _SHA[src], *c) for c in calls], wait)
+        missing = [i for i, r in enumerate(got) if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:
+            node.script_load(src)
+            for i, r in zip(missing, self._acked(name, node, [("EVALSHA", _SHA[src], *calls[i]) for i in missing],
+                                                 wait)):
+                got[i] = r
+        return got
 
     def _key(self, user_id: str, part: str) -> bytes:
         """``ns:{user}:part``: every key of one user shares the prefix (and, for Redis Cluster, its hash slot)."""
@@ -202,28 +327,60 @@ class RedisStore(BehaviorStore):
     def _block_key(self, user_id: str, n: int) -> bytes:
         return self._key(user_id, f"b:{n}")
 
-    def _run(self, plans: list[tuple[str, bytes, list[tuple[str, bytes, bytes | str, bytes | str]], list[int]]],
-             always: list[int]) -> set[int]:
-        """Apply ``(user, expected meta, ops, deltas)`` in one script call; the indices whose meta had changed."""
-        keys: dict[bytes, int] = {self._stats_key.encode(): 1}
+    def _run(self, writes: list[Write]) -> set[int]:
+        """Apply ``writes``, one script call per stats key, pipelined per server; the indices to read and plan again
+        (their meta had changed, or the call did not run there: a moved slot)."""
+        retry: set[int] = set()
+        with self._errors():
+            by_stats: dict[bytes, list[int]] = {}
+            for i, w in enumerate(writes):
+                by_stats.setdefault(self._stats_of(w.user), []).append(i)
+            by_node: dict[str, tuple[redis.Redis, list[list[int]], list[list]]] = {}
+            for stats_key, idx in by_stats.items():
+                name, node = self._node(stats_key)
+                _, groups, calls = by_node.setdefault(name, (node, [], []))
+                groups.append(idx)
+                calls.append(self._apply_args(stats_key, [writes[i] for i in idx]))
+            answers = self._each_node({name: functools.partial(self._scripted, name, node, _APPLY, calls)
+                                       for name, (node, _, calls) in by_node.items()})
+            for name, (_, groups, _) in by_node.items():
+                for idx, got in zip(groups, answers[name]):
+                    if isinstance(got, _NOT_RUN):
+                        retry.update(idx)
+                    elif isinstance(got, Exception):
+                        raise got
+                    else:
+                        retry.update(idx[int(j) - 1] for j in got)
+            if any(isinstance(got, _NOT_RUN) for a in answers.values() for got in a):
+                self._refresh()
+        return retry
+
+    def _each_node(self, work: dict[str, Callable[[], T]]) -> dict[str, T]:
+        """``work``'s calls, one per server, at once: each server fsyncs (and waits for its replicas) in parallel."""
+        if len(work) == 1:
+            return {name: call() for name, call in work.items()}
+        futures = {name: self._threads.submit(call) for name, call in work.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+    def _apply_args(self, stats_key: bytes, writes: list[Write]) -> list:
+        """``numkeys, keys…, args…`` of one :data:`_APPLY` call."""
+        keys: dict[bytes, int] = {stats_key: 1}
 
         def index(key: bytes) -> int:
             return keys.setdefault(key, len(keys) + 1)
 
-        args: list[bytes | str | int] = [len(plans)]
-        for user, expected, ops, deltas in plans:
-            args += [index(self._key(user, "m")), expected, len(ops)]
-            for code, key, a, b in ops:
+        args: list[bytes | str | int] = [len(writes)]
+        for w in writes:
+            args += [index(self._key(w.user, "m")), w.expected, len(w.ops)]
+            for code, key, a, b in w.ops:
                 args += [code, index(key), a, b]
-            args += deltas
-        args += always
-        with self._errors():
-            return {int(i) - 1 for i in self._apply(keys=list(keys), args=args)}
+            args += w.deltas
+        return [len(keys), *keys, *args]
 
-    def _ops(self, user: str, plan: record.Plan) -> list[tuple[str, bytes, bytes | str, bytes | str]]:
+    def _ops(self, user: str, plan: record.Plan) -> list[Op]:
         assert plan.meta is not None
         ids, raw = self._key(user, "e"), self._key(user, "r")
-        ops: list[tuple[str, bytes, bytes | str, bytes | str]] = []
+        ops: list[Op] = []
         ops += [("D", self._block_key(user, n), "", "") for n in plan.deletes]
         ops += [("S", self._block_key(user, n), v, "") for n, v in plan.puts.items()]
         ops += [("A", self._block_key(user, n), v, "") for n, v in plan.appends]
@@ -238,6 +395,8 @@ class RedisStore(BehaviorStore):
         for n in blocks:
             pipe.get(self._block_key(user, n))
         return len(blocks)
+
+    # ------------------------------------------------------------------ the store
 
     def append(self, events: Sequence[Event]) -> AppendResult:
         groups = record.group(events)
@@ -284,23 +443,20 @@ class RedisStore(BehaviorStore):
                     st.rows_start = a
                     if with_raw:
                         st.raws = {int(k): v.decode() for k, v in next(got).items() if a <= int(k) < b}
-            plans, order, always = [], [], [0] * 5
+            writes, order = [], []
             for user in pending:
-                plan = record.plan_append(stored[user], groups[user], self.cap)
-                if plan.meta is None:  # only duplicates / events dropped at once: nothing to write
-                    always[2] += plan.dropped
-                    always[3] += plan.duplicates
-                    always[4] += plan.unknown
-                    self._count(res, user, plan, stored[user].meta)
-                    continue
-                meta = stored[user].meta
-                deltas = [int(meta is None), plan.n_after - plan.n_before, plan.dropped, plan.duplicates, plan.unknown]
-                plans.append((user, raw_meta[user], self._ops(user, plan), deltas))
+                plan, meta = record.plan_append(stored[user], groups[user], self.cap), stored[user].meta
+                if plan.meta is None:  # only duplicates / events dropped at once: counters only
+                    writes.append(Write(user, raw_meta[user], [], [0, 0, plan.dropped, plan.duplicates, plan.unknown]))
+                else:
+                    deltas = [int(meta is None), plan.n_after - plan.n_before, plan.dropped, plan.duplicates,
+                              plan.unknown]
+                    writes.append(Write(user, raw_meta[user], self._ops(user, plan), deltas))
                 order.append((user, plan, meta))
-            conflicts = self._run(plans, always) if plans or any(always) else set()
+            retry = self._run(writes)
             pending = []
             for i, (user, plan, meta) in enumerate(order):
-                if i in conflicts:
+                if i in retry:
                     pending.append(user)
                 else:
                     self._count(res, user, plan, meta)
@@ -363,12 +519,14 @@ class RedisStore(BehaviorStore):
                     ) -> None:
         for _ in range(MAX_ROUNDS):
             with self._errors():
-                heads = self.client.mget([self._key(c[0], "m") for c in chunk])
-            plans = []
+                pipe = self.client.pipeline(transaction=False)
+                for c in chunk:
+                    pipe.get(self._key(c[0], "m"))
+                heads = pipe.execute()
+            writes = []
             for (user, built, n, dropped, unknown), head in zip(chunk, heads):
                 old = record.Meta.unpack(head) if head else None
-                ops: list[tuple[str, bytes, bytes | str, bytes | str]] = [
-                    ("D", self._block_key(user, b), "", "") for b in (old.blocks() if old else ())]
+                ops: list[Op] = [("D", self._block_key(user, b), "", "") for b in (old.blocks() if old else ())]
                 ops += [("D", self._key(user, "e"), "", ""), ("D", self._key(user, "r"), "", "")]
                 if built is None:
                     ops.append(("D", self._key(user, "m"), "", ""))
@@ -376,29 +534,39 @@ class RedisStore(BehaviorStore):
                     ops += [("S", self._block_key(user, b), rows, "") for b, rows in built[1]]
                     ops.append(("S", self._key(user, "m"), built[0].pack(), ""))
                 deltas = [(built is not None) - (old is not None), n - (old.n if old else 0), dropped, 0, unknown]
-                plans.append((user, head or b"", ops, deltas))
-            conflicts = self._run(plans, [0] * 5)
-            chunk = [c for i, c in enumerate(chunk) if i in conflicts]
+                writes.append(Write(user, head or b"", ops, deltas))
+            retry = self._run(writes)
+            chunk = [c for i, c in enumerate(chunk) if i in retry]
             if not chunk:
                 return
         raise UserlensError(f"{self.url}: bulk_load kept conflicting with concurrent appenders. Fix: bulk-load "
                             "before the scorers start appending.")
 
     def snapshot(self, path: str | Path) -> Path:
-        """All histories and counters, read by one Lua script (atomic), written to the file ``path`` atomically.
+        """All histories and counters, read by one Lua script per server (atomic there), written to the file
+        ``path`` atomically.
 
         File format (little-endian): ``b"ULRSNAP2"``; u32 length + JSON ``{"format", "namespace", "cap",
         "keys", "stats"}``; per key of the namespace: u32 length + the key after ``ns:{``, u64 length + its
-        ``DUMP`` payload (Redis's own serialisation, any key type); then the
-        16-byte BLAKE2b of everything before it. The script blocks the server while it copies the
-        namespace (~1 s per GB); for very large stores prefer Redis's own RDB snapshots.
+        ``DUMP`` payload (Redis's own serialisation, any key type); then the 16-byte BLAKE2b of everything
+        before it. The counters are stored summed, so a snapshot of one server restores into a cluster and
+        back. The script blocks its server while it copies the namespace (~1 s per GB); for very large stores
+        prefer Redis's own RDB snapshots. On a cluster each server is read at its own instant: a user (one slot)
+        is always whole, but for one instant of the whole store stop the appenders first.
         """
         target = Path(path)
         if target.exists():
             raise InputError(f"{target}: exists. Fix: snapshot to a new path, or delete the old snapshot first.")
+        stats: dict[str, int] = {}
+        flat: list[bytes] = []
         with self._errors():
-            stats_raw, flat = self._dump(keys=[self._stats_key], args=[self._pattern])
-        stats = {k.decode(): int(v) for k, v in zip(stats_raw[::2], stats_raw[1::2])}
+            for name, node in self._primaries():
+                (got,) = self._scripted(name, node, _DUMP, [[0, self._pattern, self._stats_key]], wait=False)
+                if isinstance(got, Exception):
+                    raise got
+                for k, v in zip(got[0][::2], got[0][1::2]):
+                    stats[k.decode()] = stats.get(k.decode(), 0) + int(v)
+                flat += got[1]
         meta = json.dumps({"format": 2, "namespace": self.namespace, "cap": self.cap, "keys": len(flat) // 2,
                            "stats": stats}).encode()
         h = hashlib.blake2b(digest_size=16)
@@ -425,7 +593,8 @@ class RedisStore(BehaviorStore):
         return target
 
     def restore(self, path: str | Path) -> int:
-        """Replace the namespace by a :meth:`snapshot` file in one Lua script (atomic)."""
+        """Replace the namespace by a :meth:`snapshot` file, one Lua script per server (atomic there; on a cluster
+        a failed restore leaves some servers restored: run it again)."""
         src = Path(path)
         if not src.is_file():
             raise InputError(f"{src}: no such snapshot file. Fix: pass a file written by RedisStore.snapshot.")
@@ -438,21 +607,30 @@ class RedisStore(BehaviorStore):
             raise InputError(f"{src}: checksum mismatch (truncated or corrupted). Fix: restore another snapshot.")
         (meta_len,) = struct.unpack_from("<I", body, 8)
         meta = json.loads(body[12:12 + meta_len])
-        pos, pairs, retag = 12 + meta_len, [], []
-        while pos < len(body):
-            (klen,) = struct.unpack_from("<I", body, pos)
-            key = self._prefix + body[pos + 4:pos + 4 + klen]
-            (vlen,) = struct.unpack_from("<Q", body, pos + 4 + klen)
-            start = pos + 12 + klen
-            pairs += [key, body[start:start + vlen]]
-            if key.endswith(b"}:m"):  # new write tags: no scorer state survives a restore (same lengths included)
-                retag += [key, record.new_tag().to_bytes(8, "little")]
-            pos = start + vlen
-        stats = [x for k, v in meta["stats"].items() for x in (k, v)]
-        with self._errors():
-            self._restore(keys=[self._stats_key], args=[self._pattern, len(stats) // 2, *stats, len(pairs) // 2,
-                                                         *pairs, *retag])
-        return len(retag) // 2
+        with self._errors():  # on a cluster: where each key lives
+            parts = {name: (node, [], []) for name, node in self._primaries()}  # every server: its old keys go
+            pos, users = 12 + meta_len, 0
+            while pos < len(body):
+                (klen,) = struct.unpack_from("<I", body, pos)
+                key = self._prefix + body[pos + 4:pos + 4 + klen]
+                (vlen,) = struct.unpack_from("<Q", body, pos + 4 + klen)
+                start = pos + 12 + klen
+                _, pairs, retag = parts[self._node(key)[0]]
+                pairs += [key, body[start:start + vlen]]
+                if key.endswith(b"}:m"):  # new write tags: no scorer state survives a restore (same lengths included)
+                    retag += [key, record.new_tag().to_bytes(8, "little")]
+                    users += 1
+                pos = start + vlen
+            totals_at, _, (totals, *_) = self._stats_by_node()[0]  # the summed counters go to one hash
+            stats = [x for k, v in meta["stats"].items() for x in (k, v)]
+            for name, (node, pairs, retag) in parts.items():
+                here = name == totals_at
+                args = [self._pattern, totals if here else b"", *([len(stats) // 2, *stats] if here else [0]),
+                        len(pairs) // 2, *pairs, *retag]
+                (got,) = self._scripted(name, node, _RESTORE, [[0, *args]])
+                if isinstance(got, Exception):
+                    raise got
+        return users
 
     def read_info(self) -> dict | None:
         with self._errors():
@@ -460,21 +638,33 @@ class RedisStore(BehaviorStore):
         return None if raw is None else json.loads(raw)
 
     def write_info(self, info: dict) -> None:
-        with self._errors():
-            self.client.set(self._info_key, json.dumps(info, sort_keys=True))
+        self._write_each([(*self._node(self._info_key), self._info_key)], json.dumps(info, sort_keys=True))
 
     def check(self) -> None:
+        self._write_each(self._probes(), str(_time.time_ns()))
+        self.read_info()
+
+    def _write_each(self, where: list[tuple[str, redis.Redis, str]], value: str) -> None:
+        """``SET key value`` on each ``(name, server, key)``, acknowledged as appends are."""
         with self._errors():
-            self.client.set(f"{self.namespace}:probe", _time.time_ns())
-            self.client.get(self._info_key)
+            for name, node, key in where:
+                (got,) = self._acked(name, node, [("SET", key, value)])
+                if isinstance(got, Exception):
+                    raise got
 
     def stats(self) -> dict[str, int]:
+        have: dict[str, int] = {}
         with self._errors():
-            raw = self.client.hgetall(self._stats_key)
-        have = {k.decode(): int(v) for k, v in raw.items()}
+            for name, node, keys in self._stats_by_node():
+                (got,) = self._scripted(name, node, _SUM, [[0, *keys]], wait=False)
+                if isinstance(got, Exception):
+                    raise got
+                for k, v in zip(got[::2], got[1::2]):
+                    have[k.decode()] = have.get(k.decode(), 0) + int(v)
         out = {name: have.get(name, 0) for name in STAT_NAMES}
         out["bytes"] = record.META.size * out["users"] + record.ROW_BYTES * out["behaviors"]  # the windows' bytes
         return out
 
     def close(self) -> None:
+        self._threads.shutdown()
         self.client.close()
