@@ -117,13 +117,22 @@ def collectives(world: World, where: str) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, dist.DistError) as e:
-        if not world.distributed or isinstance(e, TrainingError):
+        if not world.distributed or not lost_peer(e):
             raise
         first = (str(e).splitlines() or [""])[0][:300]
         raise TrainingError(f"rank {world.rank} of {world.size}: lost the other ranks during {where} ({first}): "
                             "another rank died or hung past --dist-timeout. Fix: read the first failing rank's "
                             "error above; a run that finished an epoch continues with the same torchrun command "
                             "plus --resume") from None
+
+
+#: what gloo and the DDP reducer say when a peer is gone or silent (they raise plain RuntimeErrors)
+LOST_PEER = ("gloo", "Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out")
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that lost its peers (not a bug of the model raising a RuntimeError)."""
+    return isinstance(e, dist.DistError) or any(s in str(e) for s in LOST_PEER)
 
 
 class TrainStep(nn.Module):

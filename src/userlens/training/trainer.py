@@ -40,6 +40,7 @@ from userlens.training.checkpoint import (CONFIG, METRICS, STATE, STATE_META, lo
 from userlens.training.progress import RunReporter
 from userlens.training.config import RunConfig
 from userlens.training.distributed import (DEFAULT_TIMEOUT_S, SINGLE, TrainStep, World, all_sum_dict, barrier,
+                                           collectives,
                                            gather_predictions, loss_weight, process_group, replica_digests, share,
                                            share_outcome, sync_buffers, wrap)
 
@@ -252,12 +253,12 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, resume: bool = F
 
         share_outcome(claim, world, "checking the run directory")
         if not world.is_main:  # writes nothing, keeps nothing: rank 0 owns the run directory
-            with deterministic_algorithms(cfg.train.deterministic):
+            with deterministic_algorithms(cfg.train.deterministic), collectives(world, "training"):
                 result = _fit(data, cfg, work, resume, False, _silent, world)
             barrier(world, "waiting for rank 0 to write the run")
             return result
         try:
-            with deterministic_algorithms(cfg.train.deterministic):
+            with deterministic_algorithms(cfg.train.deterministic), collectives(world, "training"):
                 result = _fit(data, cfg, work, resume, show_progress, log, world)
         except KeyboardInterrupt:
             kept = _checkpoint_epoch(work)
