@@ -40,9 +40,8 @@ from userlens.training.checkpoint import (CONFIG, METRICS, STATE, STATE_META, lo
 from userlens.training.progress import RunReporter
 from userlens.training.config import RunConfig
 from userlens.training.distributed import (DEFAULT_TIMEOUT_S, SINGLE, TrainStep, World, all_sum_dict, barrier,
-                                           collectives,
-                                           gather_predictions, loss_weight, process_group, replica_digests, share,
-                                           share_outcome, sync_buffers, wrap)
+                                           collectives, gather_predictions, loss_weight, process_group,
+                                           replica_digests, share, share_outcome, sync_buffers, wrap)
 
 
 @dataclass
