@@ -185,15 +185,21 @@ def train(
     progress: Annotated[bool, typer.Option(help="show progress (bars on a terminal, lines in a file)")] = True,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run at --out from its last checkpoint")] = False,
     force: Annotated[bool, typer.Option(help="replace an existing run (or interrupted run) at --out")] = False,
+    dist_timeout: Annotated[float, typer.Option(
+        help="under torchrun: seconds a rank waits for the others in a collective before the run fails "
+             "(a rank that died or hung ends the job instead of hanging it)")] = 600.0,
 ) -> None:
     """Train a model; writes config.json, model.safetensors and metrics.jsonl to --out.
 
     The run is built in OUT.partial with a checkpoint per epoch and moved to OUT when finished.
     A killed or interrupted run continues with the same command plus --resume (--model may then be omitted).
+    On several processes: `torchrun --nproc-per-node N -m userlens train ...` (batch_size is the global batch;
+    rank 0 logs and writes OUT).
     """
     from userlens.data.prepared import PreparedData
     from userlens.errors import ConfigError
     from userlens.training.config import load_config_file, parse_sets, resolve_config
+    from userlens.training.distributed import World
     from userlens.training.trainer import fit
 
     def go() -> None:
@@ -213,7 +219,10 @@ def train(
             overrides["fast_dev_run"] = True
         cfg = resolve_config(name, overrides)  # validated before any data is touched
         data = PreparedData(data_dir)
-        res = fit(data, cfg, out, resume=resume, force=force, show_progress=progress, log=_say)
+        res = fit(data, cfg, out, resume=resume, force=force, show_progress=progress, log=_say,
+                  dist_timeout=dist_timeout)
+        if not World.from_env().is_main:  # one voice per run: rank 0's
+            return
         valid = {k: (None if isinstance(v, float) and v != v else v) for k, v in res.best_valid.items()}
         speed = "not trained (no parameters)" if not res.epochs_run else (
             f"{res.train_samples_per_s:,.0f} train samples/s over all {res.epochs_run} epoch(s) "
@@ -230,11 +239,17 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train|valid|test")] = "test",
     predictions: Annotated[Optional[Path], typer.Option(help="write per-sample predictions (.parquet/.csv)")] = None,
 ) -> None:
-    """Print JSON metrics (auc, gauc, logloss, n) of a trained run on a split."""
+    """Print JSON metrics (auc, gauc, logloss, n) of a trained run on a split.
+
+    Under `torchrun --nproc-per-node N -m userlens evaluate ...` the ranks score blocks of the split and
+    rank 0 prints the metrics of every sample.
+    """
+    from userlens.training.distributed import World
     from userlens.training.evaluate import evaluate_run
 
     result = _run(evaluate_run, run_dir, data, split, predictions)
-    typer.echo(json.dumps(result, allow_nan=False))
+    if World.from_env().is_main:
+        typer.echo(json.dumps(result, allow_nan=False))
 
 
 @app.command("embed-items")

@@ -325,3 +325,51 @@ def test_target_count_is_the_items_behaviors_by_anyone_strictly_before_the_sampl
             same_time += sum(int(((tl_item == i) & (tl_time == s)).sum()) for i, s in zip(item, t))
     assert same_time > 0, "the data must hold behaviors at a sample's own time (they must not count)"
     assert data.item_counts is data.item_counts  # built once per dataset
+
+
+# --------------------------------------------------------------------------- sharding under torchrun (DDP)
+
+
+def _ordered(batch) -> np.ndarray:
+    """(user, target_item, time, label) of a batch's samples, in batch order."""
+    return np.stack([batch.target["user"].numpy(), batch.target["target_item"].numpy(), batch.target["time"].numpy(),
+                     batch.label.numpy().astype(np.int64)], axis=1)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("group", [0, 4])
+def test_ranks_split_each_global_batch_in_order(data: PreparedData, world: int, group: int) -> None:
+    """Rank parts of step b, concatenated in rank order, are one process's batch b (same samples per step);
+    with user_group no run of one user is cut unless a rank would be left empty."""
+    kw = {"fields": {"user", "target_item", "time"}, "batch_size": 16, "shuffle": True, "seed": 4, "prefetch": 0,
+          "user_group": group}
+    one = list(BatchLoader(data, "train", **kw))
+    ranks = [BatchLoader(data, "train", rank=r, world_size=world, **kw) for r in range(world)]
+    parts = [list(r) for r in ranks]
+    n = len(data.samples("train"))
+    dropped = n % 16 if 0 < n % 16 < world else 0
+    assert all(len(p) == len(r) == len(one) - (dropped > 0) for p, r in zip(parts, ranks))
+    for b in range(len(parts[0])):
+        assert all(len(p[b]) > 0 for p in parts)
+        assert np.array_equal(np.concatenate([_ordered(p[b]) for p in parts]), _ordered(one[b]))
+        assert sum(len(p[b]) for p in parts) == ranks[0].global_batch_size(b)
+
+
+def test_user_group_cuts_fall_on_run_starts(data: PreparedData) -> None:
+    loader = BatchLoader(data, "train", {"user"}, batch_size=64, shuffle=True, seed=1, user_group=8, rank=0,
+                         world_size=2)
+    runs = np.repeat(np.arange(10), [8, 8, 8, 8, 5, 8, 8, 8, 2, 1])[:64]  # a cut at 32 is a run start
+    assert loader._shard_bounds(64, runs) == (0, 32)
+    runs = np.repeat(np.arange(3), [30, 5, 29])  # nearest run start to 32 is 30
+    assert loader._shard_bounds(64, runs) == (0, 30)
+    assert loader._shard_bounds(64, np.zeros(64, dtype=np.int64)) == (0, 32)  # one run: the even cut stands
+
+
+def test_evaluation_blocks_cover_the_split_once_in_order(data: PreparedData) -> None:
+    n = len(data.samples("valid"))
+    blocks = [BatchLoader(data, "valid", {"user"}, batch_size=4, prefetch=0, rank=r, world_size=3) for r in range(3)]
+    assert np.array_equal(np.concatenate([b.indices for b in blocks]), np.arange(n))
+    users = np.concatenate([b.target["user"].numpy() for loader in blocks for b in loader])
+    assert np.array_equal(users, np.asarray(data.samples("valid").user))
+    with pytest.raises(ValueError, match="rank must be in"):
+        BatchLoader(data, "valid", {"user"}, rank=2, world_size=2)

@@ -10,6 +10,7 @@ per batch, never a scan.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Collection, Iterator
@@ -73,6 +74,13 @@ class BatchLoader:
             user instead of single samples (0 = plain shuffle). A batch then holds a few users'
             runs, whose histories the lifelong GSUs read once per batch (slabs, ``layers/gsu/slab.py``);
             the price is less varied batches.
+        rank, world_size: this process's part of the split under ``torchrun`` (see :meth:`_shard_bounds`).
+            A shuffled (training) loader gives each rank its part of every *global* batch of ``batch_size``
+            samples, all ranks drawing the same order from the seed: one step of all ranks covers the samples
+            one process's step would. A trailing global batch with fewer samples than ranks is dropped (at
+            most ``world_size - 1`` samples an epoch) so that no rank steps on an empty batch. An unshuffled
+            (evaluation) loader gives each rank a contiguous block of the split, batches of ``batch_size``
+            within it; the blocks in rank order are the split in order (:attr:`indices`).
     """
 
     def __init__(
@@ -88,6 +96,8 @@ class BatchLoader:
         prefetch: int = 2,
         long_len: int = 100_000,
         user_group: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         unknown = set(fields) - ALL_FIELDS
         if unknown:
@@ -99,6 +109,9 @@ class BatchLoader:
         if user_group < 0:
             raise ValueError(f"user_group must be >= 0, got {user_group}")
         self.user_group = user_group
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self._hist_fields = [f[len("hist_"):] for f in sorted(self.fields) if f.startswith("hist_")]
         # Small per-sample arrays are copied into RAM once; the timeline stays memory-mapped.
@@ -111,8 +124,24 @@ class BatchLoader:
         self._content = data.content() if "long_content" in self.fields else None
 
     def __len__(self) -> int:
-        n = -(-len(self.samples) // self.batch_size)
-        return min(n, self.limit_batches) if self.limit_batches else n
+        """Batches per epoch: the same on every rank (each steps together under DDP)."""
+        n = len(self.samples)
+        if self.world_size > 1 and not self.shuffle:
+            n = len(self.indices)
+        batches = -(-n // self.batch_size)
+        if self.world_size > 1 and self.shuffle and batches and n - (batches - 1) * self.batch_size < self.world_size:
+            batches -= 1  # a last global batch too small to give every rank a sample
+        return min(batches, self.limit_batches) if self.limit_batches else batches
+
+    @property
+    def indices(self) -> np.ndarray:
+        """The sample indices an unshuffled loader yields, in order: this rank's contiguous block of the split."""
+        n = len(self.samples)
+        return np.arange(n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size)
+
+    def global_batch_size(self, step: int) -> int:
+        """Samples in the global batch of ``step`` (all ranks' parts together) of a shuffled loader."""
+        return min(self.batch_size, len(self.samples) - step * self.batch_size)
 
     def make_batch(self, idx: np.ndarray) -> Batch:
         """Build the batch of the given sample indices."""
@@ -158,24 +187,50 @@ class BatchLoader:
         )
 
     def _order(self) -> np.ndarray:
+        return self._order_and_runs()[0]
+
+    def _order_and_runs(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(sample order of this epoch, run id of each position or None when every sample is its own run)."""
         n = len(self.samples)
         if not self.shuffle:
-            return np.arange(n)
+            return (np.arange(n) if self.world_size == 1 else self.indices), None
         rng = np.random.default_rng(self.seed + self.epoch)
         if self.user_group <= 1:
-            return rng.permutation(n)
+            return rng.permutation(n), None
         by = np.lexsort((np.arange(n), self._time, self._user))  # each user's samples in time order
         user = self._user[by]
         start = np.r_[True, user[1:] != user[:-1]] if n else np.zeros(0, dtype=bool)
         rank = np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
         run = np.cumsum(start | (rank % self.user_group == 0)) - 1  # run id of each sample
         place = rng.permutation(int(run[-1]) + 1 if n else 0)  # where each run goes
-        return by[np.argsort(place[run], kind="stable")]
+        moved = np.argsort(place[run], kind="stable")
+        return by[moved], place[run][moved]
 
     def _batches(self) -> Iterator[Batch]:
-        order = self._order()
+        order, runs = self._order_and_runs()
         for b in range(len(self)):
-            yield self.make_batch(order[b * self.batch_size : (b + 1) * self.batch_size])
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world_size > 1 and self.shuffle:
+                lo, hi = self._shard_bounds(len(idx), None if runs is None else
+                                            runs[b * self.batch_size : (b + 1) * self.batch_size])
+                idx = idx[lo:hi]
+            yield self.make_batch(idx)
+
+    def _shard_bounds(self, n: int, runs: np.ndarray | None) -> tuple[int, int]:
+        """[lo, hi) of this rank's part of a global batch of ``n`` samples.
+
+        Even contiguous parts; with ``user_group`` runs (``runs``: run id per position) each cut moves to the
+        nearest run start, so a user's run stays on one rank and its GSU slab is scanned once, unless that
+        would leave a rank without samples (then the even cut stands).
+        """
+        even = [n * k // self.world_size for k in range(self.world_size + 1)]
+        if runs is None or n == 0:
+            return even[self.rank], even[self.rank + 1]
+        starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])  # positions where a run begins
+        cuts = [0] + [int(starts[np.abs(starts - c).argmin()]) for c in even[1:-1]] + [n]
+        if any(b <= a for a, b in itertools.pairwise(cuts)):
+            cuts = even
+        return cuts[self.rank], cuts[self.rank + 1]
 
     def __iter__(self) -> Iterator[Batch]:
         it = self._batches() if self.prefetch <= 0 else _prefetched(self._batches(), self.prefetch)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from torch import nn
 
 from userlens.artifacts import inside_artifact, output_errors, refuse_file_parent, refuse_link
 from userlens.data.loader import BatchLoader
@@ -14,14 +15,16 @@ from userlens.errors import InputError
 from userlens.data.prepared import PreparedData
 from userlens.metrics import evaluate_predictions, sigmoid
 from userlens.training.checkpoint import data_for_run, load_run
-from userlens.training.trainer import logloss_note, predict
+from userlens.training.distributed import DEFAULT_TIMEOUT_S, World, process_group, share_outcome
+from userlens.training.trainer import logloss_note, predict_split
 
 
 PREDICTION_FORMATS = (".parquet", ".csv")
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split: str = "test",
-                 predictions: str | Path | None = None) -> dict[str, float | int | str | None]:
+                 predictions: str | Path | None = None, dist_timeout: float = DEFAULT_TIMEOUT_S
+                 ) -> dict[str, float | int | str | None]:
     """Metrics (``auc``, ``gauc``, ``logloss``, ``n``) of the run's best weights on ``split``.
 
     A metric that the split makes undefined (AUC with one class only, GAUC when no user has both
@@ -32,6 +35,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     ``predictions`` (a ``.parquet`` or ``.csv`` path) receives one row per sample:
     raw user and item ids, time (epoch ms), label, ``score`` (probability, float64
     sigmoid of the logit) and ``logit`` (what AUC ranks: probabilities saturate).
+
+    Under ``torchrun`` each rank scores a contiguous block of the split and rank 0 computes the metrics
+    (and writes ``predictions``) from every sample's exact (logit, label, user), in order; every rank
+    returns them (:mod:`userlens.training.distributed`).
     """
     run_dir = Path(run_dir)
     if predictions is not None:
@@ -41,9 +48,21 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     if len(data.samples(split)) == 0:
         raise InputError(f"{data.path}: the {split} split is empty; there is nothing to evaluate. Fix: choose "
                          "another --split, or prepare with a non-empty one.")
-    loader = BatchLoader(data, split, model.fields, cfg.train.eval_batch_size, cfg.train.short_len,
-                         prefetch=cfg.train.prefetch, long_len=cfg.train.long_len)
-    logits, labels, users = predict(model, loader)
+    world = World.from_env()
+    with process_group(world, dist_timeout):
+        loader = BatchLoader(data, split, model.fields, cfg.train.eval_batch_size, cfg.train.short_len,
+                             prefetch=cfg.train.prefetch, long_len=cfg.train.long_len, rank=world.rank,
+                             world_size=world.size)
+        gathered = predict_split(model, loader, world)  # every sample once, in order, on rank 0
+        return share_outcome(lambda: _report(gathered, run_dir, model, cfg.model, data, split, predictions),
+                             world, f"evaluating {split}")
+
+
+def _report(gathered: tuple[np.ndarray, ...] | None, run_dir: Path, model: nn.Module, name: str,
+            data: PreparedData, split: str, predictions: str | Path | None) -> dict:
+    """Metrics and notes of the scored split, and the predictions file when asked (rank 0 under torchrun)."""
+    assert gathered is not None
+    logits, labels, users = gathered
     try:
         result: dict = evaluate_predictions(labels, logits, users)
     except ValueError as e:
@@ -55,7 +74,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     if result["gauc"] is None or result["gauc"] != result["gauc"]:
         result["gauc"] = None
         notes.append("gauc is undefined: no user has both a positive and a negative sample")
-    if (note := logloss_note(model, cfg.model)) is not None:
+    if (note := logloss_note(model, name)) is not None:
         notes.append(note)
     if notes:
         result["notes"] = notes

@@ -15,7 +15,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,9 @@ from userlens.training.checkpoint import (CONFIG, METRICS, STATE, STATE_META, lo
                                           save_checkpoint, save_run)
 from userlens.training.progress import RunReporter
 from userlens.training.config import RunConfig
+from userlens.training.distributed import (DEFAULT_TIMEOUT_S, SINGLE, TrainStep, World, all_sum_dict, barrier,
+                                           collectives, gather_predictions, loss_weight, process_group,
+                                           replica_digests, share, share_outcome, sync_buffers, wrap)
 
 
 @dataclass
@@ -130,6 +133,8 @@ def predict(model: nn.Module, loader: BatchLoader, on_batch: Callable[[], None] 
     model.eval()
     logits, labels, users = [], [], []
     order_users = np.asarray(loader.samples.user)
+    if loader.world_size > 1:  # this rank's block of the split (torchrun)
+        order_users = order_users[loader.indices]
     seen = 0
     for batch in loader:
         logits.append(model(batch).detach().cpu().numpy())
@@ -144,21 +149,35 @@ def predict(model: nn.Module, loader: BatchLoader, on_batch: Callable[[], None] 
     return np.concatenate(logits), np.concatenate(labels), np.concatenate(users)
 
 
-def _validate(model: nn.Module, loader: BatchLoader, epoch: int, on_batch: Callable[[], None] | None = None
-              ) -> dict[str, float]:
+def predict_split(model: nn.Module, loader: BatchLoader, world: World = SINGLE,
+                  on_batch: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`predict` over the whole split: under torchrun each rank scores its block (``loader`` sharded) and
+    rank 0 gets every sample's (logit, label, user) once, in sample order; the other ranks get None."""
+    return gather_predictions(predict(model, loader, on_batch), world)  # type: ignore[return-value]
+
+
+def _validate(model: nn.Module, loader: BatchLoader, epoch: int, on_batch: Callable[[], None] | None = None,
+              world: World = SINGLE) -> dict[str, float]:
     """Validation metrics after ``epoch`` ({} without validation samples); undefined ones (one class) are None.
 
-    Non-finite logits raise a :class:`TrainingError` (the model diverged).
+    Under torchrun rank 0 computes them from the gathered predictions and every rank gets the same dict (so
+    early stopping decides alike). Non-finite logits raise a :class:`TrainingError` (the model diverged).
     """
-    logits, labels, users = predict(model, loader, on_batch)
-    if not len(labels):
-        return {}
-    try:
-        metrics = evaluate_predictions(labels, logits, users)
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-    except ValueError as e:
-        raise TrainingError(f"validation after epoch {epoch}: {e}. Fix: lower lr (the model diverged) or check "
-                            "the data") from None
+    gathered = predict_split(model, loader, world, on_batch)
+
+    def metrics() -> dict[str, float]:
+        assert gathered is not None  # rank 0
+        logits, labels, users = gathered
+        if not len(labels):
+            return {}
+        try:
+            m = evaluate_predictions(labels, logits, users)
+            return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
+        except ValueError as e:
+            raise TrainingError(f"validation after epoch {epoch}: {e}. Fix: lower lr (the model diverged) or "
+                                "check the data") from None
+
+    return share_outcome(metrics, world, f"validation after epoch {epoch}")  # type: ignore[no-any-return]
 
 
 def logloss_note(model: nn.Module, name: str) -> str | None:
@@ -187,7 +206,8 @@ def _check_paths(out: Path, work: Path, resume: bool, force: bool) -> None:
 
 
 def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,
-        show_progress: bool = True, log: Callable[[str], None] = print) -> FitResult:
+        show_progress: bool = True, log: Callable[[str], None] = print,
+        dist_timeout: float = DEFAULT_TIMEOUT_S) -> FitResult:
     """Train ``cfg.model`` on ``data`` and write the run directory ``out``.
 
     Per epoch: one pass over shuffled training samples, validation AUC/GAUC/logloss
@@ -209,20 +229,36 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, resume: bool = F
 
     With ``deterministic`` (default) two calls with the same config and data give
     bitwise-equal weights and metrics (see :func:`seed_everything`).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment: :mod:`userlens.training.distributed`)
+    every rank calls this: the ranks train one DDP model, ``batch_size`` is the *global* batch (each
+    rank takes its part of every batch of the same seeded order), metrics come from every validation
+    sample once, and rank 0 alone logs and writes ``out`` (others write nothing). ``dist_timeout``:
+    seconds a rank waits in a collective for the others before the run fails.
     """
     cfg.train.check()
     out = Path(out)
     work = partial_dir(out)
-    _check_paths(out, work, resume, force)
-    with DirLock(out):
-        if clean_stale(out, CONFIG):  # a swap that died halfway: the old run is back
+    world = World.from_env()
+    with process_group(world, dist_timeout), ExitStack() as held:
+        def claim() -> None:  # rank 0: refuse to overwrite, lock, start (or keep) the partial directory
             _check_paths(out, work, resume, force)
-        if not resume:
-            shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
+            held.enter_context(DirLock(out))
+            if clean_stale(out, CONFIG):  # a swap that died halfway: the old run is back
+                _check_paths(out, work, resume, force)
+            if not resume:
+                shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+
+        share_outcome(claim, world, "checking the run directory")
+        if not world.is_main:  # writes nothing, keeps nothing: rank 0 owns the run directory
+            with deterministic_algorithms(cfg.train.deterministic), collectives(world, "training"):
+                result = _fit(data, cfg, work, resume, False, _silent, world)
+            barrier(world, "waiting for rank 0 to write the run")
+            return result
         try:
-            with deterministic_algorithms(cfg.train.deterministic):
-                result = _fit(data, cfg, work, resume, show_progress, log)
+            with deterministic_algorithms(cfg.train.deterministic), collectives(world, "training"):
+                result = _fit(data, cfg, work, resume, show_progress, log, world)
         except KeyboardInterrupt:
             kept = _checkpoint_epoch(work)
             raise Interrupted(
@@ -241,7 +277,12 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, resume: bool = F
         for f in (STATE, STATE_META):
             (work / f).unlink(missing_ok=True)
         swap_in(work, out)
+        barrier(world, "writing the run")
     return result
+
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0: one voice per run."""
 
 
 def _checkpoint_epoch(work: Path) -> int | None:
@@ -254,7 +295,7 @@ def _checkpoint_epoch(work: Path) -> int | None:
 
 
 def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_progress: bool,
-         log: Callable[[str], None]) -> FitResult:
+         log: Callable[[str], None], world: World = SINGLE) -> FitResult:
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -270,25 +311,30 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
     if t.compile:
         compile_hot_layers(model)
     limit = 1 if t.fast_dev_run else t.limit_batches
+    shard = {"rank": world.rank, "world_size": world.size}
     train_loader = BatchLoader(data, "train", model.fields, t.batch_size, t.short_len, shuffle=True,
                                seed=t.seed, limit_batches=limit, prefetch=t.prefetch, long_len=t.long_len,
-                               user_group=t.user_group)
+                               user_group=t.user_group, **shard)
     valid_loader = BatchLoader(data, "valid", model.fields, t.eval_batch_size, t.short_len,
                                limit_batches=1 if t.fast_dev_run else None, prefetch=t.prefetch,
-                               long_len=t.long_len)
+                               long_len=t.long_len, **shard)
     if len(train_loader.samples) == 0:
         raise InputError(f"{data.path}: the train split is empty; nothing to train on. Fix: prepare with another "
                          "split (e.g. larger --valid-fraction/--test-fraction leave less for training).")
+    if len(train_loader) == 0:
+        raise InputError(f"{data.path}: {len(train_loader.samples)} train sample(s) cannot feed {world.size} ranks. "
+                         "Fix: train with fewer processes (--nproc-per-node).")
     log(f"config: {json.dumps(cfg.to_json())}")
     if (note := logloss_note(model, cfg.model)) is not None:
         log(f"note: {note}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # a fixed scoring rule: nothing to optimise, validate once
-        (work / METRICS).write_text("")
-        valid = _validate(model, valid_loader, 0)
-        _log_row(work, log, {"epoch": 0, "evaluation_only": True, "train_samples": 0,
-                             **{f"valid_{k}": v for k, v in valid.items()}})
-        save_run(work, model, cfg, spec, data.path, inputs, notes=notes)
+        valid = _validate(model, valid_loader, 0, world=world)
+        if world.is_main:
+            (work / METRICS).write_text("")
+            _log_row(work, log, {"epoch": 0, "evaluation_only": True, "train_samples": 0,
+                                 **{f"valid_{k}": v for k, v in valid.items()}})
+            save_run(work, model, cfg, spec, data.path, inputs, notes=notes)
         return FitResult(0, valid or {"auc": float("nan")}, 0, 0.0, 0.0)
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
@@ -299,12 +345,14 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
          "stopped": False}
     best_state = None
     if resume:
-        p, best_state = load_checkpoint(work, model, optimizer, run_id)
-        _keep_rows(work / METRICS, p["epoch"])
+        p, best_state = _resume(work, model, optimizer, run_id, world)
+        if world.is_main:
+            _keep_rows(work / METRICS, p["epoch"])
         train_loader.epoch = p["epoch"]  # the shuffle of epoch e is seeded by seed + e
         log(f"resuming after epoch {p['epoch']} of {epochs} (best so far: epoch {p['best_epoch']})")
-    else:
+    elif world.is_main:
         (work / METRICS).write_text("")
+    ddp = wrap(TrainStep(model, lambda m, b: training_loss(m, b)), world) if world.distributed else None
     with RunReporter(show_progress, log, epochs, len(train_loader), first_epoch=p["epoch"]) as report:
         for epoch in range(p["epoch"], epochs):
             if p["stopped"]:
@@ -314,9 +362,14 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             extra_sum: dict[str, float] = {}
             for step, batch in enumerate(train_loader):
-                loss, extra = training_loss(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if ddp is None:
+                    loss, extra = training_loss(model, batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                else:  # weighted by the rank's share of the global batch: the average is its gradient
+                    loss, extra = ddp(batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss * loss_weight(len(batch), train_loader.global_batch_size(step), world)).backward()
                 optimizer.step()
                 seen += len(batch)
                 loss_sum += loss.item() * len(batch)
@@ -324,15 +377,21 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
                     extra_sum[name] = extra_sum.get(name, 0.0) + float(term.detach()) * len(batch)
                 report.step(epoch, step, seen, loss_sum / seen)
             secs = round(time.perf_counter() - t0, 6)  # as metrics.jsonl holds it: the run's rate is summed from it
+            if world.distributed:  # rank 0's buffers everywhere; the epoch's figures are all ranks' samples
+                sync_buffers(model, world)
+                totals = all_sum_dict({"seen": seen, "loss": loss_sum, **extra_sum}, world)
+                seen, loss_sum = totals.pop("seen"), totals.pop("loss")
+                extra_sum = totals
             if not np.isfinite(loss_sum):
                 raise TrainingError(f"epoch {epoch + 1}: the training loss is {loss_sum / max(seen, 1)} (diverged). "
                                     f"Fix: lower lr (now {t.lr}).")
-            valid = _validate(model, valid_loader, epoch + 1, report.validating(epoch + 1, len(valid_loader)))
+            valid = _validate(model, valid_loader, epoch + 1, report.validating(epoch + 1, len(valid_loader)), world)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_samples": seen,
                    "train_seconds": secs, "train_samples_per_s": round(seen / max(secs, 1e-9), 1),
                    **{f"train_extra_{k}": v / max(seen, 1) for k, v in extra_sum.items()},
                    **{f"valid_{k}": v for k, v in valid.items()}}
-            _append_row(work, row)
+            if world.is_main:
+                _append_row(work, row)
             report.epoch_end(epoch + 1, json_line(row))
             p["timings"].append([seen, secs])
             score = sign * valid[t.monitor] if valid and valid.get(t.monitor) is not None else None
@@ -345,14 +404,34 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
                 p["bad"] += 1
                 p["stopped"] = p["bad"] >= t.patience  # `patience` consecutive epochs without a better monitor
             p["epoch"] = epoch + 1
-            save_checkpoint(work, model, optimizer, best_state, p, run_id)
+            if world.is_main:
+                save_checkpoint(work, model, optimizer, best_state, p, run_id)
             if p["stopped"]:
                 break
-    save_run(work, model, cfg, spec, data.path, inputs, state=best_state,
-             notes={**notes, "best_epoch": p["best_epoch"]})
+    if world.distributed:  # proof, in the run, that DDP kept the replicas bitwise equal
+        notes["distributed"] = {"world_size": world.size, "batch_size": "global",
+                                "replica_digests": replica_digests(model.state_dict(), world)}
+    if world.is_main:
+        save_run(work, model, cfg, spec, data.path, inputs, state=best_state,
+                 notes={**notes, "best_epoch": p["best_epoch"]})
     timings = [tuple(x) for x in p["timings"]]
     return FitResult(p["best_epoch"], p["best_valid"] or {"auc": float("nan")}, p["epoch"],
                      samples_per_second(timings), samples_per_second(timings[1:] or timings))
+
+
+def _resume(work: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run_id: dict, world: World
+            ) -> tuple[dict, dict | None]:
+    """Restore the checkpoint in ``work``: (progress, best state). Under torchrun rank 0 reads it and sends the
+    weights, optimiser and torch RNG states to the other ranks, which need not see rank 0's file system."""
+    p, best = share_outcome(lambda: load_checkpoint(work, model, optimizer, run_id), world, "reading the checkpoint")
+    if world.distributed:
+        mine = (model.state_dict(), optimizer.state_dict(), torch.get_rng_state()) if world.is_main else None
+        states = share(mine, world, "sending the checkpoint")
+        if not world.is_main:
+            model.load_state_dict(states[0])
+            optimizer.load_state_dict(states[1])
+            torch.set_rng_state(states[2])
+    return p, best
 
 
 def samples_per_second(timings: list[tuple[int, float]]) -> float:
