@@ -231,35 +231,47 @@ class _TableSQL:
 
     # ------------------------------------------------------------------ ids
 
+    def _canonical_helpers(self, prefix: str, raw: str) -> tuple[str, str]:
+        """``{prefix}_i`` (the value as int64) and ``{prefix}_c`` (the text is exactly that int's decimal text).
+
+        The common case (every id and epoch of a log): such text needs no strip, no regex and no other check,
+        so the expensive expressions below run only on the other rows.
+        """
+        self.helpers[f"{prefix}_i"] = f"TRY_CAST({raw} AS BIGINT)"
+        self.helpers[f"{prefix}_c"] = f"coalesce(CAST({prefix}_i AS VARCHAR) = {raw}, false)"
+        return f"{prefix}_i", f"{prefix}_c"
+
     def prescan_ids(self, columns: list[str]) -> None:
         """One scan for every text id column: rows changed by stripping, and whether all are canonical ints."""
         text = [c for c in columns if self.types[c].upper() == "VARCHAR"]
         aggs = []
         for c in text:
-            raw, s = _q(c), _strip(_q(c))
-            empty = f"({raw} IS NULL OR {s} = '' OR lower({s}) = 'nan')"
-            aggs += [f"count(*) FILTER (WHERE {s} != {raw} AND NOT {empty})",
-                     f"coalesce(bool_and({_canonical_int(s)}) FILTER (WHERE {s} IS NOT NULL AND {s} NOT IN "
+            raw = _q(c)
+            i, canon = self._canonical_helpers(f"_{c}", raw)
+            s = f"_{c}_s"
+            self.helpers[s] = f"CASE WHEN {canon} THEN {raw} ELSE {_strip(raw)} END"
+            empty = f"(NOT {canon} AND ({raw} IS NULL OR {s} = '' OR lower({s}) = 'nan'))"
+            self.helpers[f"_{c}_empty"] = empty
+            aggs += [f"count(*) FILTER (WHERE NOT {canon} AND {s} != {raw} AND NOT _{c}_empty)",
+                     f"coalesce(bool_and({canon} OR {_canonical_int(s)}) FILTER (WHERE {s} IS NOT NULL AND {s} NOT IN "
                      "('', 'NaN', 'nan', 'NAN')), true)"]
-        got = self.one(f"SELECT {', '.join(aggs)} FROM {self.name}") if aggs else ()
+        got = self.one(f"SELECT {', '.join(aggs)} FROM ({self._with_helpers()})") if aggs else ()
         self.prescan = {c: (got[2 * k], got[2 * k + 1]) for k, c in enumerate(text)}
 
     def ids(self, c: str) -> None:
         dtype, raw = self.types[c].upper(), _q(c)
         fix = f"give every row a {c}"
         if dtype == "VARCHAR":
-            s = f"_{c}_s"
-            self.helpers[s] = _strip(raw)
-            empty = f"({raw} IS NULL OR {s} = '' OR lower({s}) = 'nan')"
+            s, empty = f"_{c}_s", f"_{c}_empty"
             self.checks.append(_Check(c, EMPTY_ID, fix, empty))
             changed, as_int = self.prescan[c]
             if changed:
                 merged = self.one(f"SELECT count(DISTINCT {raw}) FILTER (WHERE NOT {empty}) - count(DISTINCT {s}) "
-                                  f"FILTER (WHERE NOT {empty}) FROM (SELECT {raw}, {_strip(raw)} AS {s} "
-                                  f"FROM {self.name})")[0]
+                                  f"FILTER (WHERE NOT {empty}) FROM ({self._with_helpers()})")[0]
                 self.report.notes.append(f"{self.source}: {changed} {c}s had leading/trailing whitespace, removed"
                                          + (f"; {merged} distinct raw ids became equal to another id" if merged else ""))
-            self.select[c] = f"TRY_CAST({s} AS BIGINT)" if as_int else f"nullif({s}, '')"
+            self.select[c] = (f"CASE WHEN _{c}_c THEN _{c}_i ELSE TRY_CAST({s} AS BIGINT) END" if as_int
+                              else f"nullif({s}, '')")
         elif dtype in _INT_TYPES:
             self.checks.append(_Check(c, EMPTY_ID, fix, f"{raw} IS NULL"))
             self.select[c] = f"CAST({raw} AS BIGINT)"
@@ -313,12 +325,17 @@ class _TableSQL:
         rounded = "false"
         if dtype == "VARCHAR" or dtype.startswith("DECIMAL"):
             text = "_t_text"
-            self.helpers[text] = _strip(f"CAST({raw} AS VARCHAR)")
+            if dtype == "VARCHAR":
+                _, canon = self._canonical_helpers("_t", raw)
+            else:  # a Parquet decimal: its text, always through the general path
+                self.helpers["_t_i"], self.helpers["_t_c"], canon = "CAST(NULL AS BIGINT)", "false", "_t_c"
+            self.helpers[text] = f"CASE WHEN {canon} THEN {raw} ELSE {_strip(f'CAST({raw} AS VARCHAR)')} END"
             missing = f"({raw} IS NULL OR {text} = '')" if dtype == "VARCHAR" else f"({raw} IS NULL)"
-            self.helpers["_t_m"] = f"regexp_extract({text}, '{_DECIMAL}', ['sign', 'whole', 'frac'])"
-            self.helpers["_t_f"] = f"TRY_CAST({text} AS DOUBLE)"
+            self.helpers["_t_m"] = f"CASE WHEN NOT {canon} THEN regexp_extract({text}, '{_DECIMAL}', ['sign', 'whole', 'frac']) END"
+            self.helpers["_t_f"] = f"CASE WHEN {canon} THEN CAST(_t_i AS DOUBLE) ELSE TRY_CAST({text} AS DOUBLE) END"
             # no match leaves every group empty, so a non-empty group means the text is plain decimal
-            self.helpers["_t_exact"] = "coalesce(length(_t_m['whole']) > 0 OR length(_t_m['frac']) > 0, false)"
+            self.helpers["_t_exact"] = (f"({canon} OR coalesce(length(_t_m['whole']) > 0 OR length(_t_m['frac']) > 0, "
+                                        "false))")
             self.helpers["_t_floaty"] = "(NOT _t_exact AND _t_f IS NOT NULL)"
             exact, floaty = "_t_exact", "_t_floaty"
             iso = (f"regexp_replace(regexp_replace({text}, '^([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}) ', '\\1T'), "
@@ -334,12 +351,14 @@ class _TableSQL:
             factor, digits = (1000, 3) if u == "s" else (1, 0)
             kept = "CAST(rpad(left(_t_m['frac'], 3), 3, '0') AS BIGINT)" if digits else "0"
             rest = f"substr(_t_m['frac'], {digits + 1})"
-            w = "CASE WHEN ltrim(_t_m['whole'], '0') = '' THEN '0' ELSE ltrim(_t_m['whole'], '0') END"
-            self.helpers["_t_w"] = f"TRY_CAST({w} AS BIGINT)"
+            self.helpers["_t_wtext"] = f"CASE WHEN NOT {canon} THEN regexp_replace(_t_m['whole'], '^0+', '') END"
+            self.helpers["_t_w"] = (f"CASE WHEN {canon} THEN CASE WHEN _t_i > {-INT64_MAX - 1} THEN abs(_t_i) END "
+                                    "ELSE TRY_CAST(CASE WHEN _t_wtext = '' THEN '0' ELSE _t_wtext END AS BIGINT) END")
             d_big = f"(_t_w IS NULL OR _t_w > {INT64_MAX // factor - 1})"
             mag = f"(_t_w * {factor} + {kept} + CASE WHEN left({rest}, 1) IN ('5','6','7','8','9') THEN 1 ELSE 0 END)"
-            d_ms = f"CASE WHEN NOT {d_big} THEN CASE WHEN _t_m['sign'] = '-' THEN -{mag} ELSE {mag} END END"
-            d_round = f"replace({rest}, '0', '') != ''"  # the dropped digits are not all zeros
+            d_ms = (f"CASE WHEN {d_big} THEN NULL WHEN {canon} THEN _t_i * {factor} "
+                    f"WHEN _t_m['sign'] = '-' THEN -{mag} ELSE {mag} END")
+            d_round = f"(NOT {canon} AND replace({rest}, '0', '') != '')"  # the dropped digits are not all zeros
             f_ms, f_big, f_round = self._float_ms("_t_f", factor)
             iso_ms = "CAST(floor((_t_us + 500) / 1000) AS BIGINT)"
             self.helpers["_t_big"] = f"CASE WHEN {exact} THEN {d_big} WHEN {floaty} THEN {f_big} ELSE false END"

@@ -43,14 +43,28 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def counter_state(*keys: np.ndarray | int, state: np.ndarray | None = None) -> np.ndarray:
+    """The hash state after mixing in ``keys`` (from ``state``, else from zero): ``counter_uniform(a, b, c)`` ==
+    ``uniform_of(counter_state(a, b), c)``, so keys shared by many draws (a sample's) are mixed in once."""
+    arrays = np.broadcast_arrays(*(np.asarray(k).astype(np.uint64) for k in keys),
+                                 *(() if state is None else (state,)))
+    h = np.zeros(arrays[0].shape, dtype=np.uint64) if state is None else arrays[-1]
+    with np.errstate(over="ignore"):
+        for a in arrays[:len(keys)]:
+            h = _mix(h + _G + a)
+    return h
+
+
+def uniform_of(state: np.ndarray, *keys: np.ndarray | int) -> np.ndarray:
+    """A uniform float64 in [0, 1) per element of ``state`` with ``keys`` mixed in last."""
+    h = counter_state(*keys, state=state)
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 def counter_uniform(*keys: np.ndarray | int) -> np.ndarray:
     """A uniform float64 in [0, 1) per element, a pure function of the (broadcast) integer keys."""
-    arrays = np.broadcast_arrays(*(np.asarray(k).astype(np.uint64) for k in keys))
-    h = np.zeros(arrays[0].shape, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for a in arrays:
-            h = _mix(h + _G + a)
-    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return uniform_of(counter_state(*keys[:-1]), keys[-1]) if len(keys) > 1 else uniform_of(
+        np.zeros(np.shape(keys[0]), dtype=np.uint64), keys[0])
 
 
 def stable_id_hash(raw: list | np.ndarray) -> np.ndarray:
@@ -322,17 +336,20 @@ class NegativeSampler:
         tt = np.repeat(t.astype(np.int64), n_neg)
         cat = np.repeat(self.past.item_category[positive.astype(np.int64)], n_neg)
         j = np.tile(np.arange(n_neg, dtype=np.int64), s)
-        key = (self.seed, np.repeat(self.user_hash[user], n_neg), np.repeat(rank.astype(np.int64), n_neg), j)
+        # each draw's key (seed, user hash, rank, j) mixed once; a round mixes in only its counter
+        state = counter_state(self.seed, np.repeat(self.user_hash[user], n_neg), np.repeat(rank.astype(np.int64), n_neg),
+                              j)
         propose: list[Callable] = [getattr(self, f"_{name}") for name in SAMPLERS]
-        uniform, category = SAMPLERS.index("uniform"), SAMPLERS.index("category")
+        uniform, popularity, category = (SAMPLERS.index(n) for n in ("uniform", "popularity", "category"))
         mode = np.full(len(u), SAMPLERS.index(sampler), dtype=np.int8)
         result = np.full(len(u), -1, dtype=np.int64)
         todo = np.arange(len(u))
         for r in range(ROUNDS):
             if len(todo) == 0:
                 break
-            k = tuple(a[todo] if isinstance(a, np.ndarray) else a for a in key)
-            u1, u2 = counter_uniform(*k, 2 * r), counter_uniform(*k, 2 * r + 1)
+            st = state[todo]
+            u1 = uniform_of(st, 2 * r)
+            u2 = uniform_of(st, 2 * r + 1) if (mode[todo] == popularity).any() else u1  # only popularity reads it
             cand = np.full(len(todo), -2, dtype=np.int64)
             mt, tt_todo, cat_todo = mode[todo], tt[todo], cat[todo]
             for code in np.unique(mt):
@@ -355,7 +372,7 @@ class NegativeSampler:
                 pool, w = self._candidates("uniform", int(u[i]), int(tt[i]), int(cat[i]), alpha)
             if len(pool) == 0 or w.sum() <= 0:
                 continue
-            x = counter_uniform(*(a[i] if isinstance(a, np.ndarray) else a for a in key), 2 * ROUNDS)[()]
+            x = uniform_of(state[i:i + 1], 2 * ROUNDS)[0]
             cdf = np.cumsum(w) / w.sum()
             result[i] = pool[min(int(np.searchsorted(cdf, x, side="right")), len(pool) - 1)]
         out = result.reshape(s, n_neg)
@@ -364,5 +381,5 @@ class NegativeSampler:
         return out, report
 
 
-__all__ = ("SAMPLERS", "ItemCounts", "ItemPast", "NegativeReport", "NegativeSampler", "counter_uniform", "first_times",
-           "stable_id_hash")
+__all__ = ("SAMPLERS", "ItemCounts", "ItemPast", "NegativeReport", "NegativeSampler", "counter_state", "counter_uniform",
+           "first_times", "stable_id_hash", "uniform_of")
