@@ -116,7 +116,8 @@ def main() -> None:
         if args.train:
             run_dir = args.work / f"run-{name}"
             tcmd = [str(bin_dir / "userlens"), "train", str(out), "--model", "din", "--out", str(run_dir), "--force",
-                    "--no-progress", "--set", "epochs=1", "--set", f"limit_batches={args.train_batches}"]
+                    "--no-progress", "--set", "epochs=1", "--set", f"limit_batches={args.train_batches}",
+                    "--set", "limit_valid_batches=20"]
             twall, _, _, ttext = measure([sys.executable, "-c", code, *tcmd])
             tres = json.loads(ttext.strip().splitlines()[-1])
             row.update(train_s=tres["wall"], train_rss_gib=tres["rss"] / 2**20)

@@ -11,6 +11,7 @@ per batch, never a scan.
 from __future__ import annotations
 
 import itertools
+import mmap
 import queue
 import threading
 from collections.abc import Collection, Iterator
@@ -114,12 +115,13 @@ class BatchLoader:
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self._hist_fields = [f[len("hist_"):] for f in sorted(self.fields) if f.startswith("hist_")]
-        # Small per-sample arrays are copied into RAM once; the timeline stays memory-mapped.
-        self._user = np.asarray(self.samples.user, dtype=np.int64)
-        self._item = np.asarray(self.samples.item, dtype=np.int64)
-        self._cutoff = np.asarray(self.samples.cutoff, dtype=np.int64)
-        self._time = np.asarray(self.samples.time, dtype=np.int64)
-        self._label = np.asarray(self.samples.label, dtype=np.float32)
+        # Per-sample arrays stay memory-mapped in their stored types (a batch widens its own rows), like the
+        # timeline: 150M train samples would be 5.4 GB as int64 copies. Mapped pages are dropped from the process
+        # every RELEASE_EVERY batches (they stay in the page cache), so RSS does not grow to the data's size.
+        self._user, self._item, self._cutoff = self.samples.user, self.samples.item, self.samples.cutoff
+        self._time, self._label = self.samples.time, self.samples.label
+        self._mapped = [self._user, self._item, self._cutoff, self._time, self._label,
+                        *self.samples.context.values(), *data.timeline.values()]
         # frozen content vectors (``userlens embed-items``), read once per dataset, only for models that ask
         self._content = data.content() if "long_content" in self.fields else None
 
@@ -145,7 +147,7 @@ class BatchLoader:
 
     def make_batch(self, idx: np.ndarray) -> Batch:
         """Build the batch of the given sample indices."""
-        user, cutoff = self._user[idx], self._cutoff[idx]
+        user, cutoff = self._user[idx].astype(np.int64), self._cutoff[idx].astype(np.int64)
         hist, lengths = gather_history(
             self.data.offsets, self.data.timeline, user, cutoff, self.short_len, self._hist_fields
         )
@@ -153,7 +155,7 @@ class BatchLoader:
         if "user" in self.fields:
             target["user"] = torch.from_numpy(user)
         if self.fields & {"target_item", "target_category", "target_count"}:
-            item = self._item[idx]
+            item = self._item[idx].astype(np.int64)
             if "target_item" in self.fields:
                 target["target_item"] = torch.from_numpy(item)
             if "target_category" in self.fields:
@@ -161,7 +163,7 @@ class BatchLoader:
             if "target_count" in self.fields:  # item index built once per dataset, on demand
                 target["target_count"] = torch.from_numpy(self.data.item_counts.before(item, self._time[idx]))
         if "time" in self.fields:
-            target["time"] = torch.from_numpy(self._time[idx])
+            target["time"] = torch.from_numpy(self._time[idx].astype(np.int64))
         context = {
             c: torch.from_numpy(np.asarray(a[idx], dtype=np.int64)) for c, a in self.samples.context.items()
         }
@@ -173,14 +175,14 @@ class BatchLoader:
                                category_index=index, content=self._content)
         counts = {}
         if COUNTS_FIELD in self.fields:  # indexes built once per dataset, on demand
-            item = self._item[idx]
+            item = self._item[idx].astype(np.int64)
             raw = count_features(self.data.item_counts, self.data.user_indexes, item,
                                  self.data.item_category[item], lo, cutoff, self._time[idx])
             counts = {k: torch.from_numpy(v) for k, v in raw.items()}
         return Batch(
             target=target,
             history=History({f: torch.from_numpy(v) for f, v in hist.items()}, torch.from_numpy(lengths)),
-            label=torch.from_numpy(self._label[idx]),
+            label=torch.from_numpy(self._label[idx].astype(np.float32)),
             context=context,
             long=long,
             counts=counts,
@@ -197,8 +199,8 @@ class BatchLoader:
         rng = np.random.default_rng(self.seed + self.epoch)
         if self.user_group <= 1:
             return rng.permutation(n), None
-        by = np.lexsort((np.arange(n), self._time, self._user))  # each user's samples in time order
-        user = self._user[by]
+        by = np.lexsort((np.arange(n), np.asarray(self._time), np.asarray(self._user)))  # each user's samples in time order
+        user = np.asarray(self._user)[by]
         start = np.r_[True, user[1:] != user[:-1]] if n else np.zeros(0, dtype=bool)
         rank = np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
         run = np.cumsum(start | (rank % self.user_group == 0)) - 1  # run id of each sample
@@ -215,6 +217,8 @@ class BatchLoader:
                                             runs[b * self.batch_size : (b + 1) * self.batch_size])
                 idx = idx[lo:hi]
             yield self.make_batch(idx)
+            if (b + 1) % RELEASE_EVERY == 0:
+                release_pages(self._mapped)
 
     def _shard_bounds(self, n: int, runs: np.ndarray | None) -> tuple[int, int]:
         """[lo, hi) of this rank's part of a global batch of ``n`` samples.
@@ -236,6 +240,18 @@ class BatchLoader:
         it = self._batches() if self.prefetch <= 0 else _prefetched(self._batches(), self.prefetch)
         yield from it
         self.epoch += 1
+
+
+RELEASE_EVERY = 64  # batches between drops of the mapped pages a loader touched
+
+
+def release_pages(arrays: list) -> None:
+    """Unmap the pages of memory-mapped arrays from this process (``MADV_DONTNEED``): the kernel keeps them in its
+    page cache, the next read maps them again. Arrays that are not memory-mapped are left alone."""
+    for a in arrays:
+        m = getattr(a, "_mmap", None)
+        if m is not None and hasattr(m, "madvise"):
+            m.madvise(mmap.MADV_DONTNEED)
 
 
 def _prefetched(source: Iterator[Batch], depth: int) -> Iterator[Batch]:

@@ -48,6 +48,7 @@ class TrainConfig:
     short_len: int = 50  # most recent behaviors gathered per sample
     long_len: int = 100_000  # lifelong models: the GSU searches this many most recent behaviors
     limit_batches: int | None = None  # debug: train on this many batches per epoch
+    limit_valid_batches: int | None = None  # debug / benchmarks: validate on the first this many batches
     fast_dev_run: bool = False  # debug: one batch of train and valid, one epoch
     threads: int | None = None  # torch intra-op threads (None = torch's default)
     prefetch: int = 2  # batches prepared ahead in a background thread
@@ -104,6 +105,9 @@ class TrainConfig:
         if self.limit_batches is not None:
             check_int("limit_batches", self.limit_batches, 1, MAX_COUNT, "batches per epoch, or none for all",
                       ConfigError)
+        if self.limit_valid_batches is not None:
+            check_int("limit_valid_batches", self.limit_valid_batches, 1, MAX_COUNT,
+                      "validation batches, or none for all", ConfigError)
         if self.threads is not None:
             check_int("threads", self.threads, 1, MAX_THREADS, "torch threads; none = torch's default", ConfigError)
         for key in ("batch_size", "eval_batch_size"):

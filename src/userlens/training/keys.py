@@ -30,6 +30,8 @@ TRAIN_KEYS: dict[str, str] = {
     "short_len": "most recent behaviors gathered per sample (the short history)",
     "long_len": "lifelong models: the GSU searches this many most recent behaviors",
     "limit_batches": "debug: train on this many batches per epoch (none: all)",
+    "limit_valid_batches": "debug / benchmarks: validate on the first this many batches (none: all; early stopping "
+                           "then reads a part of the split)",
     "fast_dev_run": "debug: one train and one valid batch, one epoch",
     "threads": "torch intra-op threads (none: torch's default)",
     "prefetch": "batches prepared ahead in a background thread",

@@ -316,7 +316,7 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
                                seed=t.seed, limit_batches=limit, prefetch=t.prefetch, long_len=t.long_len,
                                user_group=t.user_group, **shard)
     valid_loader = BatchLoader(data, "valid", model.fields, t.eval_batch_size, t.short_len,
-                               limit_batches=1 if t.fast_dev_run else None, prefetch=t.prefetch,
+                               limit_batches=1 if t.fast_dev_run else t.limit_valid_batches, prefetch=t.prefetch,
                                long_len=t.long_len, **shard)
     if len(train_loader.samples) == 0:
         raise InputError(f"{data.path}: the train split is empty; nothing to train on. Fix: prepare with another "
