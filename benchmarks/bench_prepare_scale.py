@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-SIZES = {"1m": 1_000_000, "10m": 10_000_000, "100m": 100_000_000, "1b": 1_000_000_000}
+SIZES = {"1m": 1_000_000, "10m": 10_000_000, "100m": 100_000_000, "300m": 300_000_000, "1b": 1_000_000_000}
 USERS, ITEMS, CATEGORIES = 1_000_000, 4_000_000, 10_000
 
 
@@ -75,7 +75,7 @@ def measure(cmd: list[str], watch: Path | None = None) -> tuple[float, float, in
     if proc.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     # ru_maxrss of children is the largest child so far: run one measured child per process to be exact
-    return wall, max(peak, before) / 2**20, peak_spill, proc.stdout
+    return wall, max(peak, before) / 2**20, peak_spill, proc.stdout + proc.stderr
 
 
 def main() -> None:
@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--sampler", default="uniform")
     ap.add_argument("--memory-limit", default=None)
+    ap.add_argument("--engines", default="duckdb", help="comma-separated: duckdb, polars (in memory, for comparison)")
     ap.add_argument("--train", action="store_true", help="also train DIN for --train-batches on the result")
     ap.add_argument("--train-batches", type=int, default=300)
     ap.add_argument("--keep", action="store_true", help="keep the prepared directories")
@@ -92,12 +93,12 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
     rows = []
-    for name in args.sizes.split(","):
+    for name, engine in ((n, e) for n in args.sizes.split(",") for e in args.engines.split(",")):
         src = generate(args.work, name, args.seed)
         out = args.work / f"prepared-{name}"
         cmd = [str(bin_dir / "userlens"), "prepare", "--format", "taobao", "--source", str(src), "--out", str(out),
-               "--engine", "duckdb", "--negative-sampler", args.sampler, "--force"]
-        if args.memory_limit:
+               "--engine", engine, "--negative-sampler", args.sampler, "--force"]
+        if args.memory_limit and engine == "duckdb":
             cmd += ["--memory-limit", args.memory_limit]
         # a fresh interpreter per measurement so ru_maxrss of the children is this child's
         code = ("import json, resource, subprocess, sys, time; t = time.perf_counter(); "
@@ -108,32 +109,33 @@ def main() -> None:
         wall, _, spill, text = measure([sys.executable, "-c", code, *cmd], watch=out)
         import json
 
-        res = json.loads(text.strip().splitlines()[-1])
+        res = json.loads(next(ln for ln in reversed(text.strip().splitlines()) if ln.startswith("{")))
         stages = dict(re.findall(r"^([a-z][^:\n]*): ([0-9.]+) s$", text, re.M))
-        row = {"size": name, "csv_gib": src.stat().st_size / 2**30, "wall_s": res["wall"],
+        row = {"size": name, "engine": engine, "csv_gib": src.stat().st_size / 2**30, "wall_s": res["wall"],
                "peak_rss_gib": res["rss"] / 2**20, "spill_gib": spill / 2**30,
                "out_gib": _dir_size(out) / 2**30, "stages": stages}
-        if args.train:
+        if args.train and engine == "duckdb":
             run_dir = args.work / f"run-{name}"
             tcmd = [str(bin_dir / "userlens"), "train", str(out), "--model", "din", "--out", str(run_dir), "--force",
                     "--no-progress", "--set", "epochs=1", "--set", f"limit_batches={args.train_batches}",
                     "--set", "limit_valid_batches=20"]
             twall, _, _, ttext = measure([sys.executable, "-c", code, *tcmd])
-            tres = json.loads(ttext.strip().splitlines()[-1])
+            tres = json.loads(next(ln for ln in reversed(ttext.strip().splitlines()) if ln.startswith("{")))
             row.update(train_s=tres["wall"], train_rss_gib=tres["rss"] / 2**20)
             shutil.rmtree(run_dir, ignore_errors=True)
         rows.append(row)
         print(row, flush=True)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
-    print("\n| size | CSV (GiB) | wall (s) | peak RSS (GiB) | peak spill (GiB) | prepared (GiB) | train peak RSS (GiB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| size | engine | CSV (GiB) | wall (s) | peak RSS (GiB) | peak spill (GiB) | prepared (GiB) | "
+          "train peak RSS (GiB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         tr = f"{r['train_rss_gib']:.2f}" if "train_rss_gib" in r else "-"
-        print(f"| {r['size']} | {r['csv_gib']:.1f} | {r['wall_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['spill_gib']:.1f} "
+        print(f"| {r['size']} | {r['engine']} | {r['csv_gib']:.1f} | {r['wall_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['spill_gib']:.1f} "
               f"| {r['out_gib']:.1f} | {tr} |")
     for r in rows:
-        print(f"stages {r['size']}: " + ", ".join(f"{k} {v} s" for k, v in r["stages"].items()))
+        print(f"stages {r['size']} {r['engine']}: " + ", ".join(f"{k} {v} s" for k, v in r["stages"].items()))
 
 
 if __name__ == "__main__":

@@ -65,8 +65,15 @@ def sha256_file(path: str | Path) -> str:
 
 
 def describe(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
-    """``{relative name: {"bytes": size, "checksum": ...}}`` of files under ``directory``."""
-    return {n: {"bytes": (directory / n).stat().st_size, "checksum": checksum(directory / n)} for n in names}
+    """``{relative name: {"bytes": size, "checksum": ...}}`` of files under ``directory``.
+
+    Files are hashed on every core (hashlib releases the GIL): a 100M-behavior prepared directory is 6 GB.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1) or 1) as pool:
+        sums = list(pool.map(lambda n: checksum(directory / n), names))
+    return {n: {"bytes": (directory / n).stat().st_size, "checksum": c} for n, c in zip(names, sums, strict=True)}
 
 
 def array_digest(*arrays: np.ndarray) -> str:

@@ -558,7 +558,13 @@ def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force
     check_output_path(out, "prepared directory", "meta.json", force)
     report = SkipReport(notes=list(src.notes))
     limit = memory_limit or default_memory_limit()
-    with staged_directory(out, "prepared directory", "meta.json", force) as staged:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from userlens.artifacts import sha256_file
+
+    hashing = ThreadPoolExecutor(max_workers=1)  # the inputs' SHA-256 for meta.json, alongside the work
+    hashes = hashing.submit(lambda: {str(p): sha256_file(p) for p in src.files})
+    with hashing, staged_directory(out, "prepared directory", "meta.json", force) as staged:
         spill = staged / ".spill"
         spill.mkdir()
         try:
@@ -578,7 +584,7 @@ def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force
         finally:
             shutil.rmtree(spill, ignore_errors=True)
         sources = Sources(behaviors=None, items=src.items, item_tags=src.item_tags,  # type: ignore[arg-type]
-                          files=src.files, notes=src.notes, name=src.name)
+                          files=src.files, notes=src.notes, name=src.name, file_hashes=hashes.result)
         meta = finish_behaviors(sources, enc, out, opt, report, log, force, started, "duckdb", staged)
     _log_report(report, log)
     return meta

@@ -66,6 +66,8 @@ class Sources:
     files: list[Path] = field(default_factory=list)  # checksummed into meta.json
     notes: list[str] = field(default_factory=list)  # what an adapter decided (aggregations, mappings)
     name: str = "custom"
+    #: SHA-256 of ``files`` when computed already (the duckdb engine hashes them while it works)
+    file_hashes: Callable[[], dict[str, str]] | None = None
 
 
 @dataclass
@@ -531,7 +533,8 @@ def _meta(sources: Sources, opt: PrepareOptions, report: SkipReport, offsets: np
         "item_attributes": item_attributes,
         "negatives": negatives,
         "options": asdict(opt),
-        "sources": {str(p): sha256_file(p) for p in sources.files},
+        "sources": (sources.file_hashes() if sources.file_hashes is not None
+                    else {str(p): sha256_file(p) for p in sources.files}),
         "bad_rows": report.to_json(),
         "prepare_seconds": round(time.perf_counter() - started, 3),
         "engine": engine,  # polars (in memory) or duckdb (out of core); the arrays are equal either way

@@ -19,9 +19,12 @@ with one-user chunks and with one chunk and compares the files).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,6 +33,8 @@ from userlens.data.sampling import ItemPast, NegativeReport, NegativeSampler, fi
 from userlens.data.tables import SPLITS
 from userlens.errors import InputError
 
+T = TypeVar("T")
+R = TypeVar("R")
 CHUNK_ROWS = 1 << 22  # behaviors per chunk of users (a user is never split; one user may exceed it)
 
 Column = np.ndarray | NpyColumn
@@ -137,8 +142,10 @@ class SampleResult:
 class BehaviorSamples:
     """The two passes over a :class:`Timeline` (see the module docstring)."""
 
-    def __init__(self, tl: Timeline, opt: SampleOptions, n_items: int, chunk_rows: int = CHUNK_ROWS) -> None:
+    def __init__(self, tl: Timeline, opt: SampleOptions, n_items: int, chunk_rows: int = CHUNK_ROWS,
+                 workers: int | None = None) -> None:
         self.tl, self.opt, self.chunk_rows = tl, opt, chunk_rows
+        self.workers = workers or min(os.cpu_count() or 1, 4)
         self.first = np.full(n_items, np.iinfo(np.int64).max, dtype=np.int64)
         self.thresholds: tuple[int, int] | None = None
         self.cutoff_ms: int | None = None
@@ -169,18 +176,23 @@ class BehaviorSamples:
         Raises:
             InputError: no behavior has ``min_history`` strictly earlier ones (nothing to sample).
         """
+        def scan(chunk: tuple[int, int]) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+            """(positive times, most earlier behaviors, the chunk's item first times, held-out times)"""
+            off, p, m = self._positives(*chunk)
+            first = first_times(p["tl_item"], p["tl_time"], len(self.first))
+            held = (p["time"][self._split(off, p) != 0] if self.opt.split == "leave-last-out"
+                    else np.zeros(0, dtype=np.int64))
+            return p["time"], m, first, held
+
         times, most, held_min, n_pos = [], 0, None, 0
-        for u0, u1 in self.tl.chunks(self.chunk_rows):
-            off, p, m = self._positives(u0, u1)
+        for t_pos, m, first, held in in_order(scan, self.tl.chunks(self.chunk_rows), self.workers):
             most = max(most, m)
-            first_times(p["tl_item"], p["tl_time"], len(self.first), into=self.first)
-            n_pos += len(p["time"])
-            if self.opt.split == "leave-last-out":
-                held = p["time"][self._split(off, p) != 0]
-                if len(held):
-                    held_min = int(held.min()) if held_min is None else min(held_min, int(held.min()))
-            else:
-                times.append(p["time"])
+            np.minimum(self.first, first, out=self.first)
+            n_pos += len(t_pos)
+            if len(held):
+                held_min = int(held.min()) if held_min is None else min(held_min, int(held.min()))
+            if self.opt.split != "leave-last-out":
+                times.append(t_pos)
         if n_pos == 0:
             raise InputError(
                 f"no samples: no behavior has --min-history {self.opt.min_history} strictly earlier behaviors of "
@@ -193,6 +205,37 @@ class BehaviorSamples:
             held_min = int(held.min()) if len(held) else None
         self.cutoff_ms = held_min
         return held_min
+
+    def _chunk(self, u0: int, u1: int, item_category: np.ndarray, user_hash: np.ndarray, past: ItemPast | None
+               ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]], NegativeReport | None]:
+        """One chunk of users: (its timeline categories, its samples per split in write order, its sampling report)."""
+        o = self.opt
+        off, p, _ = self._positives(u0, u1)
+        s = {"user": p["user"], "item": p["item"].astype(np.int32), "time": p["time"],
+             "label": np.ones(len(p["user"]), dtype=np.int8), "split": self._split(off, p),
+             "key": _group_keys(p["user"], p["time"])}
+        rep = None
+        if past is not None and len(p["user"]):
+            sampler = NegativeSampler(off - off[0], p["tl_item"], p["tl_time"], None, user_hash[u0:u1], o.seed,
+                                      past=past)
+            neg, rep = sampler.draw(p["local"], p["rank"], p["time"], p["item"], o.negatives, o.negative_sampler,
+                                    o.negative_alpha)  # type: ignore[arg-type]
+            got = neg >= 0
+            src = np.repeat(np.arange(len(s["user"])), o.negatives)[got.ravel()]
+            s = {k: np.concatenate([v, v[src]]) for k, v in s.items()}
+            s["item"][len(p["user"]):] = neg.ravel()[got.ravel()]
+            s["label"][len(p["user"]):] = 0
+            s["key"][len(p["user"]):] += 1  # a negative follows the positives of its (user, time)
+        local = s["user"].astype(np.int64) - u0
+        s["cutoff"] = cutoffs(off, p["tl_time"], local, s["time"])
+        # (user, time, label desc), ties in input order: one stable sort of two sorted runs
+        order = np.argsort(s["key"], kind="stable")
+        split = s["split"][order]
+        parts = {}
+        for k, name in enumerate(SPLITS):
+            idx = order[split == k]
+            parts[name] = {key: s[key][idx] for key in ("user", "item", "label", "time", "cutoff")}
+        return item_category[p["tl_item"]], parts, rep
 
     def write(self, out: Path, item_category: np.ndarray, user_hash: np.ndarray,
               category_writer: NpyWriter | None = None) -> SampleResult:
@@ -211,37 +254,23 @@ class BehaviorSamples:
             tl = self.tl
             past = ItemPast(self.first, item_category,
                             lambda: (tl.read("item", 0, int(tl.offsets[-1])), tl.read("time", 0, int(tl.offsets[-1]))))
+        if past is not None and o.negative_sampler == "popularity":
+            past.popular()  # built once here, not raced for by the workers
+
+        def work(chunk: tuple[int, int]) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]], NegativeReport | None]:
+            return self._chunk(*chunk, item_category, user_hash, past)
+
         try:
-            for u0, u1 in self.tl.chunks(self.chunk_rows):
-                off, p, _ = self._positives(u0, u1)
+            for categories, parts, rep in in_order(work, self.tl.chunks(self.chunk_rows), self.workers):
                 if category_writer is not None:
-                    category_writer.append(item_category[p["tl_item"]])
-                s = {"user": p["user"], "item": p["item"].astype(np.int32), "time": p["time"],
-                     "label": np.ones(len(p["user"]), dtype=np.int8), "split": self._split(off, p),
-                     "key": _group_keys(p["user"], p["time"])}
-                if report is not None and len(p["user"]):
-                    sampler = NegativeSampler(off - off[0], p["tl_item"], p["tl_time"], None, user_hash[u0:u1],
-                                              o.seed, past=past)
-                    neg, rep = sampler.draw(p["local"], p["rank"], p["time"], p["item"], o.negatives,
-                                            o.negative_sampler, o.negative_alpha)  # type: ignore[arg-type]
-                    _add(report, rep)
-                    got = neg >= 0
-                    src = np.repeat(np.arange(len(s["user"])), o.negatives)[got.ravel()]
-                    s = {k: np.concatenate([v, v[src]]) for k, v in s.items()}
-                    s["item"][len(p["user"]):] = neg.ravel()[got.ravel()]
-                    s["label"][len(p["user"]):] = 0
-                    s["key"][len(p["user"]):] += 1  # a negative follows the positives of its (user, time)
-                local = s["user"].astype(np.int64) - u0
-                s["cutoff"] = cutoffs(off, p["tl_time"], local, s["time"])
-                # (user, time, label desc), ties in input order: one stable sort of two sorted runs
-                order = np.argsort(s["key"], kind="stable")
-                split = s["split"][order]
-                for k, name in enumerate(SPLITS):
-                    idx = order[split == k]
+                    category_writer.append(categories)
+                if rep is not None:
+                    _add(report, rep)  # type: ignore[arg-type]
+                for name, arrays in parts.items():
                     for key, w in writers[name].items():
-                        w.append(s[key][idx])
-                    counts[name]["samples"] += len(idx)
-                    counts[name]["positives"] += int(s["label"][idx].sum())
+                        w.append(arrays[key])
+                    counts[name]["samples"] += len(arrays["label"])
+                    counts[name]["positives"] += int(arrays["label"].sum())
         finally:
             for ws in writers.values():
                 for w in ws.values():
@@ -254,6 +283,24 @@ class BehaviorSamples:
             notes.append(f"{report.category_fallbacks} category negatives fell back to uniform: no other item of "
                          "the positive's category had been seen before it")
         return SampleResult(counts, report, notes)
+
+
+def in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``map(fn, items)`` on ``workers`` threads (NumPy releases the GIL), results in input order, at most
+    ``workers + 1`` computed ahead (each is a chunk's worth of arrays)."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _group_keys(user: np.ndarray, time: np.ndarray) -> np.ndarray:
