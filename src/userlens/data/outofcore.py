@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from userlens.data.attributes import CategoryReport, item_categories
 from userlens.data.npyio import NpyColumn, NpyWriter
+from userlens.data import samples as samples_module
 from userlens.data.samples import Timeline
 from userlens.data.tables import (DEFAULT_MIN_TIME, EMPTY_ID, FUTURE_SLACK_MS, INT64_MAX, LINE, RawTable, SkipReport,
                                   csv_read_error)
@@ -543,6 +544,30 @@ def default_memory_limit() -> str:
     return f"{min(8 << 30, int(0.6 * ram)) >> 20}MiB"
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+DUCKDB_SHARE = 0.7  # of --memory-limit: DuckDB's buffers; the rest is Python, Arrow batches and NumPy chunks
+ROW_BYTES = 250  # what a chunk of the sample passes holds per behavior, all its arrays together (measured)
+
+
+def parse_size(text: str) -> int:
+    """``8GiB``, ``6000MB``, ``512 MiB`` → bytes.
+
+    Raises:
+        InputError: not a size.
+    """
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise InputError(f"--memory-limit {text!r}: not a size. Fix: give a size like 4GiB or 8000MiB.")
+    size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if size < 256 << 20:
+        raise InputError(f"--memory-limit {text!r}: below 256 MiB, too little to sort and validate in. "
+                         "Fix: give at least 256MiB.")
+    return size
+
+
 def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force: bool = False,  # type: ignore[no-untyped-def]
                         memory_limit: str | None = None, threads: int | None = None) -> dict:
     """:func:`userlens.data.prepare.prepare` for logs larger than memory (see the module docstring)."""
@@ -559,7 +584,8 @@ def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force
     out = Path(out)
     check_output_path(out, "prepared directory", "meta.json", force)
     report = SkipReport(notes=list(src.notes))
-    limit = memory_limit or default_memory_limit()
+    limit = parse_size(memory_limit or default_memory_limit())  # the whole process's cap
+    chunk_rows = max(1 << 16, min(samples_module.CHUNK_ROWS, int(limit * (1 - DUCKDB_SHARE) // (3 * ROW_BYTES))))
     from concurrent.futures import ThreadPoolExecutor
 
     from userlens.artifacts import sha256_file
@@ -570,7 +596,8 @@ def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force
         spill = staged / ".spill"
         spill.mkdir()
         try:
-            config = {"memory_limit": limit, "temp_directory": str(spill / "tmp"), "preserve_insertion_order": False}
+            config = {"memory_limit": f"{int(limit * DUCKDB_SHARE) >> 20}MiB", "temp_directory": str(spill / "tmp"),
+                      "preserve_insertion_order": False}
             if threads:
                 config["threads"] = threads
             try:
@@ -589,7 +616,8 @@ def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force
             shutil.rmtree(spill, ignore_errors=True)
         sources = Sources(behaviors=None, items=src.items, item_tags=src.item_tags,  # type: ignore[arg-type]
                           files=src.files, notes=src.notes, name=src.name, file_hashes=hashes.result)
-        meta = finish_behaviors(sources, enc, out, opt, report, log, force, started, "duckdb", staged)
+        meta = finish_behaviors(sources, enc, out, opt, report, log, force, started, "duckdb", staged,
+                                chunk_rows=chunk_rows)
     _log_report(report, log)
     return meta
 
