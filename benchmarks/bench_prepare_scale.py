@@ -109,7 +109,7 @@ def main() -> None:
         wall, _, spill, text = measure([sys.executable, "-c", code, *cmd], watch=out)
         import json
 
-        res = json.loads(next(ln for ln in reversed(text.strip().splitlines()) if ln.startswith("{")))
+        res = json.loads(next(ln for ln in reversed(text.strip().splitlines()) if ln.startswith('{"rc"')))
         stages = dict(re.findall(r"^([a-z][^:\n]*): ([0-9.]+) s$", text, re.M))
         row = {"size": name, "engine": engine, "csv_gib": src.stat().st_size / 2**30, "wall_s": res["wall"],
                "peak_rss_gib": res["rss"] / 2**20, "spill_gib": spill / 2**30,
@@ -120,7 +120,7 @@ def main() -> None:
                     "--no-progress", "--set", "epochs=1", "--set", f"limit_batches={args.train_batches}",
                     "--set", "limit_valid_batches=20"]
             twall, _, _, ttext = measure([sys.executable, "-c", code, *tcmd])
-            tres = json.loads(next(ln for ln in reversed(ttext.strip().splitlines()) if ln.startswith("{")))
+            tres = json.loads(next(ln for ln in reversed(ttext.strip().splitlines()) if ln.startswith('{"rc"')))
             row.update(train_s=tres["wall"], train_rss_gib=tres["rss"] / 2**20)
             shutil.rmtree(run_dir, ignore_errors=True)
         rows.append(row)

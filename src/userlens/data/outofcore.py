@@ -166,10 +166,10 @@ def _check_line_numbers(con, name: str, scan: CsvScan) -> None:  # type: ignore[
     rows = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
     with open(scan.path, "rb") as fh:
         newlines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 22), b""))
-    from userlens.data.tables import _ends_with_newline, _record_lines
+    from userlens.data.tables import ends_with_newline, record_lines
 
-    if newlines > rows + 1 or (newlines == rows and not _ends_with_newline(scan.path)):
-        starts, _ = _record_lines(scan.path, scan.sep)
+    if newlines > rows + 1 or (newlines == rows and not ends_with_newline(scan.path)):
+        starts, _ = record_lines(scan.path, scan.sep)
         if len(starts) >= rows:
             lines = pa.table({"k": np.arange(2, rows + 2, dtype=np.int64), "line": np.asarray(starts[:rows])})  # noqa: F841
             con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT t.* REPLACE (l.line AS {LINE}) FROM {name} t "
@@ -574,7 +574,7 @@ def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force
     import duckdb
 
     from userlens.artifacts import check_output_path, staged_directory
-    from userlens.data.prepare import Sources, _log_report, finish_behaviors
+    from userlens.data.prepare import Sources, log_report, finish_behaviors
 
     opt.check()
     if opt.context_columns:
@@ -618,7 +618,7 @@ def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force
                           files=src.files, notes=src.notes, name=src.name, file_hashes=hashes.result)
         meta = finish_behaviors(sources, enc, out, opt, report, log, force, started, "duckdb", staged,
                                 chunk_rows=chunk_rows)
-    _log_report(report, log)
+    log_report(report, log)
     return meta
 
 

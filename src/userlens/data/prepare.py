@@ -418,7 +418,7 @@ def prepare(sources: Sources, out: str | Path, options: PrepareOptions | None = 
         meta = _meta(sources, opt, report, offsets, item_cat, has_cat, vocabs, split_counts,
                      "impressions", split_how, cat_report.to_json(), None, dropped, started, "polars")
         meta = _seal(staged, meta)
-    _log_report(report, log)
+    log_report(report, log)
     return meta
 
 
@@ -448,7 +448,7 @@ def finish_behaviors(sources: Sources, enc: Encoded, out: Path, opt: PrepareOpti
             _save(new / "timeline", {"offsets": enc.timeline.offsets,
                                      **{k: np.asarray(v) for k, v in enc.timeline.columns.items()}})
             meta = finish_behaviors(sources, enc, out, opt, report, log, force, started, engine, new, chunk_rows)
-        _log_report(report, log)
+        log_report(report, log)
         return meta
     from userlens.data.outofcore import Stopwatch
 
@@ -494,7 +494,7 @@ def _seal(staged: Path, meta: dict) -> dict:
     return write_manifest(staged / "meta.json", meta)
 
 
-def _log_report(report: SkipReport, log: Callable[[str], None]) -> None:
+def log_report(report: SkipReport, log: Callable[[str], None]) -> None:
     if report.total:
         log(f"skipped {report.total} defective rows:")
         for k, v in report.counts.items():

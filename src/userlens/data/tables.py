@@ -94,7 +94,7 @@ def _first_ragged_line(p: Path, sep: str) -> int | str:
     return "?"
 
 
-def _record_lines(p: Path, sep: str) -> tuple[list[int], int | None]:
+def record_lines(p: Path, sep: str) -> tuple[list[int], int | None]:
     """Physical start line of every CSV record after the header, and the line of an unclosed quote (or None).
 
     A quoted field may span lines, so record k does not start on line k + 2; this
@@ -135,7 +135,7 @@ def csv_read_error(p: Path, sep: str, exc: Exception) -> InputError:
     bad = first_non_utf8(p)
     if bad is not None:
         return not_utf8(p, *bad)
-    _, unclosed = _record_lines(p, sep)
+    _, unclosed = record_lines(p, sep)
     if unclosed is not None:
         return InputError(f"{p}:line {unclosed}: a quote (\") opens a value that is never closed. "
                           "Fix: close the quote, or double quotes inside quoted values (\"\").")
@@ -157,8 +157,8 @@ def _read_csv(p: Path, sep: str) -> pl.DataFrame:
     if frame.height and p.stat().st_size < (1 << 31):  # a quoted newline shifts every later record's line
         with open(p, "rb") as fh:
             newlines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 22), b""))
-        if newlines > frame.height + 1 or (newlines == frame.height and not _ends_with_newline(p)):
-            starts, _ = _record_lines(p, sep)
+        if newlines > frame.height + 1 or (newlines == frame.height and not ends_with_newline(p)):
+            starts, _ = record_lines(p, sep)
             if len(starts) >= frame.height:
                 lines = starts[: frame.height]
     if lines is None:
@@ -166,7 +166,7 @@ def _read_csv(p: Path, sep: str) -> pl.DataFrame:
     return frame.with_columns(pl.Series(LINE, lines, dtype=pl.Int64)).select(LINE, *frame.columns)
 
 
-def _ends_with_newline(p: Path) -> bool:
+def ends_with_newline(p: Path) -> bool:
     with open(p, "rb") as fh:
         fh.seek(-1, 2)
         return fh.read(1) == b"\n"
