@@ -34,6 +34,9 @@ class AvgPool(nn.Module):
     Shapes: batch of B samples → ``(B,)`` logits.
     """
 
+    # embeds only the batch's item / category ids (short history, target): TorchRec can shard its tables
+    shardable_tables = True
+
     def __init__(self, embedding: FeatureEmbedding, tower: MLP) -> None:
         super().__init__()
         self.embedding, self.tower = embedding, tower

@@ -38,6 +38,9 @@ class BSTConfig:
 
 
 class BST(nn.Module):
+    # embeds only the batch's item / category ids (short history, target): TorchRec can shard its tables
+    shardable_tables = True
+
     def __init__(self, spec: FeatureSpec, cfg: BSTConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -113,6 +113,9 @@ def auxiliary_pairs(item: Tensor, mask: Tensor, user: Tensor) -> AuxiliaryPairs:
 
 
 class DIEN(nn.Module):
+    # embeds only the batch's item / category ids (short history, target): TorchRec can shard its tables
+    shardable_tables = True
+
     def __init__(self, spec: FeatureSpec, cfg: DIENConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -51,6 +51,9 @@ class DIN(nn.Module):
     Shapes: batch of B samples with histories ``(B, L)`` → ``(B,)`` logits.
     """
 
+    # embeds only the batch's item / category ids (short history, target): TorchRec can shard its tables
+    shardable_tables = True
+
     def __init__(self, embedding: FeatureEmbedding, attention: TargetAttention, tower: MLP) -> None:
         super().__init__()
         self.embedding, self.attention, self.tower = embedding, attention, tower

@@ -41,6 +41,9 @@ class TINConfig:
 class TIN(nn.Module):
     """Logit = MLP([target, Σ_j softmax_j(⟨e_j + p_j, v + p_v⟩/√d) · (e_j + p_j) ⊙ (v + p_v), user/context])."""
 
+    # embeds only the batch's item / category ids (short history, target): TorchRec can shard its tables
+    shardable_tables = True
+
     def __init__(self, spec: FeatureSpec, cfg: TINConfig) -> None:
         super().__init__()
         self.embedding = feature_embedding(spec, cfg.embed_dim, cfg.use_user)

@@ -61,6 +61,13 @@ class TrainConfig:
     count_features: tuple[str, ...] = ()
     compile: bool = True  # torch.compile the elementwise hot spots (Dice): ~2x faster DIN on CPU
     deterministic: bool = True  # torch deterministic algorithms while fitting: seeded runs repeat bit for bit
+    # the item and category tables' own update rule (fbgemm's exact CPU rules, training/table_optim.py), or
+    # "same": the `optimizer` above, like every other parameter. TorchRec's fused tables need one of the three
+    embedding_optimizer: Literal["same", "sgd", "adagrad", "rowwise_adagrad"] = "same"
+    embedding_lr: float | None = None  # learning rate of embedding_optimizer (None: lr)
+    # under torchrun, split the item and category tables across the ranks with TorchRec (the torchrec extra):
+    # whole tables per rank (table) or blocks of columns (column); training/sharded.py
+    shard_tables: Literal["none", "table", "column"] = "none"
 
     def check(self) -> None:
         positive = ("epochs", "batch_size", "eval_batch_size", "short_len", "long_len")
@@ -84,6 +91,8 @@ class TrainConfig:
             raise ConfigError(f"monitor must be one of ['auc', 'logloss'], got {self.monitor!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.embedding_lr is not None and not (math.isfinite(self.embedding_lr) and self.embedding_lr > 0):
+            raise ConfigError(f"embedding_lr must be a finite number > 0 (or none for lr), got {self.embedding_lr}")
         try:
             resolve_count_features(self.count_features)
         except ValueError as e:

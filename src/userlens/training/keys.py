@@ -38,6 +38,11 @@ TRAIN_KEYS: dict[str, str] = {
     "user_group": "shuffle runs of this many time-consecutive samples of one user (0: plain shuffle)",
     "compile": "torch.compile the Dice activations (about 2x faster DIN on a CPU)",
     "deterministic": "torch deterministic algorithms while fitting: seeded runs repeat bit for bit",
+    "embedding_optimizer": "update rule of the item and category tables: same (as optimizer), sgd, adagrad or "
+                           "rowwise_adagrad (fbgemm's; needed by shard_tables)",
+    "embedding_lr": "learning rate of embedding_optimizer (none: lr)",
+    "shard_tables": "under torchrun, split the item and category tables across ranks with TorchRec: none, table "
+                    "or column (pip extra torchrec; README 'Scale')",
 }
 
 #: Model keys, by name: a name means the same in every model config that has it.

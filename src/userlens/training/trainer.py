@@ -42,6 +42,8 @@ from userlens.training.config import RunConfig
 from userlens.training.distributed import (DEFAULT_TIMEOUT_S, SINGLE, TrainStep, World, all_sum_dict, barrier,
                                            collectives, gather_predictions, loss_weight, process_group,
                                            replica_digests, share, share_outcome, sync_buffers, wrap)
+from userlens.training.sharded import ShardedItemTables, check_sharding, embedding_of, full_state, unshard
+from userlens.training.table_optim import TableOptimizer
 
 
 @dataclass
@@ -157,13 +159,21 @@ def predict_split(model: nn.Module, loader: BatchLoader, world: World = SINGLE,
 
 
 def _validate(model: nn.Module, loader: BatchLoader, epoch: int, on_batch: Callable[[], None] | None = None,
-              world: World = SINGLE) -> dict[str, float]:
+              world: World = SINGLE, tables: ShardedItemTables | None = None) -> dict[str, float]:
     """Validation metrics after ``epoch`` ({} without validation samples); undefined ones (one class) are None.
 
     Under torchrun rank 0 computes them from the gathered predictions and every rank gets the same dict (so
     early stopping decides alike). Non-finite logits raise a :class:`TrainingError` (the model diverged).
+    With sharded ``tables`` every batch is a collective lookup: a rank with fewer batches joins the others'
+    lookups with empty ones before the predictions are gathered.
     """
-    gathered = predict_split(model, loader, world, on_batch)
+    if tables is None:
+        gathered = predict_split(model, loader, world, on_batch)
+    else:
+        most, before = tables.most_over_ranks(len(loader)), tables.lookups
+        parts = predict(model, loader, on_batch)
+        tables.idle(most - (tables.lookups - before))
+        gathered = gather_predictions(parts, world)
 
     def metrics() -> dict[str, float]:
         assert gathered is not None  # rank 0
@@ -240,6 +250,10 @@ def fit(data: PreparedData, cfg: RunConfig, out: str | Path, *, resume: bool = F
     out = Path(out)
     work = partial_dir(out)
     world = World.from_env()
+    check_sharding(cfg, world)
+    if resume and (cfg.train.shard_tables != "none" or cfg.train.embedding_optimizer != "same"):
+        raise ConfigError("--resume does not restore sharded tables or embedding_optimizer state yet (their "
+                          "checkpoints are not kept). Fix: train again without --resume (--force)")
     with process_group(world, dist_timeout), ExitStack() as held:
         def claim() -> None:  # rank 0: refuse to overwrite, lock, start (or keep) the partial directory
             _check_paths(out, work, resume, force)
@@ -336,8 +350,20 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
                                  **{f"valid_{k}": v for k, v in valid.items()}})
             save_run(work, model, cfg, spec, data.path, inputs, notes=notes)
         return FitResult(0, valid or {"auc": float("nan")}, 0, 0.0, 0.0)
+    tables, table_params = None, []
+    if t.shard_tables != "none":  # the item and category tables leave the model for TorchRec shards
+        tables = ShardedItemTables(embedding_of(model)[1], t.shard_tables, t.embedding_optimizer,
+                                   t.embedding_lr or t.lr, world)
+        model.register_forward_pre_hook(lambda m, args: tables.prefetch(args[0]))
+        params = [p for p in model.parameters() if p.requires_grad]
+    elif t.embedding_optimizer != "same":
+        emb = embedding_of(model)[1]
+        table_params = [emb.item.weight, emb.category.weight]
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = opt_cls([p for p in params if all(p is not q for q in table_params)], lr=t.lr,
+                        weight_decay=t.weight_decay)
+    table_opt = (TableOptimizer(table_params, t.embedding_optimizer, t.embedding_lr or t.lr)  # type: ignore[arg-type]
+                 if table_params else None)
     epochs = 1 if t.fast_dev_run else t.epochs
     sign = 1.0 if t.monitor == "auc" else -1.0  # compare sign * metric, higher is better
     run_id = {"config": cfg.to_json(), "data_fingerprint": data.fingerprint, "inputs": inputs}
@@ -352,7 +378,12 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
         log(f"resuming after epoch {p['epoch']} of {epochs} (best so far: epoch {p['best_epoch']})")
     elif world.is_main:
         (work / METRICS).write_text("")
-    ddp = wrap(TrainStep(model, lambda m, b: training_loss(m, b)), world) if world.distributed else None
+    def loss_fn(m: nn.Module, b: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        if tables is not None:  # forward_train bypasses the forward hook
+            tables.prefetch(b)
+        return training_loss(m, b)
+
+    ddp = wrap(TrainStep(model, loss_fn), world) if world.distributed else None
     with RunReporter(show_progress, log, epochs, len(train_loader), first_epoch=p["epoch"]) as report:
         for epoch in range(p["epoch"], epochs):
             if p["stopped"]:
@@ -371,6 +402,9 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
                     optimizer.zero_grad(set_to_none=True)
                     (loss * loss_weight(len(batch), train_loader.global_batch_size(step), world)).backward()
                 optimizer.step()
+                if table_opt is not None:
+                    table_opt.step()
+                    table_opt.zero_grad(set_to_none=True)
                 seen += len(batch)
                 loss_sum += loss.item() * len(batch)
                 for name, term in extra.items():
@@ -385,7 +419,8 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
             if not np.isfinite(loss_sum):
                 raise TrainingError(f"epoch {epoch + 1}: the training loss is {loss_sum / max(seen, 1)} (diverged). "
                                     f"Fix: lower lr (now {t.lr}).")
-            valid = _validate(model, valid_loader, epoch + 1, report.validating(epoch + 1, len(valid_loader)), world)
+            valid = _validate(model, valid_loader, epoch + 1, report.validating(epoch + 1, len(valid_loader)), world,
+                              tables)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_samples": seen,
                    "train_seconds": secs, "train_samples_per_s": round(seen / max(secs, 1e-9), 1),
                    **{f"train_extra_{k}": v / max(seen, 1) for k, v in extra_sum.items()},
@@ -397,20 +432,25 @@ def _fit(data: PreparedData, cfg: RunConfig, work: Path, resume: bool, show_prog
             score = sign * valid[t.monitor] if valid and valid.get(t.monitor) is not None else None
             if (score is not None and (p["best_score"] is None or score > p["best_score"])) or best_state is None \
                     or not valid:  # no validation split: keep the latest epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = ({k: v.detach().clone() for k, v in model.state_dict().items()} if tables is None
+                              else full_state(model, tables))  # the shards gathered to rank 0
                 p.update(best_epoch=epoch + 1, best_valid=valid, bad=0,
                          best_score=score if score is not None else p["best_score"])
             else:
                 p["bad"] += 1
                 p["stopped"] = p["bad"] >= t.patience  # `patience` consecutive epochs without a better monitor
             p["epoch"] = epoch + 1
-            if world.is_main:
+            if world.is_main and tables is None:  # sharded runs keep no checkpoint (no --resume yet)
                 save_checkpoint(work, model, optimizer, best_state, p, run_id)
             if p["stopped"]:
                 break
     if world.distributed:  # proof, in the run, that DDP kept the replicas bitwise equal
         notes["distributed"] = {"world_size": world.size, "batch_size": "global",
                                 "replica_digests": replica_digests(model.state_dict(), world)}
+    if tables is not None:  # the dense replicas are compared above; the tables were sharded, not replicated
+        notes["sharded"] = {"shard_tables": t.shard_tables, "placement": tables.placement()}
+        if world.is_main:
+            unshard(model, tables)  # plain tables again: the run is saved as any other
     if world.is_main:
         save_run(work, model, cfg, spec, data.path, inputs, state=best_state,
                  notes={**notes, "best_epoch": p["best_epoch"]})
