@@ -110,6 +110,8 @@ def main() -> None:
         import json
 
         res = json.loads(next(ln for ln in reversed(text.strip().splitlines()) if ln.startswith('{"rc"')))
+        if res["rc"]:
+            sys.exit(f"prepare {name} failed (exit {res['rc']}):\n{text[-4000:]}")
         stages = dict(re.findall(r"^([a-z][^:\n]*): ([0-9.]+) s$", text, re.M))
         row = {"size": name, "engine": engine, "csv_gib": src.stat().st_size / 2**30, "wall_s": res["wall"],
                "peak_rss_gib": res["rss"] / 2**20, "spill_gib": spill / 2**30,
