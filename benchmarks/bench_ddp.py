@@ -46,7 +46,12 @@ def train(data: Path, run: Path, procs: int, threads: int, settings: dict[str, s
             *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]
     cmd = [str(PYTHON), *args] if procs == 1 else [str(TORCHRUN), "--nproc-per-node", str(procs), "--standalone",
                                                    *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": sets["threads"]}
+    return {"procs": procs, "threads": threads, **launch(cmd, run, sets["threads"])}
+
+
+def launch(cmd: list[str], run: Path, threads: str) -> dict:
+    """Run one training command; its test metrics (single-process ``evaluate_run``), speed and wall time."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": threads}
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
@@ -54,7 +59,7 @@ def train(data: Path, run: Path, procs: int, threads: int, settings: dict[str, s
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     test = evaluate_run(run)
-    return {"procs": procs, "threads": threads, "auc": test["auc"], "gauc": test["gauc"], "logloss": test["logloss"], "n_test": test["n"],
+    return {"auc": test["auc"], "gauc": test["gauc"], "logloss": test["logloss"], "n_test": test["n"],
             "samples_per_s": sum(r["train_samples"] for r in rows) / sum(r["train_seconds"] for r in rows),
             "epochs": len(rows), "wall_s": round(wall, 1)}
 

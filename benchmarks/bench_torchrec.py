@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ddp import launch
 from bench_quality import prepared
 
-from userlens.training.evaluate import evaluate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -41,17 +38,7 @@ def train(data: Path, run: Path, settings: dict[str, str]) -> dict:
     cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", "-m", "userlens", "train", str(data),
            "--model", "din", "--out", str(run), "--no-progress", "--force",
            *[x for k, v in settings.items() for x in ("--set", f"{k}={v}")]]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    test = evaluate_run(run)
-    return {"auc": test["auc"], "logloss": test["logloss"], "n_test": test["n"], "epochs": len(rows),
-            "samples_per_s": sum(r["train_samples"] for r in rows) / sum(r["train_seconds"] for r in rows),
-            "wall_s": round(wall, 1)}
+    return launch(cmd, run, "1")
 
 
 def main() -> None:
