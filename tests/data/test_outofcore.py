@@ -191,6 +191,8 @@ def test_a_parquet_directory_is_one_table_numbered_across_files(tmp_path: Path) 
 def test_engine_choice_and_refusals(tmp_path: Path) -> None:
     p = _csv(tmp_path, GOOD)
     assert choose_engine("auto", None, None, p, None, ()) == "polars"  # small
+    assert choose_engine("auto", None, None, tmp_path, None, ()) == "polars"  # no Parquet inside: the reader says so
+    pl.DataFrame({"user_id": [1]}).write_parquet(tmp_path / "part.parquet")
     assert choose_engine("auto", None, None, tmp_path, None, ()) == "duckdb"  # a directory of Parquet files
     assert choose_engine("auto", None, None, p, p, ()) == "polars"  # impressions
     with pytest.raises(InputError, match="--engine polars"):

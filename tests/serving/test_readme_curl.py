@@ -70,7 +70,8 @@ def split_env(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def userlens_commands(verb: str) -> list[tuple[dict[str, str], list[str]]]:
-    found = [split_env(words(c)) for c in serving_commands() if not c.startswith("curl")]
+    """The section's ``userlens VERB`` commands, but those that need a Redis Cluster (the cluster tests run those)."""
+    found = [split_env(words(c)) for c in serving_commands() if not c.startswith("curl") and "redis-cluster://" not in c]
     return [(env, argv) for env, argv in found if argv[:2] == ["userlens", verb]]
 
 

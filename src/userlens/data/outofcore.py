@@ -525,8 +525,9 @@ def choose_engine(engine: str, fmt: str | None, source: Path | None, behaviors: 
     if target is None:
         return "polars"
     text = str(target)
-    if any(ch in text for ch in "*?[") or (behaviors is not None and Path(text).is_dir()):
-        return "duckdb"
+    parquet_dir = Path(text).is_dir() and any(p.suffix.lower() in (".parquet", ".pq") for p in Path(text).rglob("*"))
+    if any(ch in text for ch in "*?[") or (behaviors is not None and parquet_dir):
+        return "duckdb"  # (another directory: the in-memory reader names the mistake)
     paths = [p for p in Path(text).rglob("*") if p.is_file()] if Path(text).is_dir() else [Path(text)]
     big = sum(p.stat().st_size for p in paths if p.exists()) >= AUTO_BYTES
     return "duckdb" if big and (fmt is None or fmt in _streamable()) else "polars"
