@@ -17,7 +17,8 @@ import pytest
 from userlens.data import samples
 from userlens.data.adapters import load_adapter
 from userlens.data.generate import write_taobao_like
-from userlens.data.outofcore import ScanSources, choose_engine, prepare_out_of_core, scan_path, scan_sources
+from userlens.data.outofcore import (ScanSources, choose_engine, parse_size, prepare_out_of_core, scan_path,
+                                     scan_sources)
 from userlens.data.prepare import PrepareOptions, prepare, sources_from_files
 from userlens.errors import InputError
 
@@ -205,3 +206,6 @@ def test_engine_choice_and_refusals(tmp_path: Path) -> None:
         prepare_out_of_core(ScanSources(scan_path(p), files=[p]), tmp_path / "x", PrepareOptions(min_history=1),
                             log=quiet, memory_limit="lots")
     assert not (tmp_path / "x").exists()
+    for bad in ("NaN", "", "-1GiB", "1e9", "99999999TiB", "1MiB"):
+        with pytest.raises(InputError, match="--memory-limit"):
+            parse_size(bad)

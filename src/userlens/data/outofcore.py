@@ -563,6 +563,10 @@ def parse_size(text: str) -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise InputError(f"--memory-limit {text!r}: not a size. Fix: give a size like 4GiB or 8000MiB.")
     size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if size > ram:
+        raise InputError(f"--memory-limit {text!r}: more than this machine's memory ({ram >> 20} MiB); it would "
+                         "never spill. Fix: give at most that, e.g. the default (drop the option).")
     if size < 256 << 20:
         raise InputError(f"--memory-limit {text!r}: below 256 MiB, too little to sort and validate in. "
                          "Fix: give at least 256MiB.")
@@ -606,7 +610,7 @@ def prepare_out_of_core(src: ScanSources, out: str | Path, opt, log=print, force
                 # (no checkpoints of tables that live for one run)
                 con = duckdb.connect(":memory:", config=config)
             except duckdb.Error as exc:
-                raise InputError(f"--memory-limit {limit!r}: {str(exc).splitlines()[0]}. Fix: give a size like "
+                raise InputError(f"--memory-limit {memory_limit!r}: {str(exc).splitlines()[0]}. Fix: give a size like "
                                  "4GiB or 8000MiB.") from None
             try:
                 con.execute("SET TimeZone = 'UTC'")
